@@ -1,0 +1,108 @@
+"""Build our video lists and classes.txt from a data set's official annotation files.
+
+Examples (each data set's steps are in datasets/<name>/README.md):
+  python tools/build_lists.py --dataset ucf101 --src data/ucf101/ucfTrainTestlist --out data/ucf101 --split 1
+  python tools/build_lists.py --dataset hmdb51 --src data/hmdb51/testTrainMulti_7030_splits --out data/hmdb51
+  python tools/build_lists.py --dataset kinetics --src data/kinetics400/annotations/train.csv
+      data/kinetics400/annotations/val.csv --classes datasets/kinetics400/classes.txt
+      --out data/kinetics400 --videos data/kinetics400 --only-existing
+  python tools/build_lists.py --dataset sthv2 --src data/sthv2/labels --out data/sthv2
+  python tools/build_lists.py --dataset folder --src my_videos --out my_videos/lists --splits train val
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tsn.data.builders import (
+    DatasetLists,
+    folder_lists,
+    hmdb51_lists,
+    keep_existing,
+    kinetics_lists,
+    sthv2_lists,
+    ucf101_lists,
+    write_dataset_lists,
+)
+from tsn.data.lists import read_class_names
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", required=True, choices=("ucf101", "hmdb51", "kinetics", "sthv2", "folder"))
+    parser.add_argument("--src", required=True, nargs="+",
+                        help="annotation folder; Kinetics: CSV file(s); folder: video root")
+    parser.add_argument("--out", required=True, help="folder for classes.txt and <split>.txt")
+    parser.add_argument("--split", type=int, choices=(1, 2, 3), help="UCF101/HMDB51 split (default: all three)")
+    parser.add_argument("--videos", help="video root, for --only-existing (folder: --src)")
+    parser.add_argument("--only-existing", action="store_true", help="drop entries whose file is absent under --videos")
+    kinetics = parser.add_argument_group("kinetics")
+    kinetics.add_argument("--classes", help="class list fixing the label order (default: sorted CSV labels)")
+    kinetics.add_argument("--underscores", action="store_true", help="class folders with spaces -> '_' (mmaction2)")
+    kinetics.add_argument("--flat", action="store_true", help="no class folders (the CVDF archives)")
+    kinetics.add_argument("--split-dir", action="append", default=[], metavar="SPLIT=DIR",
+                          help="folder of a split's videos (default: the split name), repeatable")
+    kinetics.add_argument("--ext", default=".mp4", help="clip file extension (default .mp4)")
+    parser.add_argument("--splits", nargs="+", help="folder: split subfolders above the class folders")
+    args = parser.parse_args(argv)
+    if args.dataset != "kinetics" and len(args.src) != 1:
+        parser.error(f"--src takes one path for {args.dataset}")
+    if args.only_existing and not args.videos and args.dataset != "folder":
+        parser.error("--only-existing needs --videos ROOT")
+    kinetics_only = {"--classes": args.classes, "--underscores": args.underscores, "--flat": args.flat,
+                     "--split-dir": args.split_dir, "--ext": args.ext != ".mp4"}
+    for flag, value in kinetics_only.items():
+        if value and args.dataset != "kinetics":
+            parser.error(f"{flag} applies to --dataset kinetics only")
+    if args.split and args.dataset not in ("ucf101", "hmdb51"):
+        parser.error("--split applies to ucf101 and hmdb51 only")
+    if args.splits and args.dataset != "folder":
+        parser.error("--splits applies to --dataset folder only")
+    for item in args.split_dir:
+        if "=" not in item:
+            parser.error(f"--split-dir {item!r}: expected SPLIT=DIR")
+    return args
+
+
+def build(args: argparse.Namespace) -> DatasetLists:
+    splits = (args.split,) if args.split else (1, 2, 3)
+    if args.dataset == "ucf101":
+        return ucf101_lists(args.src[0], splits)
+    if args.dataset == "hmdb51":
+        return hmdb51_lists(args.src[0], splits)
+    if args.dataset == "kinetics":
+        return kinetics_lists(
+            args.src,
+            class_names=read_class_names(args.classes) if args.classes else None,
+            class_folders=not args.flat,
+            underscores=args.underscores,
+            split_dirs=dict(item.split("=", 1) for item in args.split_dir),
+            ext=args.ext,
+        )
+    if args.dataset == "sthv2":
+        return sthv2_lists(args.src[0])
+    return folder_lists(args.src[0], args.splits)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        lists = build(args)
+        if args.only_existing:
+            lists = keep_existing(lists, args.videos or args.src[0])
+        written = write_dataset_lists(lists, args.out)
+    except (OSError, ValueError) as err:  # ListFormatError is a ValueError
+        print(f"build_lists: error: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.dataset}: {len(lists.class_names)} classes")
+    for split, records in lists.splits.items():
+        dropped = len(lists.missing.get(split, ()))
+        print(f"  {split}: {len(records)} videos" + (f" ({dropped} missing, dropped)" if dropped else ""))
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

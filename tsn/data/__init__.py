@@ -1,0 +1,1 @@
+"""Data layer: TSN frame sampling, annotation lists and their builders, transforms, Dataset and DataLoader."""
