@@ -1,0 +1,523 @@
+"""Typed run configuration: YAML file + ``section.key=value`` overrides -> frozen dataclasses.
+
+A config file has four sections, ``data``, ``model``, ``train`` and ``test``; every key is
+optional and has a default chosen for the common first run: fine-tuning an ImageNet-pretrained
+backbone on a few hundred clips. The smallest useful config is therefore::
+
+    data:
+      root: /data/my_actions      # holds train.txt, val.txt, test.txt and classes.txt
+    model:
+      backbone: resnet50
+
+Paths: ``data.root`` is absolute or relative to the current working directory; every other path
+in a config (the lists, the class file, a ``model.pretrained`` file) is absolute or relative to
+``data.root`` (see ``resolve_path``); ``~`` is expanded.
+
+Errors: an unknown key, a value of the wrong type or outside its range raises ``ConfigError``
+whose message names the full dotted key and the reason, e.g.
+``train.lr: expected float, got 'abc'``. The dataclasses validate themselves on construction,
+so a config built in code is checked exactly like one read from YAML.
+
+Only ``tools/`` and the ``build_*`` functions read a ``Config``; everything below them takes
+plain arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import tempfile
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Sequence, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "SchedulerConfig",
+    "TrainConfig",
+    "TestConfig",
+    "Config",
+    "load_config",
+    "save_config",
+    "resolve_path",
+]
+
+
+class ConfigError(ValueError):
+    """A bad config value or file; ``str()`` is ``"<key or file>: <reason>"`` on one line."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+def _bounded(
+    default: Any,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> Any:
+    """A dataclass field with an inclusive/exclusive numeric range checked on construction."""
+    bounds = {name: value for name, value in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if value is not None}
+    return field(default=default, metadata={"bounds": bounds})
+
+
+# A float written as ``1e-3`` is a *string* to YAML 1.1 (it wants ``1.0e-3``); accept it for float keys.
+_FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _type_name(tp: Any) -> str:
+    """Human name of an annotation for error messages."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(choice) for choice in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join("null" if arg is type(None) else _type_name(arg) for arg in get_args(tp))
+    if origin is tuple:
+        return f"list of {_type_name(get_args(tp)[0])}"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_value(key: str, value: Any, tp: Any) -> Any:
+    """``value`` checked against annotation ``tp``; returns it (int -> float, list -> tuple)."""
+    origin = get_origin(tp)
+    if tp is bool:
+        if type(value) is bool:
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _FLOAT_TEXT.match(value.strip()):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif origin is Literal:
+        for choice in get_args(tp):
+            # type() check so that True does not pass for the choice 1
+            if type(value) is type(choice) and value == choice:
+                return value
+    elif origin in (Union, types.UnionType):
+        for arg in get_args(tp):
+            if arg is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _check_value(key, value, arg)
+            except ConfigError:
+                continue
+    elif origin is tuple:
+        if isinstance(value, (list, tuple)):
+            item_type = get_args(tp)[0]
+            return tuple(_check_value(f"{key}[{i}]", item, item_type) for i, item in enumerate(value))
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+    else:
+        raise TypeError(f"{key}: unsupported annotation {tp!r}")
+    raise ConfigError(key, f"expected {_type_name(tp)}, got {value!r}")
+
+
+def _check_bounds(key: str, value: Any, bounds: dict[str, float]) -> None:
+    """Raise ConfigError when a number lies outside ``bounds`` (None values are not checked)."""
+    if value is None:
+        return
+    if "ge" in bounds and not value >= bounds["ge"]:
+        raise ConfigError(key, f"must be >= {bounds['ge']}, got {value!r}")
+    if "gt" in bounds and not value > bounds["gt"]:
+        raise ConfigError(key, f"must be > {bounds['gt']}, got {value!r}")
+    if "le" in bounds and not value <= bounds["le"]:
+        raise ConfigError(key, f"must be <= {bounds['le']}, got {value!r}")
+    if "lt" in bounds and not value < bounds["lt"]:
+        raise ConfigError(key, f"must be < {bounds['lt']}, got {value!r}")
+
+
+class _Section:
+    """Mixin: validates and normalises every field of a frozen dataclass in ``__post_init__``."""
+
+    SECTION: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        hints = get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            key = f"{self.SECTION}.{f.name}" if self.SECTION else f.name
+            value = _check_value(key, getattr(self, f.name), hints[f.name])
+            _check_bounds(key, value, f.metadata.get("bounds", {}))
+            # frozen dataclass: normalised values (int -> float, list -> tuple) go in this way
+            object.__setattr__(self, f.name, value)
+        self._check()
+
+    def _check(self) -> None:
+        """Checks that involve several keys; subclasses override."""
+
+
+@dataclass(frozen=True)
+class DataConfig(_Section):
+    """``data`` section: where the clips are and how they are sampled and batched.
+
+    Attributes:
+        root: folder the other paths are relative to (absolute or relative to the working dir).
+        train_list, val_list, test_list: annotation lists (``path label`` for ``format: video``,
+            ``dir num_frames label`` for ``rawframes``). Defaults match the common
+            ``train.txt``/``val.txt``/``test.txt`` next to ``classes.txt`` layout.
+        classes: file of class names, one a line, line i = label i.
+        format: ``video`` (files decoded on the fly) or ``rawframes`` (folders of JPEGs).
+        backend: video decoder, ``decord`` (the reader falls back to OpenCV per file when decord
+            fails) or ``opencv``; ignored for rawframes.
+        num_segments: K, segments per clip. 3 is the TSN paper's training setting and keeps a
+            first run cheap; 8 suits Kinetics-scale data (the dataset configs set it).
+        new_length: L, consecutive frames per segment (1 for RGB).
+        input_size: side of the square network input.
+        short_side: frames are scaled so that their short side is this before cropping.
+        batch_size: clips per step and per process (8 fits a ResNet-50 with K=3 on any GPU).
+        num_workers: DataLoader worker processes.
+        on_error: ``skip`` replaces an unreadable sample by another (logged, counted);
+            ``raise`` stops at the first one.
+        train_augment: (added key) ``multiscale``: TSN's multi-scale corner crop (scales
+            1, .875, .75, .66), the default because it keeps most of the frame, which suits
+            short fine-tuning on small data; ``random_resized_crop`` (scale .08-1) is stronger
+            and suits long runs.
+        flip: (added key) random horizontal flip in training; set false for data whose labels
+            depend on direction (Something-Something v2: "left to right").
+    """
+
+    SECTION: ClassVar[str] = "data"
+
+    root: str = "."
+    train_list: str = "train.txt"
+    val_list: str = "val.txt"
+    test_list: str = "test.txt"
+    classes: str = "classes.txt"
+    format: Literal["video", "rawframes"] = "video"
+    backend: Literal["decord", "opencv"] = "decord"
+    num_segments: int = _bounded(3, ge=1)
+    new_length: int = _bounded(1, ge=1)
+    input_size: int = _bounded(224, ge=1)
+    short_side: int = _bounded(256, ge=1)
+    batch_size: int = _bounded(8, ge=1)
+    num_workers: int = _bounded(4, ge=0)
+    on_error: Literal["skip", "raise"] = "skip"
+    train_augment: Literal["multiscale", "random_resized_crop"] = "multiscale"
+    flip: bool = True
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Section):
+    """``model`` section: backbone, head and the fine-tuning controls.
+
+    Attributes:
+        backbone: backbone name as ``tsn.models.build_backbone`` knows it. Default
+            ``efficientnet_lite0``: its ImageNet weights ship with an install requirement, so a
+            config that names no backbone still starts offline, and it is fast on a CPU.
+        pretrained: ``true`` (the backbone's ImageNet weights), ``false`` (random init) or a
+            path to a weight file (relative to ``data.root`` unless absolute).
+        head: ``gap`` (global average pool + dropout + linear) or ``bilinear`` pooling.
+        consensus: how per-segment logits become one per video: ``avg`` (TSN) or ``max``.
+        dropout: before the classifier. 0.5 sits between mmaction2's 0.4 and the TSN paper's
+            0.8: few hundred clips overfit quickly.
+        partial_bn: freeze every BatchNorm but the first (TSN). On by default: with a batch of
+            8 clips x 3 frames of the same videos, BN statistics are poor estimates and
+            updating them hurts the pretrained features.
+        freeze_backbone: train the head only.
+        bilinear_dim: (added key) channels the bilinear head first reduces to with a 1x1
+            convolution (D*D features: 256 -> 65,536); null = no reduction.
+    """
+
+    SECTION: ClassVar[str] = "model"
+
+    backbone: str = "efficientnet_lite0"
+    pretrained: bool | str = True
+    head: Literal["gap", "bilinear"] = "gap"
+    consensus: Literal["avg", "max"] = "avg"
+    dropout: float = _bounded(0.5, ge=0.0, lt=1.0)
+    partial_bn: bool = True
+    freeze_backbone: bool = False
+    bilinear_dim: int | None = _bounded(256, ge=1)
+
+    def _check(self) -> None:
+        if isinstance(self.pretrained, str) and not self.pretrained.strip():
+            raise ConfigError("model.pretrained", "expected true, false or a path, got ''")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig(_Section):
+    """``train.scheduler`` section: the learning-rate schedule (see ``tsn.engine.schedulers``).
+
+    Attributes:
+        name: ``cosine`` (default: smooth decay to ``min_lr_ratio`` at the end of training, no
+            milestones to tune), ``multistep`` (times ``gamma`` at each milestone epoch),
+            ``plateau`` (times ``gamma`` when the validation top-1 stops improving for more
+            than ``patience`` validations) or ``none`` (constant).
+        milestones: epochs (0-based, from the start of training) where ``multistep`` multiplies
+            the learning rate by ``gamma``; strictly increasing.
+        gamma: the multiplier of ``multistep`` and ``plateau``.
+        warmup_epochs: linear warm-up, stepped every iteration, from ``warmup_start_factor``
+            times the learning rate to the full learning rate; composes with every ``name``.
+            One epoch keeps the first large steps of a new random head from wrecking the
+            pretrained features.
+        warmup_start_factor: (added key) the warm-up's first multiplier.
+        min_lr_ratio: (added key) ``cosine`` ends at, and ``plateau`` never goes below, this
+            fraction of each parameter group's learning rate.
+        patience: (added key) validations without improvement that ``plateau`` tolerates.
+    """
+
+    SECTION: ClassVar[str] = "train.scheduler"
+
+    name: Literal["multistep", "cosine", "plateau", "none"] = "cosine"
+    milestones: tuple[int, ...] = ()
+    gamma: float = _bounded(0.1, gt=0.0, le=1.0)
+    warmup_epochs: int = _bounded(1, ge=0)
+    warmup_start_factor: float = _bounded(0.1, gt=0.0, le=1.0)
+    min_lr_ratio: float = _bounded(0.0, ge=0.0, le=1.0)
+    patience: int = _bounded(2, ge=0)
+
+    def _check(self) -> None:
+        for i, epoch in enumerate(self.milestones):
+            if epoch < 1 or (i > 0 and epoch <= self.milestones[i - 1]):
+                raise ConfigError(
+                    "train.scheduler.milestones", f"expected strictly increasing epochs >= 1, got {list(self.milestones)}"
+                )
+        if self.name == "multistep" and not self.milestones:
+            raise ConfigError("train.scheduler.milestones", "multistep needs at least one milestone epoch, e.g. [10, 20]")
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Section):
+    """``train`` section: optimisation recipe and run controls.
+
+    Attributes:
+        epochs: passes over the training list. 20 with cosine fine-tunes a pretrained
+            backbone on a few hundred clips to convergence without long plateaus.
+        optimizer: ``sgd`` (momentum, the TSN recipe) or ``adamw``.
+        lr: learning rate of the head for ``batch_size`` clips; the backbone gets
+            ``lr * backbone_lr_mult``. 0.01 with batch 8: the classic fine-tuning pair of a
+            10x faster new layer (0.01) over a pretrained body (0.001, the torchvision
+            fine-tuning tutorial's rate). Scale ``lr`` linearly with the total batch size.
+            With ``adamw`` set it explicitly (about 1e-3).
+        momentum: SGD momentum (0.9, as TSN and mmaction2).
+        weight_decay: 5e-4, the TSN paper's value; the stronger of the two common choices,
+            because small data sets overfit. With ``adamw`` set it explicitly (e.g. 0.05).
+        no_decay_bias_norm: no weight decay on biases and normalisation parameters.
+        backbone_lr_mult: see ``lr``. 0.1 keeps the pretrained features while the head learns.
+        label_smoothing: 0.1, a free regulariser for small data sets.
+        mixup_alpha: Beta(alpha, alpha) for mixup of clips and labels; 0 = off (the default:
+            mixup pays off in long runs, not in a short fine-tune).
+        l1: weight of an L1 penalty on weight tensors (not biases or norms); 0 = off.
+        clip_grad_norm: clip the global gradient norm to this (40, mmaction2's TSN value, a
+            safety net that rarely triggers); null = no clipping.
+        scheduler: see ``SchedulerConfig``.
+        amp: autocast on CUDA: ``none``, ``bf16`` (Ampere or newer; fastest) or ``fp16``
+            (with a GradScaler). Ignored on CPU.
+        channels_last: NHWC memory format on CUDA (faster with amp).
+        compile: ``torch.compile`` the model.
+        seed: seeds torch, numpy, random and every loader worker.
+        deterministic: deterministic algorithms (reproducible, slower) instead of cudnn
+            benchmark.
+        val_every: validate every this many epochs (and after the last one).
+    """
+
+    SECTION: ClassVar[str] = "train"
+
+    epochs: int = _bounded(20, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = _bounded(0.01, gt=0.0)
+    momentum: float = _bounded(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = _bounded(5e-4, ge=0.0)
+    no_decay_bias_norm: bool = True
+    backbone_lr_mult: float = _bounded(0.1, ge=0.0)
+    label_smoothing: float = _bounded(0.1, ge=0.0, lt=1.0)
+    mixup_alpha: float = _bounded(0.0, ge=0.0)
+    l1: float = _bounded(0.0, ge=0.0)
+    clip_grad_norm: float | None = _bounded(40.0, gt=0.0)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    channels_last: bool = False
+    compile: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    val_every: int = _bounded(1, ge=1)
+
+
+@dataclass(frozen=True)
+class TestConfig(_Section):
+    """``test`` section: views per video in ``tools/test.py`` (scores averaged over views).
+
+    Attributes:
+        num_clips: temporal clips per video, each of ``num_segments`` frames spread over the
+            video. 2 clips x 3 crops = 6 views: a cheap multi-view protocol (papers use up to
+            25 frames x 10 crops; raise both for reporting).
+        crops: spatial crops per clip: 1 (centre), 3 (along the long side) or 10 (4 corners +
+            centre, and their flips).
+    """
+
+    __test__: ClassVar[bool] = False  # not a pytest test class despite its name
+    SECTION: ClassVar[str] = "test"
+
+    num_clips: int = _bounded(2, ge=1)
+    crops: Literal[1, 3, 10] = 3
+
+
+@dataclass(frozen=True)
+class Config(_Section):
+    """The whole run configuration: ``data``, ``model``, ``train`` and ``test``."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> Config:
+        """Nested plain dict (as read from YAML) -> validated Config; missing keys take defaults."""
+        return _build(cls, raw, "")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict of YAML types (tuples become lists); ``from_dict`` inverts it."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    """Tuples -> lists, recursively, so that the dict is plain YAML/JSON."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    """Build dataclass ``cls`` from mapping ``raw``; unknown keys name their dotted path."""
+    if raw is None:  # an empty section ("test:" with nothing under it)
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(prefix or "config", f"expected a mapping, got {raw!r}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(names)})"
+            raise ConfigError(dotted, "unknown key" + hint)
+    kwargs = {}
+    for name in names:
+        if name not in raw:
+            continue
+        value = raw[name]
+        if dataclasses.is_dataclass(hints[name]):
+            value = _build(hints[name], value, f"{prefix}.{name}" if prefix else name)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set ``section.key=value`` (value parsed as YAML) into the nested dict ``raw``."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(repr(item), "expected an override of the form section.key=value")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(key, f"cannot parse value {text!r} as YAML: {problem}") from None
+    parts = key.split(".")
+    node = raw
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(".".join(parts[: depth + 1]), f"is a value ({child!r}), not a section")
+        node = child
+    old = node.get(parts[-1])
+    if isinstance(old, dict) and isinstance(value, dict):
+        _merge(old, value)  # train.scheduler={name: multistep} keeps the file's other scheduler keys
+    else:
+        node[parts[-1]] = value
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> None:
+    """Deep-merge ``update`` into ``base`` in place."""
+    for key, value in update.items():
+        if isinstance(base.get(key), dict) and isinstance(value, dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = ()) -> Config:
+    """YAML file (or None: all defaults) + ``section.key=value`` overrides -> Config.
+
+    Override values are parsed with ``yaml.safe_load``, so ``train.lr=0.1`` is a float,
+    ``model.pretrained=false`` a bool and ``train.scheduler.milestones=[10,20]`` a list.
+    Raises ConfigError (naming the file and line, or the dotted key) on any problem.
+    """
+    raw: Any = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(str(path), "config file not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(str(path), f"cannot read config file: {exc}") from None
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(where, f"invalid YAML: {problem}") from None
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(str(path), f"expected a mapping of sections at the top level, got {type(raw).__name__}")
+    for item in overrides:
+        _apply_override(raw, item)
+    return Config.from_dict(raw)
+
+
+def save_config(cfg: Config, path: str | os.PathLike[str]) -> None:
+    """Write the resolved ``cfg`` as YAML, atomically (temp file in the same folder, fsync, rename)."""
+    path = Path(path)
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def resolve_path(data: DataConfig, value: str | os.PathLike[str]) -> Path:
+    """A config path -> Path: ``~`` expanded; absolute stays; relative is joined to ``data.root``.
+
+    ``data.root`` itself may be relative; it is then relative to the current working directory.
+    """
+    candidate = Path(value).expanduser()
+    if candidate.is_absolute():
+        return candidate
+    return Path(data.root).expanduser() / candidate
