@@ -1,0 +1,65 @@
+"""Models: ImageNet backbones, GAP and bilinear heads, the TSN, fine-tuning controls.
+
+Knows nothing of files except pretrained weight loading.
+"""
+
+from tsn.models.backbones import (
+    BACKBONE_NAMES,
+    DEFAULT_BACKBONE,
+    TimmBackbone,
+    build_backbone,
+    efficientnet_lite0_imagenet,
+)
+from tsn.models.bninception import BNInception
+from tsn.models.build import HEAD_TYPES, build_model
+from tsn.models.efficientnet_lite import EfficientNetLite0
+from tsn.models.features import FeatureExtractor
+from tsn.models.finetune import convert_sync_batchnorm, freeze_backbone, param_groups, unwrap
+from tsn.models.heads import BilinearHead, GAPHead, bilinear_pool, init_new_layers
+from tsn.models.spec import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec
+from tsn.models.summary import LayerRow, ModelSummary, summarize
+from tsn.models.tsn import CONSENSUS_TYPES, TSN, batchnorm_layers
+from tsn.models.weights import (
+    LoadReport,
+    PretrainedWeightsNotFound,
+    hub_checkpoint_path,
+    load_state_dict_flexible,
+    match_module_prefix,
+    read_state_dict,
+)
+
+__all__ = [
+    "BACKBONE_NAMES",
+    "CONSENSUS_TYPES",
+    "DEFAULT_BACKBONE",
+    "HEAD_TYPES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "BNInception",
+    "BackboneSpec",
+    "BilinearHead",
+    "EfficientNetLite0",
+    "FeatureExtractor",
+    "GAPHead",
+    "LayerRow",
+    "LoadReport",
+    "ModelSummary",
+    "PretrainedWeightsNotFound",
+    "TSN",
+    "TimmBackbone",
+    "batchnorm_layers",
+    "bilinear_pool",
+    "build_backbone",
+    "build_model",
+    "convert_sync_batchnorm",
+    "efficientnet_lite0_imagenet",
+    "freeze_backbone",
+    "hub_checkpoint_path",
+    "init_new_layers",
+    "load_state_dict_flexible",
+    "match_module_prefix",
+    "param_groups",
+    "read_state_dict",
+    "summarize",
+    "unwrap",
+]

@@ -1,0 +1,43 @@
+"""``build_model``: a TSN from plain arguments (the config-reading builder sits on top of it)."""
+
+from __future__ import annotations
+
+import os
+
+from tsn.models.backbones import DEFAULT_BACKBONE, build_backbone
+from tsn.models.finetune import freeze_backbone as _freeze_backbone
+from tsn.models.heads import BilinearHead, GAPHead
+from tsn.models.tsn import TSN
+
+HEAD_TYPES = ("gap", "bilinear")
+
+
+def build_model(
+    *,
+    backbone: str = DEFAULT_BACKBONE,
+    pretrained: bool | str | os.PathLike = True,
+    head: str = "gap",
+    num_classes: int,
+    num_segments: int = 3,
+    consensus: str = "avg",
+    dropout: float = 0.5,
+    partial_bn: bool = False,
+    freeze_backbone: bool = False,
+    bilinear_dim: int | None = 256,
+) -> TSN:
+    """A TSN: ``build_backbone(backbone, pretrained)``, a "gap" or "bilinear" head (the bilinear
+    one reduces the features to ``bilinear_dim`` channels first; None keeps all), the consensus,
+    partial BN and, with ``freeze_backbone``, only the head trainable."""
+    if head not in HEAD_TYPES:
+        raise ValueError(f"head {head!r} is not one of {', '.join(HEAD_TYPES)}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    net, spec = build_backbone(backbone, pretrained)
+    if head == "gap":
+        head_module = GAPHead(spec.feature_dim, num_classes, dropout)
+    else:
+        head_module = BilinearHead(spec.feature_dim, num_classes, dropout, reduce_dim=bilinear_dim)
+    model = TSN(net, spec, head_module, num_segments, consensus=consensus, partial_bn=partial_bn)
+    if freeze_backbone:
+        _freeze_backbone(model)
+    return model

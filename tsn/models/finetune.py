@@ -1,0 +1,86 @@
+"""Fine-tuning controls: frozen backbone, optimizer parameter groups, SyncBatchNorm for DDP.
+
+Partial BatchNorm lives in ``TSN`` itself (``partial_bn=True``), since it must act in ``train()``.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from tsn.models.tsn import TSN
+
+# Layers whose weights are scales and shifts: no weight decay with no_decay_bias_norm
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+_WRAPPERS = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DataParallel/DistributedDataParallel, or ``model`` itself."""
+    return model.module if isinstance(model, _WRAPPERS) else model
+
+
+def freeze_backbone(model: TSN) -> None:
+    """Train the head only: backbone parameters get requires_grad False and the backbone stays
+    in eval mode (BatchNorm statistics fixed) even when ``model.train()`` is called."""
+    model = unwrap(model)
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    model.backbone_frozen = True
+    model.train(model.training)  # apply now, not only at the next train()
+
+
+def param_groups(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    backbone_lr_mult: float = 1.0,
+    no_decay_bias_norm: bool = True,
+) -> list[dict]:
+    """Optimizer parameter groups, each ``{"params", "lr", "weight_decay", "name"}``.
+
+    Parameters under ``model.backbone`` get ``lr * backbone_lr_mult``, the rest (head) ``lr``.
+    With ``no_decay_bias_norm`` biases and the weights of normalisation layers get weight decay 0.
+    Frozen parameters (requires_grad False) are left out; every other parameter appears exactly
+    once. Empty groups are dropped. Works on a DataParallel/DDP-wrapped model.
+    """
+    net = unwrap(model)
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    seen: set[int] = set()
+    for module_name, module in net.named_modules():
+        part = "backbone" if module_name == "backbone" or module_name.startswith("backbone.") else "head"
+        for param_name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            decay = not (no_decay_bias_norm and (param_name == "bias" or isinstance(module, _NORM_TYPES)))
+            groups.setdefault((part, decay), []).append(param)
+    result = []
+    for part in ("backbone", "head"):
+        for decay in (True, False):
+            params = groups.get((part, decay))
+            if params:
+                result.append(
+                    {
+                        "params": params,
+                        "lr": lr * backbone_lr_mult if part == "backbone" else lr,
+                        "weight_decay": weight_decay if decay else 0.0,
+                        "name": f"{part}/{'decay' if decay else 'no_decay'}",
+                    }
+                )
+    return result
+
+
+def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """Every BatchNorm -> SyncBatchNorm, for DDP on CUDA (call before wrapping in DDP).
+
+    Parameters and statistics are carried over (same tensors, same requires_grad), and the
+    TSN's partial-BN / frozen-backbone eval modes are applied again to the new layers.
+    """
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return converted.train(converted.training)
+
+
+def trainable_parameter_count(model: nn.Module) -> int:
+    """Number of scalars with requires_grad True."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+

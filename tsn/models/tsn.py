@@ -1,0 +1,119 @@
+"""Temporal Segment Network: one 2D backbone applied to every frame, a head, a segment consensus.
+
+Input ``(B, T, C, H, W)`` float, normalised with ``model.spec`` (see ``tsn.layout``), with
+T = K * L frames segment-major (K = ``num_segments``, L frames per segment). Each frame goes
+through backbone and head on its own; the L frame scores of a segment are averaged into the
+segment score, and the consensus combines the K segment scores.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tsn.models.spec import BackboneSpec
+
+CONSENSUS_TYPES = ("avg", "max", "identity")
+
+
+def batchnorm_layers(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """Every BatchNorm (including SyncBatchNorm) inside ``module``, in registration order."""
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+class TSN(nn.Module):
+    """TSN(backbone, spec, head, num_segments, consensus, partial_bn).
+
+    backbone: (N, 3, H, W) -> (N, D, h, w); head: (N, D, h, w) -> (N, num_classes) with a
+    ``num_classes`` attribute and a ``pool`` method (see ``tsn.models.heads``).
+    consensus: "avg" (default) or "max" over segments -> (B, num_classes); "identity" returns
+    the per-segment scores (B, K, num_classes).
+    partial_bn: TSN's partial BatchNorm: every BatchNorm of the backbone but the first keeps its
+    ImageNet statistics and affine parameters (requires_grad False, eval mode even in
+    ``train()``), which limits over-fitting on small data sets.
+    ``backbone_frozen`` (set by ``tsn.models.finetune.freeze_backbone``) keeps the whole backbone
+    in eval mode in ``train()``.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        spec: BackboneSpec,
+        head: nn.Module,
+        num_segments: int,
+        consensus: str = "avg",
+        partial_bn: bool = False,
+    ) -> None:
+        super().__init__()
+        if consensus not in CONSENSUS_TYPES:
+            raise ValueError(f"consensus {consensus!r} is not one of {', '.join(CONSENSUS_TYPES)}")
+        if num_segments < 1:
+            raise ValueError(f"num_segments must be >= 1, got {num_segments}")
+        self.backbone = backbone
+        self.head = head
+        self.spec = spec
+        self.num_segments = num_segments
+        self.consensus = consensus
+        self.partial_bn = partial_bn
+        self.backbone_frozen = False
+        if partial_bn:
+            for bn in self.partial_bn_layers():
+                for p in bn.parameters():
+                    p.requires_grad_(False)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.head.num_classes)
+
+    def partial_bn_layers(self) -> list[nn.modules.batchnorm._BatchNorm]:
+        """The backbone's BatchNorm layers that partial BN freezes: all but the first."""
+        return batchnorm_layers(self.backbone)[1:]
+
+    def train(self, mode: bool = True) -> TSN:
+        """Like ``nn.Module.train``, but frozen BatchNorm layers stay in eval mode, so that their
+        running statistics do not move."""
+        super().train(mode)
+        if mode and self.backbone_frozen:
+            self.backbone.eval()
+        elif mode and self.partial_bn:
+            for bn in self.partial_bn_layers():
+                bn.eval()
+        return self
+
+    def _check_frames(self, num_frames: int) -> None:
+        if num_frames % self.num_segments != 0:
+            raise ValueError(f"clip has {num_frames} frames, not a multiple of num_segments={self.num_segments}")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C, H, W) -> backbone feature maps (B, T, D, h, w), one per frame (T = K * L)."""
+        b, t = x.shape[:2]
+        self._check_frames(t)
+        frames = x.reshape(b * t, *x.shape[2:])  # (B*T, C, H, W)
+        maps = self.backbone(frames)  # (B*T, D, h, w)
+        return maps.reshape(b, t, *maps.shape[1:])  # (B, T, D, h, w)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, T, D, h, w) -> (B, num_classes), or (B, K, num_classes) with consensus "identity"."""
+        b, t = features.shape[:2]
+        self._check_frames(t)
+        scores = self.head(features.reshape(b * t, *features.shape[2:]))  # (B*T, classes)
+        scores = scores.reshape(b, self.num_segments, t // self.num_segments, -1)  # (B, K, L, classes)
+        segment_scores = scores.mean(dim=2)  # (B, K, classes)
+        if self.consensus == "avg":
+            return segment_scores.mean(dim=1)  # (B, classes)
+        if self.consensus == "max":
+            return segment_scores.amax(dim=1)  # (B, classes)
+        return segment_scores
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C, H, W) -> logits (B, num_classes) (or (B, K, num_classes) for "identity")."""
+        return self.forward_head(self.forward_features(x))
+
+    def segment_descriptors(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C, H, W) -> (B, K, F): the head's pooled vector (before dropout and classifier)
+        per segment, the L frames of a segment averaged. Mean over K gives one vector per video."""
+        features = self.forward_features(x)  # (B, T, D, h, w)
+        b, t = features.shape[:2]
+        pooled = self.head.pool(features.reshape(b * t, *features.shape[2:]))  # (B*T, F)
+        pooled = pooled.reshape(b, self.num_segments, t // self.num_segments, -1)  # (B, K, L, F)
+        return pooled.mean(dim=2)  # (B, K, F)
