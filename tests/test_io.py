@@ -1,0 +1,317 @@
+"""tsn.io: frame-exact reads for every backend, probe fields, fallback, overstated frame counts, bad inputs."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+import wave
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import decord
+import numpy as np
+import pytest
+
+from tsn.io import BACKENDS, RAWFRAME_TEMPLATE, VideoInfo, VideoReadError, iter_frames, probe, read
+from tsn.io.decord_backend import timestamps_usable
+from videos import frame_index, index_frame, make_index_video
+
+NUM_FRAMES = 40
+WIDTH, HEIGHT = 64, 48
+
+
+def write_rawframes(folder: Path, num_frames: int, width: int = WIDTH, height: int = HEIGHT) -> Path:
+    """A frame folder img_00001.jpg ... whose frame i encodes i."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(num_frames):
+        cv2.imwrite(str(folder / RAWFRAME_TEMPLATE.format(i + 1)),
+                    cv2.cvtColor(index_frame(i, width, height), cv2.COLOR_RGB2BGR))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One 40-frame index video per container/codec, and the same frames as a frame folder."""
+    root = tmp_path_factory.mktemp("io")
+    return {
+        "mp4": make_index_video(root / "v.mp4", NUM_FRAMES),
+        "avi": make_index_video(root / "v.avi", NUM_FRAMES, fourcc="MJPG"),
+        "frames": write_rawframes(root / "frames", NUM_FRAMES),
+    }
+
+
+# (backend asked for, source, backend that answers)
+CASES = [
+    ("decord", "mp4", "decord"),
+    ("opencv", "mp4", "opencv"),
+    ("decord", "avi", "decord"),
+    ("opencv", "avi", "opencv"),
+    ("auto", "mp4", "decord"),
+    ("rawframes", "frames", "rawframes"),
+    ("auto", "frames", "rawframes"),
+]
+CASE_IDS = [f"{backend}-{source}" for backend, source, _ in CASES]
+
+
+def indices_of(frames: np.ndarray) -> list[int]:
+    return [frame_index(frame) for frame in frames]
+
+
+@pytest.mark.parametrize("backend, source, answering", CASES, ids=CASE_IDS)
+def test_probe_reports_size_verified_count_fps_and_backend(sources: dict[str, Path], backend: str, source: str,
+                                                           answering: str) -> None:
+    fps = 0.0 if answering == "rawframes" else 25.0
+    assert probe(sources[source], backend) == VideoInfo(HEIGHT, WIDTH, NUM_FRAMES, fps, answering)
+
+
+@pytest.mark.parametrize("backend, source, answering", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("with_info", [False, True], ids=["probe-inside", "info-given"])
+def test_read_returns_exactly_the_requested_frames_in_order(sources: dict[str, Path], backend: str, source: str,
+                                                            answering: str, with_info: bool) -> None:
+    path = sources[source]
+    info = probe(path, backend) if with_info else None
+    wanted = [17, 3, 39, 3, 0, 17, 38, 39]  # unsorted, repeated, both ends
+    frames = read(path, wanted, backend=backend, info=info)
+    assert frames.dtype == np.uint8 and frames.shape == (len(wanted), HEIGHT, WIDTH, 3)
+    assert indices_of(frames) == wanted
+
+
+@pytest.mark.parametrize("backend, source, answering", CASES, ids=CASE_IDS)
+def test_read_every_frame_from_numpy_indices(sources: dict[str, Path], backend: str, source: str,
+                                             answering: str) -> None:
+    wanted = np.arange(NUM_FRAMES, dtype=np.int32)
+    assert indices_of(read(sources[source], wanted, backend=backend)) == list(range(NUM_FRAMES))
+
+
+@pytest.mark.parametrize("backend, source, answering", CASES, ids=CASE_IDS)
+def test_iter_frames_yields_every_frame_in_order(sources: dict[str, Path], backend: str, source: str,
+                                                 answering: str) -> None:
+    frames = list(iter_frames(sources[source], backend))
+    assert all(frame.shape == (HEIGHT, WIDTH, 3) and frame.dtype == np.uint8 for frame in frames)
+    assert indices_of(frames) == list(range(NUM_FRAMES))
+
+
+@pytest.mark.parametrize("backend, source, answering", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("bad", [NUM_FRAMES, -1])
+def test_index_outside_the_video_names_the_index(sources: dict[str, Path], backend: str, source: str,
+                                                 answering: str, bad: int) -> None:
+    with pytest.raises(VideoReadError) as caught:
+        read(sources[source], [0, bad, 5], backend=backend)
+    assert caught.value.reason == f"frame index {bad} outside [0, {NUM_FRAMES})"
+    assert caught.value.path == str(sources[source])
+
+
+def test_empty_indices_give_an_empty_clip(sources: dict[str, Path]) -> None:
+    for backend, source in [("auto", "mp4"), ("opencv", "avi"), ("rawframes", "frames")]:
+        frames = read(sources[source], [], backend=backend)
+        assert frames.shape == (0, HEIGHT, WIDTH, 3) and frames.dtype == np.uint8
+
+
+def test_indices_must_be_a_1d_sequence_of_integers(sources: dict[str, Path]) -> None:
+    with pytest.raises(ValueError, match="1-D"):
+        read(sources["mp4"], [[0, 1]])
+    with pytest.raises(TypeError, match="integers"):
+        read(sources["mp4"], [0.0, 1.0])
+
+
+def test_unknown_backend_is_a_value_error(sources: dict[str, Path]) -> None:
+    with pytest.raises(ValueError, match="backend must be one of"):
+        probe(sources["mp4"], "pyav")
+    assert BACKENDS == ("decord", "opencv", "rawframes")
+
+
+def test_video_read_error_message_and_pickling() -> None:
+    error = VideoReadError("a/b.mp4", "empty file (0 bytes)")
+    assert str(error) == "a/b.mp4: empty file (0 bytes)"
+    again = pickle.loads(pickle.dumps(error))
+    assert (again.path, again.reason, str(again)) == (error.path, error.reason, str(error))
+
+
+@pytest.mark.parametrize("width", [48, 72])
+def test_decord_failure_on_odd_width_falls_back_to_opencv_logged_once(tmp_path: Path, width: int,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    path = make_index_video(tmp_path / f"odd{width}.mp4", 30, width=width, height=48)
+    with pytest.raises(VideoReadError, match="The size must exactly match"):
+        probe(path, "decord")
+    caplog.set_level(logging.WARNING, logger="tsn.io")
+    info = probe(path)
+    assert info == VideoInfo(48, width, 30, 25.0, "opencv")
+    wanted = [29, 4, 4, 0]
+    assert indices_of(read(path, wanted)) == wanted
+    assert indices_of(read(path, wanted, info=info)) == wanted
+    assert indices_of(read(path, [7, 2])) == [7, 2]
+    records = [record for record in caplog.records if record.name == "tsn.io"]
+    assert len(records) == 1
+    assert records[0].levelno == logging.WARNING
+    message = records[0].getMessage()
+    assert message.startswith(f"{path}: decord: ") and message.endswith("reading it with opencv instead")
+
+
+def test_decord_needs_increasing_timestamps_in_its_index() -> None:
+    assert timestamps_usable(np.arange(5) * 0.04)
+    assert timestamps_usable(np.array([0.0]))
+    # What decord reports for AVIs without timestamps (AV_NOPTS_VALUE): its seeks there return wrong frames.
+    assert not timestamps_usable(np.full(5, -3.0744575e17))
+    assert not timestamps_usable(np.array([0.0, 0.04, 0.04, 0.08]))
+    assert not timestamps_usable(np.array([0.0, 0.08, 0.04]))
+    assert not timestamps_usable(np.array([0.0, np.nan]))
+
+
+def movi_chunks(data: bytes) -> list[tuple[int, int]]:
+    """(offset, payload size) of every frame chunk ('00dc') of an AVI written by OpenCV, in order."""
+    position = data.index(b"movi") + 4
+    chunks = []
+    while position + 8 <= len(data):
+        tag, size = data[position:position + 4], int.from_bytes(data[position + 4:position + 8], "little")
+        if tag == b"idx1":
+            break
+        if tag == b"LIST":  # a nested list header: its chunks follow
+            position += 12
+            continue
+        if tag == b"00dc":
+            chunks.append((position, size))
+        position += 8 + size + (size & 1)
+    return chunks
+
+
+def damaged_avi(tmp_path: Path, how: str, good: int) -> Path:
+    """A 40-frame MJPG AVI whose container still claims 40 frames, but only frames 0..good-1 decode.
+
+    zero_tail: payloads of frames good.. zeroed (index kept, every backend claims 40);
+    cut_inside: file cut 20 bytes into frame ``good``'s payload (the header claims 40, decord indexes good+1);
+    cut_between: file cut right before frame ``good``'s chunk (the header claims 40, decord indexes good).
+    """
+    source = make_index_video(tmp_path / "source.avi", NUM_FRAMES, fourcc="MJPG")
+    data = bytearray(source.read_bytes())
+    chunks = movi_chunks(bytes(data))
+    assert len(chunks) == NUM_FRAMES
+    if how == "zero_tail":
+        for offset, size in chunks[good:]:
+            data[offset + 8:offset + 8 + size] = bytes(size)
+    elif how == "cut_inside":
+        data = data[:chunks[good][0] + 8 + 20]
+    else:
+        data = data[:chunks[good][0]]
+    path = tmp_path / f"{how}.avi"
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("how, auto_backend", [("zero_tail", "opencv"), ("cut_inside", "opencv"),
+                                               ("cut_between", "decord")])
+def test_container_that_overstates_its_frame_count_is_corrected(tmp_path: Path, how: str,
+                                                                auto_backend: str) -> None:
+    good = 25
+    path = damaged_avi(tmp_path, how, good)
+    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    assert capture.get(cv2.CAP_PROP_FRAME_COUNT) == NUM_FRAMES  # what the container claims
+    capture.release()
+
+    assert probe(path, "opencv") == VideoInfo(HEIGHT, WIDTH, good, 25.0, "opencv")
+    info = probe(path)
+    assert info == VideoInfo(HEIGHT, WIDTH, good, 25.0, auto_backend)
+    if auto_backend == "opencv":
+        # decord indexes more frames than decode: it refuses the file instead of guessing.
+        claimed = len(decord.VideoReader(str(path)))
+        assert claimed > good
+        with pytest.raises(VideoReadError, match=f"frame {claimed - 1}, the last of the {claimed} in its index"):
+            probe(path, "decord")
+    assert indices_of(read(path, [24, 0, 12, 24])) == [24, 0, 12, 24]
+    assert indices_of(read(path, [24, 0], info=info)) == [24, 0]
+    assert len(list(iter_frames(path))) == good
+    with pytest.raises(VideoReadError, match=f"frame index {good} outside \\[0, {good}\\)"):
+        read(path, [good])
+
+
+def _text_as_mp4(tmp_path: Path) -> Path:
+    path = tmp_path / "notes.mp4"
+    path.write_text("this is not a video\n" * 20)
+    return path
+
+
+def _audio_only(tmp_path: Path) -> Path:
+    path = tmp_path / "speech.wav"
+    with wave.open(str(path), "wb") as audio:
+        audio.setnchannels(1)
+        audio.setsampwidth(2)
+        audio.setframerate(8000)
+        audio.writeframes(np.zeros(8000, dtype=np.int16).tobytes())
+    return path
+
+
+def _mp4_cut_in_half(tmp_path: Path) -> Path:
+    source = make_index_video(tmp_path / "whole.mp4", NUM_FRAMES)
+    path = tmp_path / "half.mp4"
+    path.write_bytes(source.read_bytes()[:source.stat().st_size // 2])
+    return path
+
+
+def _empty_file(tmp_path: Path) -> Path:
+    path = tmp_path / "empty.mp4"
+    path.touch()
+    return path
+
+
+def _folder(tmp_path: Path) -> Path:
+    path = tmp_path / "clip.mp4"
+    path.mkdir()
+    return path
+
+
+def _frames_missing(tmp_path: Path) -> Path:
+    folder = write_rawframes(tmp_path / "frames", 5)
+    (folder / RAWFRAME_TEMPLATE.format(3)).unlink()
+    return folder
+
+
+def _last_frame_broken(tmp_path: Path) -> Path:
+    folder = write_rawframes(tmp_path / "frames", 5)
+    (folder / RAWFRAME_TEMPLATE.format(5)).write_text("not a jpeg")
+    return folder
+
+
+def _last_frame_other_size(tmp_path: Path) -> Path:
+    folder = write_rawframes(tmp_path / "frames", 5)
+    cv2.imwrite(str(folder / RAWFRAME_TEMPLATE.format(5)), np.zeros((24, 32, 3), dtype=np.uint8))
+    return folder
+
+
+BAD_INPUTS: list[tuple[str, Callable[[Path], Path], str, str]] = [
+    ("missing", lambda tmp_path: tmp_path / "gone.mp4", "auto", r"^no such file or folder$"),
+    ("zero-byte", _empty_file, "auto", r"^empty file \(0 bytes\)$"),
+    ("text-named-mp4", _text_as_mp4, "auto",
+     r"^no backend can read it: (?=.*decord: cannot open it \()(?=.*opencv: cannot open it \()"),
+    ("audio-only", _audio_only, "auto",
+     r"^no backend can read it: (?=.*decord: ERROR cannot find video stream)(?=.*opencv: cannot open it \()"),
+    ("mp4-cut-in-half", _mp4_cut_in_half, "auto",
+     r"^no backend can read it: (?=.*decord: cannot open it \()(?=.*opencv: cannot open it \()"),
+    ("folder-for-decord", _folder, "decord", r"^is a folder, not a video file \(backend 'decord'"),
+    ("folder-for-opencv", _folder, "opencv", r"^is a folder, not a video file \(backend 'opencv'"),
+    ("folder-without-frames", _folder, "auto", r"^rawframes: folder without img_00001\.jpg"),
+    ("file-for-rawframes", _text_as_mp4, "rawframes", r"^is a file, not a folder of frames"),
+    ("frame-missing", _frames_missing, "auto", r"^rawframes: img_00003\.jpg is missing \(the folder has 4 frame files\)$"),
+    ("frame-broken", _last_frame_broken, "rawframes", r"^rawframes: img_00005\.jpg \(frame 4\) is missing or does not decode$"),
+    ("frame-other-size", _last_frame_other_size, "auto",
+     r"^rawframes: img_00005\.jpg is 32x24, expected 64x48 like the other frames$"),
+]
+
+
+@pytest.mark.parametrize("make, backend, reason", [case[1:] for case in BAD_INPUTS],
+                         ids=[case[0] for case in BAD_INPUTS])
+@pytest.mark.parametrize("call", ["probe", "read", "iter_frames"])
+def test_bad_input_raises_one_clear_error(tmp_path: Path, make: Callable[[Path], Path], backend: str, reason: str,
+                                          call: str) -> None:
+    path = make(tmp_path)
+    with pytest.raises(VideoReadError) as caught:
+        if call == "probe":
+            probe(path, backend)
+        elif call == "read":
+            read(path, [0, 4], backend=backend)
+        else:
+            list(iter_frames(path, backend))
+    error = caught.value
+    assert error.path == str(path)
+    assert str(error) == f"{path}: {error.reason}" and "\n" not in str(error)
+    assert re.search(reason, error.reason), f"{error.reason!r} does not match {reason!r}"

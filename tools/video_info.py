@@ -1,0 +1,54 @@
+"""Metadata of every video in a list, as CSV: path,height,width,num_frames,fps,backend,error.
+
+    python tools/video_info.py --src ROOT --list LIST --csv OUT.csv [--workers N] [--backend auto]
+
+LIST has lines ``rel/path.ext LABEL`` (paths relative to ROOT). ``num_frames`` is the number of frames
+that really decode (``tsn.io.probe``). An unreadable video gets a row with its reason in ``error``.
+Exit status: 0 (also when some videos are unreadable: see the summary line), 2 for bad arguments or a
+bad list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from tsn.data.lists import ListFormatError, read_video_list
+from tsn.io.metadata import probe_rows, write_info_csv
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Probe every video of the list and write the CSV; returns the exit status."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--src", type=Path, required=True, help="root folder the list's paths are relative to")
+    parser.add_argument("--list", type=Path, required=True, help="video list 'rel/path.ext LABEL'")
+    parser.add_argument("--csv", type=Path, required=True, help="output CSV")
+    parser.add_argument("--workers", type=_positive, default=os.cpu_count() or 1, help="probing processes")
+    parser.add_argument("--backend", choices=("auto", "decord", "opencv"), default="auto")
+    args = parser.parse_args(argv)
+    if not args.src.is_dir():
+        print(f"error: --src {args.src}: not a folder", file=sys.stderr)
+        return 2
+    try:
+        records = read_video_list(args.list)
+    except (ListFormatError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    rows = probe_rows(args.src, [record.path for record in records], backend=args.backend, workers=args.workers)
+    write_info_csv(rows, args.csv)
+    failed = sum(1 for row in rows if row.error)
+    print(f"{len(rows)} videos, {failed} unreadable -> {args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,366 @@
+"""Videos -> folders of JPEG frames (``img_00001.jpg`` ...), resumable and safe to kill at any moment.
+
+Layout: the video ``SRC/<rel>.<ext>`` becomes ``OUT/<rel>/img_00001.jpg ...`` (``RAWFRAME_TEMPLATE``), RGB frames
+resized so that their short side is ``short_side`` (0 keeps the size) and written as JPEG with OpenCV.
+
+Crash safety (SIGKILL, power aside): a video is decoded in one sequential pass into the hidden sibling folder
+``OUT/<parent>/.<name>.partial-<pid>``; when every frame is written, a completion marker ``.done`` (JSON: frame
+count, settings, source size) goes in, and the folder is renamed to ``OUT/<rel>`` in one ``os.rename``. So
+``OUT/<rel>`` either does not exist or is complete; a killed run leaves at most hidden ``.partial-``/``.stale-``
+folders, which no list names and the next run removes. A rerun skips a video whose folder has a marker that
+matches the current settings and source size and whose ``img_*.jpg`` count equals the marker's (a stat and one
+directory listing, no decoding); anything else under ``OUT/<rel>`` is redone. Frames are not fsynced (that would
+cost a disk flush per frame), so the guarantee covers a killed process, not a power cut.
+
+Runs that share one OUT at the same time are not supported.
+
+This module writes frames only; the annotation list is written by the caller (``tools/extract_frames.py``) from
+``ExtractSummary.extracted`` with ``tsn.data.lists.write_rawframe_list``, because ``tsn.io`` sits above
+``tsn.data`` in the layering.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import multiprocessing
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Sequence
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from tsn.io import RAWFRAME_TEMPLATE, VideoReadError, iter_frames
+
+VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv",
+                              ".3gp", ".ogv"})
+MARKER_NAME = ".done"
+# Hidden work folders next to the frame folders: ".<name>.partial-<pid>" (being written) and
+# ".<name>.stale-<pid>" (an old folder moved aside before being deleted).
+_WORK_DIR_RE = re.compile(r"^\..+\.(partial|stale)-\d+$")
+_FRAME_RE = re.compile(r"^img_\d{5,}\.jpg$")
+
+
+@dataclass(frozen=True)
+class ExtractJob:
+    """One video to extract: ``video`` relative to the source root (``/``-separated, as in a list), its label."""
+    video: str
+    label: int
+
+
+@dataclass(frozen=True)
+class ExtractedVideo:
+    """A video whose frames are complete: ``frame_dir`` relative to OUT (``/``-separated), frames, label."""
+    frame_dir: str
+    num_frames: int
+    label: int
+
+
+@dataclass(frozen=True)
+class ExtractFailure:
+    """A video that gave no frame folder, with the reason (``path`` as in the job)."""
+    path: str
+    reason: str
+
+
+@dataclass
+class ExtractSummary:
+    """What a run did. ``extracted`` follows job order (one entry per successful job, repeats kept)."""
+    done: int = 0
+    skipped_existing: int = 0
+    failed: list[ExtractFailure] = field(default_factory=list)
+    extracted: list[ExtractedVideo] = field(default_factory=list)
+
+    def line(self) -> str:
+        """One line for the console."""
+        return (f"extracted {self.done} videos, {self.skipped_existing} already done, {len(self.failed)} failed; "
+                f"{len(self.extracted)} list entries")
+
+
+@dataclass(frozen=True)
+class _Task:
+    """What a worker needs for one video (picklable)."""
+    index: int
+    source: str
+    frame_dir: str
+    short_side: int
+    quality: int
+    backend: str
+
+
+def find_videos(root: str | os.PathLike) -> tuple[list[ExtractJob], list[str]]:
+    """Every video file under ``root`` (by extension, case-insensitive; hidden entries skipped; symlinks followed).
+
+    Returns jobs sorted by path and the class names. Folder-per-class convention: when every video sits inside a
+    top-level folder, label = index of that folder's name among the sorted names of the top-level folders that
+    hold videos, and the class names are those folders. When any video lies directly in ``root`` the collection
+    is flat: every label is 0 and the class list is empty.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root}: source folder not found")
+    videos = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        rel_dir = Path(dirpath).relative_to(root)
+        for name in filenames:
+            if not name.startswith(".") and Path(name).suffix.lower() in VIDEO_EXTENSIONS:
+                videos.append((rel_dir / name).as_posix())
+    videos.sort()
+    if any("/" not in v for v in videos):
+        return [ExtractJob(v, 0) for v in videos], []
+    classes = sorted({v.split("/", 1)[0] for v in videos})
+    label_of = {name: i for i, name in enumerate(classes)}
+    return [ExtractJob(v, label_of[v.split("/", 1)[0]]) for v in videos], classes
+
+
+def frame_dir_name(video: str) -> str:
+    """``a/b/c.mp4`` -> ``a/b/c``: the frame folder of a video, relative to OUT."""
+    return PurePosixPath(video).with_suffix("").as_posix()
+
+
+def resize_short_side(frame: np.ndarray, short_side: int) -> np.ndarray:
+    """(H,W,3) -> (h,w,3) with min(h,w) == short_side and the aspect ratio kept (rounded half up); 0 = unchanged."""
+    height, width = frame.shape[:2]
+    short = min(height, width)
+    if short_side == 0 or short == short_side:
+        return frame
+    scale = short_side / short
+    if height <= width:
+        size = (max(1, int(width * scale + 0.5)), short_side)  # cv2 takes (width, height)
+    else:
+        size = (short_side, max(1, int(height * scale + 0.5)))
+    # INTER_AREA averages when shrinking (no aliasing); it degenerates to nearest when enlarging.
+    interpolation = cv2.INTER_AREA if short_side < short else cv2.INTER_LINEAR
+    return cv2.resize(frame, size, interpolation=interpolation)
+
+
+def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
+    """RGB uint8 (H,W,3) -> JPEG bytes (OpenCV encodes BGR, so the channels are swapped first)."""
+    ok, buffer = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError(f"OpenCV failed to encode a {frame.shape} frame as JPEG")
+    return buffer.tobytes()
+
+
+def _marker(num_frames: int, short_side: int, quality: int, source_size: int) -> dict[str, int]:
+    return {"num_frames": num_frames, "short_side": short_side, "quality": quality, "source_size": source_size}
+
+
+def completed_frames(frame_dir: str | os.PathLike, short_side: int, quality: int, source_size: int) -> int | None:
+    """Frame count of a finished folder made with these settings from a source of this size, else None.
+
+    Reads the marker and lists the folder once (the ``img_*.jpg`` count must equal the marker's); decodes nothing.
+    """
+    frame_dir = Path(frame_dir)
+    try:
+        marker = json.loads((frame_dir / MARKER_NAME).read_text())
+        count = sum(1 for entry in os.scandir(frame_dir) if _FRAME_RE.match(entry.name))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict):
+        return None
+    num_frames = marker.get("num_frames")
+    if (not isinstance(num_frames, int) or num_frames < 1 or count != num_frames
+            or marker != _marker(num_frames, short_side, quality, source_size)
+            or not (frame_dir / RAWFRAME_TEMPLATE.format(num_frames)).is_file()):
+        return None
+    return num_frames
+
+
+def write_frames(frames: Iterable[np.ndarray], frame_dir: str | os.PathLike, short_side: int, quality: int,
+                 source: str, source_size: int) -> int:
+    """Write RGB frames (H,W,3) as ``frame_dir/img_00001.jpg ...`` atomically; returns the number written.
+
+    Frames go to a hidden ``.partial-<pid>`` sibling that is renamed to ``frame_dir`` only once complete (with its
+    marker); whatever was at ``frame_dir`` before is replaced. Any error (e.g. ``VideoReadError`` half way through
+    ``frames``) removes the partial folder and propagates; ``frame_dir`` is then left as it was. No frame at all
+    raises ``VideoReadError(source, ...)``.
+    """
+    frame_dir = Path(frame_dir)
+    frame_dir.parent.mkdir(parents=True, exist_ok=True)
+    partial = frame_dir.parent / f".{frame_dir.name}.partial-{os.getpid()}"
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir()
+    try:
+        num_frames = 0
+        for frame in frames:
+            num_frames += 1
+            data = encode_jpeg(resize_short_side(frame, short_side), quality)
+            (partial / RAWFRAME_TEMPLATE.format(num_frames)).write_bytes(data)
+        if num_frames == 0:
+            raise VideoReadError(source, "no frame decodes")
+        marker = _marker(num_frames, short_side, quality, source_size)
+        (partial / MARKER_NAME).write_text(json.dumps(marker, sort_keys=True) + "\n")
+        _replace_dir(partial, frame_dir)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return num_frames
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Rename ``new`` to ``target``; an existing ``target`` is first moved aside in one rename, then deleted.
+
+    Moving aside first means a kill can never leave a half-deleted folder that still carries its marker.
+    """
+    if not (target.exists() or target.is_symlink()):
+        os.rename(new, target)
+        return
+    stale = target.parent / f".{target.name}.stale-{os.getpid()}"
+    _remove(stale)
+    os.rename(target, stale)
+    os.rename(new, target)
+    _remove(stale)
+
+
+def _remove(path: Path) -> None:
+    """Delete a folder tree, a file or a link at ``path``; nothing there is fine."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def remove_work_dirs(folders: Iterable[Path]) -> int:
+    """Delete the hidden ``.partial-``/``.stale-`` folders left in ``folders`` by killed runs; returns how many.
+
+    Only the given folders are listed (the parents of the frame folders), never the frame folders themselves.
+    """
+    removed = 0
+    for folder in folders:
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            if _WORK_DIR_RE.match(entry.name) and entry.is_dir(follow_symlinks=False):
+                # ignore_errors: a worker orphaned by a killed run may still be writing there; what is left stays
+                # hidden and unnamed by any list.
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed += 1
+    return removed
+
+
+def _run_task(task: _Task) -> tuple[int, int | None, str]:
+    """Worker: extract one video. Returns (index, frames written or None, failure reason or "")."""
+    try:
+        source_size = os.stat(task.source).st_size
+        num_frames = write_frames(iter_frames(task.source, backend=task.backend), task.frame_dir, task.short_side,
+                                  task.quality, task.source, source_size)
+    except VideoReadError as error:
+        return task.index, None, error.reason
+    return task.index, num_frames, ""
+
+
+def _check_job(video: str, source: Path) -> str:
+    """Reason why a job cannot be extracted before any decoding, or "" when it can be tried."""
+    if PurePosixPath(video).is_absolute() or ".." in PurePosixPath(video).parts or video in ("", "."):
+        return "path must be relative to the source root, without '..'"
+    if video != video.strip() or "\n" in video or "\r" in video or video.startswith("#"):
+        return "path cannot go into a list (surrounding spaces, a line break or a leading '#')"
+    if not source.exists():
+        return "file not found"
+    if not source.is_file():
+        return "not a file"
+    return ""
+
+
+def extract_frames(src_root: str | os.PathLike, out_root: str | os.PathLike, jobs: Sequence[ExtractJob],
+                   short_side: int = 256, quality: int = 95, workers: int = 1, backend: str = "auto",
+                   progress: bool = True) -> ExtractSummary:
+    """Extract every job's video ``src_root/<video>`` to ``out_root/<video without extension>/``.
+
+    Finished folders (see ``completed_frames``) are skipped; hidden work folders of killed runs are removed first.
+    Each distinct video is decoded once, in one sequential pass, by ``workers`` processes (spawned; 1 = in this
+    process). Failures (``VideoReadError``, missing file, two videos mapping to one frame folder) are collected,
+    never raised. ``extracted`` lists the successful jobs in job order, labels untouched.
+    """
+    if short_side < 0:
+        raise ValueError(f"short_side must be >= 0, got {short_side}")
+    if not 0 <= quality <= 100:
+        raise ValueError(f"quality must be in 0..100, got {quality}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    src_root, out_root = Path(src_root), Path(out_root)
+    summary = ExtractSummary()
+    # One entry per distinct video: frames (None until known) or the failure reason.
+    frames_of: dict[str, int | None] = {}
+    reason_of: dict[str, str] = {}
+    owner_of_dir: dict[str, str] = {}
+    tasks: list[_Task] = []
+    task_videos: list[str] = []
+    for job in jobs:
+        if job.video in frames_of or job.video in reason_of:
+            continue
+        source = src_root / job.video
+        reason = _check_job(job.video, source)
+        rel_dir = frame_dir_name(job.video) if not reason else ""
+        if not reason and rel_dir in owner_of_dir:
+            reason = f"frame folder {rel_dir} is already the target of {owner_of_dir[rel_dir]}"
+        # A video without extension extracted into its own source tree would be replaced by its frames.
+        if not reason and rel_dir == job.video and (out_root / rel_dir).resolve() == source.resolve():
+            reason = "its frame folder would replace the video itself (no file extension and --out is --src)"
+        if reason:
+            reason_of[job.video] = reason
+            continue
+        owner_of_dir[rel_dir] = job.video
+        frame_dir = out_root / rel_dir
+        done = completed_frames(frame_dir, short_side, quality, source.stat().st_size)
+        frames_of[job.video] = done
+        if done is not None:
+            summary.skipped_existing += 1
+        else:
+            tasks.append(_Task(len(tasks), str(source), str(frame_dir), short_side, quality, backend))
+            task_videos.append(job.video)
+    remove_work_dirs({(out_root / rel_dir).parent for rel_dir in owner_of_dir})
+
+    with tqdm(total=len(frames_of), initial=summary.skipped_existing, unit="video", desc="extract",
+              disable=not progress) as bar:
+        for index, num_frames, reason in _run_tasks(tasks, workers):
+            video = task_videos[index]
+            if num_frames is None:
+                del frames_of[video]
+                reason_of[video] = reason
+            else:
+                frames_of[video] = num_frames
+                summary.done += 1
+            bar.update(1)
+
+    reported = set()
+    for job in jobs:
+        if job.video in frames_of:
+            summary.extracted.append(ExtractedVideo(frame_dir_name(job.video), frames_of[job.video], job.label))
+        elif job.video not in reported:
+            reported.add(job.video)
+            summary.failed.append(ExtractFailure(job.video, reason_of[job.video]))
+    return summary
+
+
+def _run_tasks(tasks: list[_Task], workers: int) -> Iterable[tuple[int, int | None, str]]:
+    """Results of ``_run_task`` as they finish: in this process, or in a pool of spawned processes."""
+    if workers == 1 or len(tasks) <= 1:
+        for task in tasks:
+            yield _run_task(task)
+        return
+    # spawn, not fork: decoders (FFmpeg threads in decord/OpenCV) are not fork-safe.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(min(workers, len(tasks))) as pool:
+        yield from pool.imap_unordered(_run_task, tasks, chunksize=1)
+
+
+def failures_csv(failures: Sequence[ExtractFailure]) -> str:
+    """CSV text ``path,reason`` (header line first), one row per failure."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "reason"])
+    writer.writerows([failure.path, failure.reason] for failure in failures)
+    return buffer.getvalue()
+

@@ -1,0 +1,93 @@
+"""Frame-folder backend: ``img_00001.jpg, img_00002.jpg, ...`` (1-based; frame i is ``img_{i+1:05d}.jpg``).
+
+JPEGs are decoded with ``cv2.imread`` and turned from BGR to RGB. Other files in the folder (flow
+frames ``x_*.jpg``, markers) are ignored. The frames must be numbered without a gap: a missing
+one is an error, never silently skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from tsn.io.base import RAWFRAME_TEMPLATE, VideoInfo, VideoReadError
+
+NAME = "rawframes"
+_FRAME_NAME = re.compile(r"^img_\d{5,}\.jpg$")
+
+
+def count_frames(folder: str) -> int:
+    """Number of frames in a frame folder, from one directory listing (nothing is decoded).
+
+    Raises ``VideoReadError`` when there is no ``img_00001.jpg`` or when a frame between the
+    first and the last is missing.
+    """
+    try:
+        names = {entry.name for entry in os.scandir(folder) if _FRAME_NAME.match(entry.name)}
+    except OSError as error:
+        raise VideoReadError(folder, f"{NAME}: cannot list the folder: {error.strerror}") from None
+    first = RAWFRAME_TEMPLATE.format(1)
+    if first not in names:
+        raise VideoReadError(folder, f"{NAME}: folder without {first} (neither a video file nor a folder of frames)")
+    count = len(names)
+    for number in range(2, count + 1):
+        if RAWFRAME_TEMPLATE.format(number) not in names:
+            raise VideoReadError(folder, f"{NAME}: {RAWFRAME_TEMPLATE.format(number)} is missing "
+                                         f"(the folder has {count} frame files)")
+    return count
+
+
+def _imread_rgb(folder: str, index: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Frame ``index`` (0-based) as uint8 (H, W, 3) RGB, into ``out`` when given (which fixes the size)."""
+    name = RAWFRAME_TEMPLATE.format(index + 1)
+    frame = cv2.imread(os.path.join(folder, name), cv2.IMREAD_COLOR)
+    if frame is None:
+        raise VideoReadError(folder, f"{NAME}: {name} (frame {index}) is missing or does not decode")
+    if out is None:
+        return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+    if frame.shape != out.shape:
+        raise VideoReadError(folder, f"{NAME}: {name} is {frame.shape[1]}x{frame.shape[0]}, "
+                                     f"expected {out.shape[1]}x{out.shape[0]} like the other frames")
+    cv2.cvtColor(frame, cv2.COLOR_BGR2RGB, dst=out)
+    return out
+
+
+def probe(folder: str) -> VideoInfo:
+    """Size and frame count of a frame folder; ``fps`` is 0.0 (unknown).
+
+    How ``num_frames`` is verified, and the cost: one directory listing (every frame from
+    ``img_00001.jpg`` up must be there), then the first and the last JPEG are decoded (same size,
+    both readable). Frames in between are not decoded; ``read`` reports one that is damaged.
+    """
+    count = count_frames(folder)
+    first = _imread_rgb(folder, 0)
+    _imread_rgb(folder, count - 1, np.empty_like(first))
+    return VideoInfo(height=int(first.shape[0]), width=int(first.shape[1]), num_frames=count, fps=0.0,
+                     backend=NAME)
+
+
+def read_sorted(folder: str, indices: np.ndarray, info: VideoInfo | None) -> np.ndarray:
+    """Frames at sorted, unique, in-range ``indices`` -> uint8 (T, H, W, 3) RGB.
+
+    Without ``info`` the frame size is taken from the first frame read; every frame must match it.
+    """
+    indices = indices.tolist()
+    first = _imread_rgb(folder, indices[0])
+    if info is not None and first.shape[:2] != (info.height, info.width):
+        raise VideoReadError(folder, f"{NAME}: frame {indices[0]} is {first.shape[1]}x{first.shape[0]}, "
+                                     f"probe said {info.width}x{info.height}")
+    out = np.empty((len(indices),) + first.shape, dtype=np.uint8)  # (T, H, W, 3)
+    out[0] = first
+    for slot, index in enumerate(indices[1:], start=1):
+        _imread_rgb(folder, index, out[slot])
+    return out
+
+
+def iter_frames(folder: str, info: VideoInfo) -> Iterator[np.ndarray]:
+    """Frames 0 .. info.num_frames - 1 in order, uint8 (H, W, 3) RGB."""
+    for index in range(info.num_frames):
+        yield _imread_rgb(folder, index, np.empty((info.height, info.width, 3), dtype=np.uint8))

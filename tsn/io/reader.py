@@ -1,0 +1,206 @@
+"""One interface over the backends: ``probe``, ``read`` and ``iter_frames`` with backend choice and fallback.
+
+``backend`` is one of ``"auto"``, ``"decord"``, ``"opencv"``, ``"rawframes"``. A folder is always a
+frame folder (``"auto"`` or ``"rawframes"``). On a file, ``"auto"`` tries decord, then OpenCV (for
+``iter_frames``: OpenCV, then decord, see there). When the first backend fails and the second
+works, one warning on the logger ``"tsn.io"`` says so, once per file in each process. When none
+works, one ``VideoReadError`` names the file and every backend's reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from types import ModuleType
+from typing import Callable, Iterator, Sequence, TypeVar
+
+import numpy as np
+
+from tsn.io import decord_backend, opencv_backend, rawframes
+from tsn.io.base import VideoInfo, VideoReadError
+
+BACKENDS = (decord_backend.NAME, opencv_backend.NAME, rawframes.NAME)
+_CHOICES = ("auto",) + BACKENDS
+_MODULES: dict[str, ModuleType] = {module.NAME: module for module in (decord_backend, opencv_backend, rawframes)}
+_PROBE_ORDER = (decord_backend.NAME, opencv_backend.NAME)
+# Whole-video decoding: OpenCV first, it decodes with several threads and was 2 to 3 times faster
+# than decord over a 1080p clip here (2.1 s against 4.6 s with next(), 7.3 s with get_batch chunks).
+_ITER_ORDER = (opencv_backend.NAME, decord_backend.NAME)
+
+logger = logging.getLogger("tsn.io")
+# Files whose fallback was already logged by this process (absolute paths, not readers).
+_fallback_logged: set[str] = set()
+
+Result = TypeVar("Result")
+
+
+def _kind(path: str, backend: str) -> str:
+    """"rawframes" for a folder, else ``backend``; VideoReadError for a path that no backend can take."""
+    if backend not in _CHOICES:
+        raise ValueError(f"backend must be one of {_CHOICES}, got {backend!r}")
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        raise VideoReadError(path, "no such file or folder") from None
+    except OSError as error:
+        raise VideoReadError(path, f"cannot access it: {error.strerror}") from None
+    if stat.S_ISDIR(status.st_mode):
+        if backend in ("auto", rawframes.NAME):
+            return rawframes.NAME
+        raise VideoReadError(path, f"is a folder, not a video file (backend {backend!r}; "
+                                   f"frame folders need 'rawframes' or 'auto')")
+    if backend == rawframes.NAME:
+        raise VideoReadError(path, "is a file, not a folder of frames (backend 'rawframes')")
+    if not stat.S_ISREG(status.st_mode):
+        raise VideoReadError(path, "not a regular file")
+    if status.st_size == 0:
+        raise VideoReadError(path, "empty file (0 bytes)")
+    if not os.access(path, os.R_OK):
+        raise VideoReadError(path, "not readable (permission denied)")
+    return backend
+
+
+def _log_fallback(path: str, reason: str, used: str) -> None:
+    key = os.path.abspath(path)
+    if key not in _fallback_logged:
+        _fallback_logged.add(key)
+        logger.warning("%s: %s; reading it with %s instead", path, reason, used)
+
+
+def _first_that_works(path: str, order: Sequence[str], attempt: Callable[[str], Result]) -> Result:
+    """``attempt(backend)`` for each backend in ``order`` until one does not raise VideoReadError."""
+    reasons = []
+    for name in order:
+        try:
+            result = attempt(name)
+        except VideoReadError as error:
+            reasons.append(error.reason)
+            continue
+        if reasons:
+            _log_fallback(path, reasons[0], name)
+        return result
+    raise VideoReadError(path, "no backend can read it: " + "; ".join(reasons))
+
+
+def probe(path: str | os.PathLike, backend: str = "auto") -> VideoInfo:
+    """Frame size, number of frames that really decode, fps and the backend that read them.
+
+    A folder is probed as a frame folder; ``"auto"`` on a file tries decord, then OpenCV. How each
+    backend verifies ``num_frames``, and what that costs, is in its ``probe``:
+
+    - decord (``tsn.io.decord_backend.probe``): the claimed last frame is decoded (at most one GOP);
+      only if it fails, a binary search (about log2(n) single-frame decodes) finds the true end.
+    - OpenCV (``tsn.io.opencv_backend.probe``): ``CAP_PROP_FRAME_COUNT`` is kept when its last frame
+      decodes and none follows (one seek, at most one GOP decoded); otherwise the frames are counted
+      by one full sequential pass of ``grab()``.
+    - frame folders (``tsn.io.rawframes.probe``): one directory listing, first and last JPEG decoded.
+
+    Raises ``VideoReadError`` (path and reason) when the video cannot be read; ``ValueError`` for
+    an unknown backend name.
+    """
+    path = os.fspath(path)
+    kind = _kind(path, backend)
+    if kind == "auto":
+        return _first_that_works(path, _PROBE_ORDER, lambda name: _MODULES[name].probe(path))
+    return _MODULES[kind].probe(path)
+
+
+def _as_indices(indices: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Frame numbers -> int64 (T,); TypeError/ValueError for anything but a 1-D sequence of integers."""
+    array = np.asarray(indices)
+    if array.ndim != 1:
+        raise ValueError(f"indices must be a 1-D sequence of frame numbers, got shape {array.shape}")
+    if array.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"indices must be integers, got dtype {array.dtype}")
+    return array.astype(np.int64, copy=False)
+
+
+def _check_range(path: str, wanted: np.ndarray, num_frames: int) -> None:
+    outside = wanted[(wanted < 0) | (wanted >= num_frames)]
+    if outside.size:
+        more = f" ({outside.size} indices out of range)" if outside.size > 1 else ""
+        raise VideoReadError(path, f"frame index {int(outside[0])} outside [0, {num_frames}){more}")
+
+
+def _gather(wanted: np.ndarray, info: VideoInfo | None,
+            read_sorted: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Decode each distinct frame once (sorted, so decoders only move forward), then lay them out as asked."""
+    if wanted.size == 0:
+        assert info is not None, "an empty read needs the frame size"
+        return np.empty((0, info.height, info.width, 3), dtype=np.uint8)  # (0, H, W, 3)
+    unique, inverse = np.unique(wanted, return_inverse=True)
+    frames = read_sorted(unique)  # (U, H, W, 3), U distinct frames in increasing order
+    if unique.size == wanted.size and np.array_equal(unique, wanted):
+        return frames
+    return frames[inverse.reshape(-1)]  # (T, H, W, 3) in the requested order
+
+
+def read(path: str | os.PathLike, indices: Sequence[int] | np.ndarray, backend: str = "auto",
+         info: VideoInfo | None = None) -> np.ndarray:
+    """Frames ``indices`` (0-based, any order, repeats allowed) -> uint8 ``(T, H, W, 3)`` RGB, in that order.
+
+    ``info`` is this path's ``probe`` result: pass it to skip probing again (the Dataset does).
+    With ``backend="auto"`` its backend is used; an ``info`` from another backend than the one
+    asked for is ignored and that backend probes. A folder of frames needs no ``info``: its frames
+    are counted by one directory listing.
+
+    Each distinct frame is decoded once, in increasing order (decord: one ``get_batch``; OpenCV: one
+    sequential pass from frame 0 up to the last frame asked for; frame folders: one ``imread`` per
+    frame). With ``"auto"``, a decord failure on these frames falls back to OpenCV (logged once per
+    file). An index outside ``[0, num_frames)`` raises ``VideoReadError`` naming it, as does a video
+    that cannot be read; indices that are not a 1-D sequence of integers raise TypeError/ValueError.
+    """
+    path = os.fspath(path)
+    wanted = _as_indices(indices)
+    kind = _kind(path, backend)
+    if kind == rawframes.NAME:
+        known = info if info is not None and info.backend == rawframes.NAME else None
+        _check_range(path, wanted, known.num_frames if known is not None else rawframes.count_frames(path))
+        if wanted.size == 0 and known is None:
+            known = rawframes.probe(path)
+        return _gather(wanted, known, lambda unique: rawframes.read_sorted(path, unique, known))
+
+    if info is None or info.backend not in (_PROBE_ORDER if kind == "auto" else (kind,)):
+        info = probe(path, kind)
+    _check_range(path, wanted, info.num_frames)
+    try:
+        return _read_video(path, wanted, info)
+    except VideoReadError as error:
+        if kind != "auto":
+            raise
+        first_reason = error.reason
+    # "auto": the backend that probed fine failed on these frames; the other one tries.
+    other = _PROBE_ORDER[1] if info.backend == _PROBE_ORDER[0] else _PROBE_ORDER[0]
+    try:
+        other_info = _MODULES[other].probe(path)
+        _check_range(path, wanted, other_info.num_frames)
+        frames = _read_video(path, wanted, other_info)
+    except VideoReadError as error:
+        raise VideoReadError(path, f"no backend can read these frames: {first_reason}; {error.reason}") from None
+    _log_fallback(path, first_reason, other)
+    return frames
+
+
+def _read_video(path: str, wanted: np.ndarray, info: VideoInfo) -> np.ndarray:
+    """Frames ``wanted`` (checked in range) of a video file by the backend that produced ``info``."""
+    return _gather(wanted, info, lambda unique: _MODULES[info.backend].read_sorted(path, unique, info))
+
+
+def iter_frames(path: str | os.PathLike, backend: str = "auto") -> Iterator[np.ndarray]:
+    """Every frame of a video in order, uint8 ``(H, W, 3)`` RGB, exactly ``probe(path, ...).num_frames`` of them.
+
+    The video is probed first (so a file no backend can open raises here, before any frame),
+    then decoded in one sequential pass. ``"auto"`` on a file tries OpenCV first, then decord:
+    for whole videos OpenCV is the faster decoder. Decoding that stops before the probed count
+    (damage in the middle of a file) raises ``VideoReadError`` from the iterator.
+    """
+    path = os.fspath(path)
+    kind = _kind(path, backend)
+    if kind == "auto":
+        info = _first_that_works(path, _ITER_ORDER, lambda name: _MODULES[name].probe(path))
+    else:
+        info = _MODULES[kind].probe(path)
+    return _MODULES[info.backend].iter_frames(path, info)
