@@ -1,0 +1,240 @@
+"""The clip Dataset: list records -> sampled, transformed clips in the layout of ``tsn.layout``.
+
+One sample is ``ClipSample(clip, label, index, skipped)``:
+
+- ``clip``: torch uint8 ``(T, 3, H, W)`` in train/val mode, ``(V, T, 3, H, W)`` in test mode
+  (V = num_clips temporal clips x crops of the transform, clip-major); float32 normalised
+  with ``tsn.layout.normalize_clips`` when ``mean`` and ``std`` are given. uint8 is the
+  default because it moves a quarter of the bytes through the loader; the engine normalises
+  on the device.
+- ``label`` and ``index``: the list label and list index of the video the clip *really* comes
+  from. With ``on_error="skip"`` a sample whose video cannot be read is replaced by the next
+  readable video of the list (index + 1, + 2, ... wrapping around), and label and index are
+  that video's: labels never shift.
+- ``skipped``: ``SkippedVideo(path, reason)`` for every unreadable video passed over while
+  producing this sample (empty almost always). A video found bad once is remembered by this
+  process and not decoded again, but still reported each time it is passed over, so samples
+  and reports do not depend on which worker saw the file first.
+
+Randomness: every random choice (train frame indices, crop, flip) comes from
+``np.random.default_rng([seed, epoch, index, video])`` where ``index`` is the requested
+sample and ``video`` the list index actually read (equal unless a video was skipped). A
+sample therefore depends only on (seed, epoch, index), never on the number of workers or the
+order in which they ask. The epoch comes from the key: ``dataset[ClipKey(epoch, index)]``
+(what ``tsn.data.loader.EpochSampler`` yields, so persistent workers see the current epoch)
+or ``dataset[index]`` with the epoch of the last ``set_epoch`` call in this process.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+from tsn.data.lists import LIST_FORMATS, VideoRecord
+from tsn.data.sampling import test_indices, train_indices, val_indices
+from tsn.data.transforms import FrameTransform, to_tensor_clip
+from tsn.io import VideoInfo, VideoReadError, probe, read
+from tsn.layout import normalize_clips
+
+MODES = ("train", "val", "test")
+ON_ERROR = ("skip", "raise")
+
+
+class SkippedVideo(NamedTuple):
+    """A video that could not be read and was replaced by another: its path and why."""
+
+    path: str
+    reason: str
+
+
+class ClipKey(NamedTuple):
+    """A dataset key carrying its epoch, so that workers need no ``set_epoch``."""
+
+    epoch: int
+    index: int
+
+
+class ClipSample(NamedTuple):
+    """One video: clip (T,3,H,W) or (V,T,3,H,W), its label and list index, and the videos skipped for it."""
+
+    clip: torch.Tensor
+    label: int
+    index: int
+    skipped: tuple[SkippedVideo, ...]
+
+
+class ClipBatch(NamedTuple):
+    """A batch: clips (B,T,3,H,W) or (B,V,T,3,H,W), int64 labels (B,), int64 list indices (B,), all skips."""
+
+    clips: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor
+    skipped: tuple[SkippedVideo, ...]
+
+
+class AllVideosFailedError(RuntimeError):
+    """Every video of the list failed to load, so no sample can be produced."""
+
+
+def _non_negative(value: int, name: str) -> int:
+    number = operator.index(value)
+    if number < 0:
+        raise ValueError(f"{name} must be >= 0, got {number}")
+    return number
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """TSN clips from a list of videos (``format="video"``) or of frame folders (``"rawframes"``).
+
+    In: list records (paths relative to ``root``), the reader ``backend`` for videos
+    (``"auto"``, ``"decord"``, ``"opencv"``; frame folders always use ``"rawframes"``),
+    ``mode`` (``"train"`` random indices, ``"val"`` segment middles, ``"test"`` ``num_clips``
+    temporal clips), K = ``num_segments``, L = ``new_length``, a transform
+    ``(frames, rng) -> frames`` from ``tsn.data.transforms`` (a multi-crop one in test mode
+    adds the crop views), ``on_error`` (``"skip"`` or ``"raise"``), the augmentation ``seed``
+    and optional ``mean``/``std`` for float output. Out: ``ClipSample`` (module docstring).
+
+    Videos are probed once (``tsn.io.probe``, which counts the frames that really decode)
+    and the ``VideoInfo`` kept per index in this object; frame folders take their frame count
+    from the list.
+    """
+
+    def __init__(self, records: Sequence[VideoRecord], root: str | os.PathLike, format: str, backend: str,
+                 mode: str, num_segments: int, new_length: int, transform: FrameTransform, num_clips: int = 1,
+                 on_error: str = "skip", seed: int = 0, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None) -> None:
+        if format not in LIST_FORMATS:
+            raise ValueError(f"format must be one of {LIST_FORMATS}, got {format!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        if num_segments < 1 or new_length < 1 or num_clips < 1:
+            raise ValueError(f"num_segments, new_length and num_clips must be >= 1, "
+                             f"got {num_segments}, {new_length}, {num_clips}")
+        if num_clips != 1 and mode != "test":
+            raise ValueError(f"num_clips={num_clips} needs mode 'test', got mode {mode!r}")
+        if (mean is None) != (std is None):
+            raise ValueError("give both mean and std for float output, or neither for uint8")
+        if not records:
+            raise ValueError(f"no records to load from {root}")
+        self.records = list(records)
+        self.root = Path(root)
+        self.format = format
+        self.backend = "rawframes" if format == "rawframes" else backend
+        self.mode = mode
+        self.num_segments = num_segments
+        self.new_length = new_length
+        self.transform = transform
+        self.num_clips = num_clips
+        self.on_error = on_error
+        self.seed = _non_negative(seed, "seed")
+        self.mean = None if mean is None else tuple(float(m) for m in mean)
+        self.std = None if std is None else tuple(float(s) for s in std)
+        self.epoch = 0
+        # Per process (each loader worker has its own): probe results and videos known bad.
+        self._infos: dict[int, VideoInfo] = {}
+        self._bad: dict[int, SkippedVideo] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch used by plain integer keys in this process (loader workers get it from ``ClipKey``)."""
+        self.epoch = _non_negative(epoch, "epoch")
+
+    def path(self, index: int) -> str:
+        """Full path of record ``index``: ``root / record.path``."""
+        return str(self.root / self.records[index].path)
+
+    def num_frames(self, index: int) -> int:
+        """Frames of record ``index``: the list's count for frame folders, else the (cached) probe's."""
+        record = self.records[index]
+        if self.format == "rawframes" and record.num_frames is not None:
+            return record.num_frames
+        info = self._infos.get(index)
+        if info is None:
+            info = probe(self.path(index), self.backend)
+            self._infos[index] = info
+        return info.num_frames
+
+    def frame_indices(self, index: int, rng: np.random.Generator) -> np.ndarray:
+        """0-based frames of record ``index`` for this mode: int64 (T,) or (num_clips, T) in test mode."""
+        num_frames = self.num_frames(index)
+        if num_frames < 1:
+            raise VideoReadError(self.path(index), "no frames to sample")
+        if self.mode == "train":
+            return train_indices(num_frames, self.num_segments, self.new_length, rng=rng)
+        if self.mode == "val":
+            return val_indices(num_frames, self.num_segments, self.new_length)
+        return test_indices(num_frames, self.num_segments, self.new_length, self.num_clips)
+
+    def load(self, index: int, rng: np.random.Generator) -> torch.Tensor:
+        """Read, transform and lay out record ``index`` (no error handling): uint8 or float clip."""
+        path = self.path(index)
+        indices = self.frame_indices(index, rng)
+        # (T,) or (C, T) indices -> frames (C*T, H, W, 3)
+        frames = read(path, indices.reshape(-1), backend=self.backend, info=self._infos.get(index))
+        out = self.transform(frames, rng)
+        if self.mode != "test":
+            if out.ndim != 4:
+                raise ValueError(f"mode {self.mode!r} needs a transform returning (T, h, w, 3), got {out.shape}")
+            clip = to_tensor_clip(out)  # (T, 3, h, w)
+        else:
+            if out.ndim == 4:
+                out = out[None]  # a single-view transform: (1, C*T, h, w, 3)
+            crops, _, height, width, _ = out.shape
+            steps = indices.shape[1]
+            views = torch.from_numpy(np.ascontiguousarray(out))
+            views = views.reshape(crops, self.num_clips, steps, height, width, 3)
+            # (crops, C, T, h, w, 3) -> (C, crops, T, 3, h, w) -> (V, T, 3, h, w), clip-major views
+            clip = views.permute(1, 0, 2, 5, 3, 4).reshape(self.num_clips * crops, steps, 3, height, width)
+        if self.mean is not None and self.std is not None:
+            clip = normalize_clips(clip, self.mean, self.std)
+        return clip
+
+    def __getitem__(self, key: int | ClipKey) -> ClipSample:
+        """The sample for list index ``key`` (or ``ClipKey(epoch, index)``); see the module docstring."""
+        if isinstance(key, ClipKey):
+            epoch, index = _non_negative(key.epoch, "epoch"), operator.index(key.index)
+        else:
+            epoch, index = self.epoch, operator.index(key)
+        size = len(self.records)
+        if not 0 <= index < size:
+            raise IndexError(f"index {index} out of range for {size} videos")
+        skipped: list[SkippedVideo] = []
+        for step in range(size):
+            video = (index + step) % size
+            bad = self._bad.get(video)
+            if bad is None:
+                rng = np.random.default_rng([self.seed, epoch, index, video])
+                try:
+                    clip = self.load(video, rng)
+                except (VideoReadError, OSError) as err:
+                    reason = err.reason if isinstance(err, VideoReadError) else f"{type(err).__name__}: {err}"
+                    if self.on_error == "raise":
+                        if isinstance(err, VideoReadError):
+                            raise
+                        raise VideoReadError(self.path(video), reason) from err
+                    bad = SkippedVideo(self.path(video), reason)
+                    self._bad[video] = bad
+                else:
+                    return ClipSample(clip, int(self.records[video].label), video, tuple(skipped))
+            skipped.append(bad)
+        first = skipped[0]
+        raise AllVideosFailedError(f"all {size} videos under {self.root} failed to load "
+                                   f"(first: {first.path}: {first.reason})")
+
+
+def collate_clips(samples: Sequence[ClipSample]) -> ClipBatch:
+    """Stack samples into a ``ClipBatch``: clips (B, ...), int64 labels and indices (B,), skips concatenated."""
+    clips = torch.stack([sample.clip for sample in samples])  # (B, T, 3, H, W) or (B, V, T, 3, H, W)
+    labels = torch.tensor([sample.label for sample in samples], dtype=torch.int64)
+    indices = torch.tensor([sample.index for sample in samples], dtype=torch.int64)
+    skipped = tuple(skip for sample in samples for skip in sample.skipped)
+    return ClipBatch(clips, labels, indices, skipped)

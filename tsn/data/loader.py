@@ -1,0 +1,140 @@
+"""DataLoader for ``ClipDataset``: seeded shuffling, epoch-aware keys, persistent workers.
+
+The epoch problem: with ``persistent_workers=True`` every worker keeps the copy of the
+dataset it got at start-up, so ``dataset.set_epoch`` in the main process never reaches it
+and augmentation would repeat every epoch. Here the sampler, which always runs in the main
+process, yields ``ClipKey(epoch, index)`` instead of bare indices; the dataset draws its
+randomness from (seed, epoch, index) in the key. So workers stay persistent (no re-fork and
+no re-probe of every video each epoch), a sample never depends on which worker made it or
+how many there are, and ``set_loader_epoch(loader, epoch)`` is the one call per epoch.
+
+Shuffling: the order of epoch e is ``torch.randperm`` from a generator seeded with
+``seed + e`` (what ``DistributedSampler`` does), so it does not depend on earlier epochs
+and a resumed run sees the same order. With ``distributed=True`` torch's
+``DistributedSampler`` splits that order between ranks (padding with repeats so that every
+rank gets the same number of samples; the batch's ``indices`` tell the repeats apart).
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data.distributed import DistributedSampler
+
+from tsn.data.dataset import ClipDataset, ClipKey, collate_clips
+
+# Batches each worker prepares ahead (torch's default): with uint8 clips of 32 x 8 frames at
+# 224 px this is ~40 MB per batch, so 2 per worker stays small even with 16 workers.
+PREFETCH_FACTOR = 2
+
+
+class IndexOrder(Sampler[int]):
+    """``0 .. num_samples - 1`` in order, or shuffled by ``torch.randperm`` seeded with ``seed + epoch``."""
+
+    def __init__(self, num_samples: int, shuffle: bool, seed: int) -> None:
+        self.num_samples = num_samples
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.num_samples))
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class EpochSampler(Sampler[ClipKey]):
+    """Wraps an index order and yields ``ClipKey(epoch, index)`` so that workers know the epoch."""
+
+    def __init__(self, order: IndexOrder | DistributedSampler) -> None:
+        self.order = order
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch of the next iteration, for the keys and for the shuffled order."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self.epoch = epoch
+        self.order.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[ClipKey]:
+        epoch = self.epoch
+        return (ClipKey(epoch, index) for index in self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+def seed_worker(worker_id: int, base_seed: int) -> None:
+    """Seed ``random``, ``numpy`` and ``torch`` in a loader worker from (base_seed, worker_id).
+
+    ClipDataset does not use these global generators; a user transform that does gets
+    distinct, reproducible streams per worker instead of forked copies of one state.
+    """
+    seed = int(np.random.SeedSequence([base_seed, worker_id]).generate_state(1)[0])
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_dataloader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int,
+                     drop_last: bool, distributed: bool = False, pin_memory: bool | None = None) -> DataLoader:
+    """A DataLoader of ``ClipBatch`` over ``dataset`` (a ``ClipDataset`` or anything taking ``ClipKey`` keys).
+
+    In: batch size, shuffle, worker count (0 = load in this process), seed for the order and
+    the workers, drop_last (drop the last incomplete batch), distributed (split between the
+    ranks of the initialised process group), pin_memory (``None``: when CUDA is available).
+    Workers are persistent and prefetch ``PREFETCH_FACTOR`` batches each. Call
+    ``set_loader_epoch(loader, epoch)`` before iterating each epoch.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    order: IndexOrder | DistributedSampler
+    if distributed:
+        order = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=False)
+    else:
+        order = IndexOrder(len(dataset), shuffle, seed)
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    workers = num_workers > 0
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=EpochSampler(order),
+        num_workers=num_workers,
+        collate_fn=collate_clips,
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+        worker_init_fn=functools.partial(seed_worker, base_seed=seed) if workers else None,
+        generator=generator,
+        persistent_workers=workers,
+        prefetch_factor=PREFETCH_FACTOR if workers else None,
+    )
+
+
+def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
+    """Set the epoch of the loader's ``EpochSampler`` (keys, shuffled order) and of its dataset."""
+    sampler = loader.sampler
+    if not isinstance(sampler, EpochSampler):
+        raise TypeError(f"loader was not made by build_dataloader: its sampler is {type(sampler).__name__}")
+    sampler.set_epoch(epoch)
+    if isinstance(loader.dataset, ClipDataset):
+        # Only the main-process copy; workers read the epoch from the keys.
+        loader.dataset.set_epoch(epoch)
