@@ -1,0 +1,101 @@
+"""The one place where a ``Config`` becomes objects: model, datasets, loaders, optimizer.
+
+Everything these functions call takes plain arguments; only ``tools/`` and the functions here
+(and ``tsn.engine.schedulers.build_scheduler``) read the config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch.utils.data import DataLoader
+
+from tsn.config import Config, ConfigError, TrainConfig, resolve_path
+from tsn.data.dataset import ClipDataset
+from tsn.data.lists import check_labels, read_class_names, read_list
+from tsn.data.loader import build_dataloader
+from tsn.data.transforms import test_transform, train_transform, val_transform
+from tsn.models import TSN, build_model, param_groups
+
+Split = Literal["train", "val", "test"]
+
+
+def build_class_names(cfg: Config) -> list[str]:
+    """Class names from ``data.classes`` (line i = label i)."""
+    path = resolve_path(cfg.data, cfg.data.classes)
+    if not path.is_file():
+        raise ConfigError("data.classes", f"class list {path} not found")
+    return read_class_names(path)
+
+
+def build_tsn(cfg: Config, num_classes: int) -> TSN:
+    """The TSN that ``cfg.model`` describes, with ``data.num_segments`` segments."""
+    pretrained: bool | str | Path = cfg.model.pretrained
+    if isinstance(pretrained, str):
+        pretrained = resolve_path(cfg.data, pretrained)
+    if cfg.data.new_length != 1:
+        raise ConfigError("data.new_length", "the RGB TSN takes one frame per segment (new_length: 1)")
+    return build_model(
+        backbone=cfg.model.backbone,
+        pretrained=pretrained,
+        head=cfg.model.head,
+        num_classes=num_classes,
+        num_segments=cfg.data.num_segments,
+        consensus=cfg.model.consensus,
+        dropout=cfg.model.dropout,
+        partial_bn=cfg.model.partial_bn,
+        freeze_backbone=cfg.model.freeze_backbone,
+        bilinear_dim=cfg.model.bilinear_dim,
+    )
+
+
+def list_path(cfg: Config, split: Split) -> Path:
+    """The annotation list of ``split``, resolved against ``data.root``."""
+    value = {"train": cfg.data.train_list, "val": cfg.data.val_list, "test": cfg.data.test_list}[split]
+    return resolve_path(cfg.data, value)
+
+
+def build_dataset(cfg: Config, split: Split, num_classes: int, list_file: Path | None = None,
+                  num_clips: int | None = None, crops: int | None = None) -> ClipDataset:
+    """The dataset of ``split``: train augmentation, val centre crop, or test multi-view.
+
+    ``list_file``, ``num_clips`` and ``crops`` override the config (``tools/test.py`` flags).
+    Labels outside ``num_classes`` are an error naming the list line.
+    """
+    path = list_file if list_file is not None else list_path(cfg, split)
+    if not path.is_file():
+        raise ConfigError(f"data.{split}_list", f"list {path} not found")
+    records = read_list(path, cfg.data.format)
+    check_labels(records, num_classes, path)
+    data = cfg.data
+    if split == "train":
+        transform = train_transform(data.train_augment, data.input_size, data.short_side, flip=data.flip)
+        mode, clips = "train", 1
+    elif split == "val":
+        transform = val_transform(data.input_size, data.short_side)
+        mode, clips = "val", 1
+    else:
+        transform = test_transform(crops if crops is not None else cfg.test.crops, data.input_size, data.short_side)
+        mode, clips = "test", num_clips if num_clips is not None else cfg.test.num_clips
+    return ClipDataset(records, resolve_path(data, "."), data.format, data.backend, mode, data.num_segments,
+                       data.new_length, transform, num_clips=clips, on_error=data.on_error, seed=cfg.train.seed)
+
+
+def build_loader(cfg: Config, dataset: ClipDataset, train: bool, distributed: bool,
+                 batch_size: int | None = None) -> DataLoader:
+    """A loader over ``dataset``: shuffled with full batches only when ``train``."""
+    return build_dataloader(dataset, batch_size or cfg.data.batch_size, shuffle=train,
+                            num_workers=cfg.data.num_workers, seed=cfg.train.seed, drop_last=train,
+                            distributed=distributed)
+
+
+def build_optimizer(train: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """SGD (Nesterov-free, as TSN) or AdamW over ``param_groups`` (backbone lr multiplier, no decay on bias/norm)."""
+    groups = param_groups(model, train.lr, train.weight_decay, train.backbone_lr_mult, train.no_decay_bias_norm)
+    if not groups:
+        raise ConfigError("model.freeze_backbone", "nothing left to train: every parameter is frozen")
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+    return torch.optim.AdamW(groups, lr=train.lr, weight_decay=train.weight_decay)

@@ -1,0 +1,94 @@
+"""Inference over a loader: per-video scores from one or many views, and the metrics of them.
+
+Views (temporal clips x spatial crops) are averaged as softmax probabilities, as mmaction2's
+``average_clips='prob'``: a confident view cannot drown the others with a large logit.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from tsn.data.dataset import ClipBatch, SkippedVideo
+from tsn.engine.metrics import EpochMetrics, MetricAccumulator
+from tsn.layout import normalize_clips
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Scores ``(N, num_classes)`` (float64, rows in list order), labels ``(N,)``, list indices, skips."""
+
+    scores: np.ndarray
+    labels: np.ndarray
+    indices: np.ndarray
+    skipped: tuple[SkippedVideo, ...]
+
+
+def autocast_context(device: torch.device, amp: str):
+    """``torch.autocast`` for ``amp`` ("bf16" or "fp16") on CUDA; a no-op for "none" and on the CPU,
+    where reduced precision is slower than float32 on most processors."""
+    if amp == "none" or device.type != "cuda":
+        return nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def batch_to_device(batch: ClipBatch, device: torch.device, mean: tuple[float, ...],
+                    std: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 clips and labels to ``device`` (non-blocking from pinned memory), clips normalised there."""
+    clips = batch.clips.to(device, non_blocking=True)
+    labels = batch.labels.to(device, non_blocking=True)
+    if not clips.is_floating_point():
+        clips = normalize_clips(clips, mean, std)
+    return clips, labels
+
+
+def view_scores(model: nn.Module, clips: torch.Tensor) -> torch.Tensor:
+    """Video scores from ``clips`` (B, T, C, H, W) -> logits (B, classes), or from several views
+    (B, V, T, C, H, W) -> mean softmax probability over the V views (B, classes)."""
+    if clips.dim() == 5:
+        return model(clips)
+    batch, views = clips.shape[:2]
+    logits = model(clips.flatten(0, 1))  # (B*V, T, C, H, W) -> (B*V, classes)
+    probs = logits.float().softmax(dim=1).view(batch, views, -1)  # (B, V, classes)
+    return probs.mean(dim=1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_classes: int,
+             mean: tuple[float, ...], std: tuple[float, ...], amp: str = "none",
+             progress: bool = False) -> tuple[EpochMetrics, Predictions]:
+    """Run ``model`` in eval mode over ``loader``: metrics (synced across ranks) and this rank's scores.
+
+    The loss is the cross-entropy of the scores (of the logits for one view, of the averaged
+    probabilities for several).
+    """
+    from tqdm import tqdm
+
+    model.eval()
+    meter = MetricAccumulator(num_classes, device)
+    scores, labels, indices, skipped = [], [], [], []
+    for batch in tqdm(loader, desc="eval", leave=False, disable=not progress, dynamic_ncols=True):
+        clips, target = batch_to_device(batch, device, mean, std)
+        with autocast_context(device, amp):
+            out = view_scores(model, clips).float()
+        is_prob = clips.dim() == 6
+        loss = nn.functional.nll_loss(out.clamp_min(1e-12).log(), target) if is_prob else \
+            nn.functional.cross_entropy(out, target)
+        meter.update(out, target, loss)
+        scores.append(out.double().cpu())
+        labels.append(batch.labels)
+        indices.append(batch.indices)
+        skipped.extend(batch.skipped)
+    predictions = Predictions(
+        scores=torch.cat(scores).numpy() if scores else np.zeros((0, num_classes)),
+        labels=torch.cat(labels).numpy() if labels else np.zeros(0, dtype=np.int64),
+        indices=torch.cat(indices).numpy() if indices else np.zeros(0, dtype=np.int64),
+        skipped=tuple(skipped),
+    )
+    return meter.compute(), predictions

@@ -1,0 +1,138 @@
+"""Evaluation reports: multi-view testing of a checkpoint, score fusion, and the files they write.
+
+``O/metrics.json`` (top1, top5, mean_class_accuracy as fractions, num_videos), ``O/per_class.csv``,
+``O/confusion_matrix.csv`` and ``.png``, ``O/scores.npy`` (video-level scores in list order; the
+rows of videos that could not be read are NaN, left out of the metrics and listed in
+``O/skipped.csv``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from tsn.config import Config
+from tsn.data.dataset import SkippedVideo
+from tsn.engine.build import build_class_names, build_dataset, build_loader, build_tsn, list_path
+from tsn.engine.checkpoint import load_checkpoint
+from tsn.engine.distributed import init_distributed
+from tsn.engine.evaluate import evaluate
+from tsn.engine.metrics import (
+    ClassMetrics,
+    confusion_matrix,
+    mean_class_accuracy,
+    per_class_metrics,
+    plot_confusion_matrix,
+    topk_correct,
+    write_confusion_csv,
+    write_per_class_csv,
+)
+from tsn.models import load_state_dict_flexible
+
+logger = logging.getLogger("tsn.test")
+
+
+@dataclass(frozen=True)
+class Report:
+    """Metrics of a set of video-level scores against their labels."""
+
+    top1: float
+    top5: float
+    mean_class_accuracy: float
+    num_videos: int
+    per_class: ClassMetrics
+    confusion: np.ndarray
+
+
+def score_report(scores: np.ndarray, labels: np.ndarray, num_classes: int) -> Report:
+    """``scores (N, C)``, ``labels (N,)`` -> Report; rows with NaN scores (unread videos) are left out."""
+    keep = ~np.isnan(scores).any(axis=1)
+    scores_t = torch.from_numpy(scores[keep])
+    labels_t = torch.from_numpy(labels[keep]).to(torch.int64)
+    count = int(keep.sum())
+    cm = confusion_matrix(scores_t.argmax(dim=1), labels_t, num_classes).numpy() if count else \
+        np.zeros((num_classes, num_classes), dtype=np.int64)
+    hits = topk_correct(scores_t, labels_t, (1, 5)).tolist() if count else [0, 0]
+    return Report(top1=hits[0] / count if count else 0.0, top5=hits[1] / count if count else 0.0,
+                  mean_class_accuracy=mean_class_accuracy(cm), num_videos=count,
+                  per_class=per_class_metrics(cm), confusion=cm)
+
+
+def write_report(report: Report, class_names: Sequence[str], out_dir: Path, scores: np.ndarray | None = None,
+                 skipped: Sequence[SkippedVideo] = ()) -> None:
+    """Write the report files under ``out_dir`` (see the module docstring)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = {"top1": report.top1, "top5": report.top5, "mean_class_accuracy": report.mean_class_accuracy,
+               "num_videos": report.num_videos}
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_per_class_csv(out_dir / "per_class.csv", class_names, report.per_class)
+    write_confusion_csv(out_dir / "confusion_matrix.csv", report.confusion, class_names)
+    plot_confusion_matrix(report.confusion, class_names, out_dir / "confusion_matrix.png")
+    if scores is not None:
+        np.save(out_dir / "scores.npy", scores)
+    if skipped:
+        with open(out_dir / "skipped.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["path", "reason"])
+            writer.writerows(sorted(set(skipped)))
+
+
+def format_per_class_table(report: Report, class_names: Sequence[str]) -> str:
+    """A plain-text table: class, precision, recall, F1, support, and the overall metrics below it."""
+    width = max(8, *(len(name) for name in class_names))
+    lines = [f"{'class':<{width}}  precision  recall      f1  support"]
+    pc = report.per_class
+    for i, name in enumerate(class_names):
+        lines.append(f"{name:<{width}}  {pc.precision[i]:9.3f}  {pc.recall[i]:6.3f}  {pc.f1[i]:6.3f}  "
+                     f"{int(pc.support[i]):7d}")
+    lines.append(f"top1 {report.top1:.4f}  top5 {report.top5:.4f}  mean class accuracy "
+                 f"{report.mean_class_accuracy:.4f}  videos {report.num_videos}")
+    return "\n".join(lines)
+
+
+def run_test(cfg: Config, checkpoint: Path, out_dir: Path, list_file: Path | None = None,
+             num_clips: int | None = None, crops: int | None = None, device: str = "auto",
+             progress: bool = True) -> Report:
+    """Test ``checkpoint`` on ``list_file`` (default ``data.test_list``) with clips x crops views; writes the files."""
+    info = init_distributed(device)
+    if info.distributed:
+        raise RuntimeError("tools/test.py runs in one process; launch it without torchrun")
+    class_names = build_class_names(cfg)
+    dataset = build_dataset(cfg, "test", len(class_names), list_file=list_file, num_clips=num_clips, crops=crops)
+    loader = build_loader(cfg, dataset, train=False, distributed=False)
+    model = build_tsn(cfg, len(class_names)).to(info.device)
+    state = load_checkpoint(checkpoint)
+    load_state_dict_flexible(model, state.get("model", state), strict=True)
+    spec = model.spec
+    views = dataset.num_clips * (crops if crops is not None else cfg.test.crops)
+    logger.info("testing %s on %d videos of %s, %d view(s) each", checkpoint, len(dataset),
+                list_file or list_path(cfg, "test"), views)
+    _, predictions = evaluate(model, loader, info.device, len(class_names), tuple(spec.mean), tuple(spec.std),
+                              cfg.train.amp, progress=progress)
+    scores = np.full((len(dataset), len(class_names)), np.nan)
+    scores[predictions.indices] = predictions.scores
+    labels = np.array([record.label for record in dataset.records], dtype=np.int64)
+    report = score_report(scores, labels, len(class_names))
+    write_report(report, class_names, out_dir, scores, predictions.skipped)
+    for item in sorted(set(predictions.skipped)):
+        logger.warning("not scored: %s: %s", item.path, item.reason)
+    return report
+
+
+def fuse_scores(score_files: Sequence[Path], weights: Sequence[float]) -> np.ndarray:
+    """Weighted sum of video-level score files (e.g. RGB and flow streams); all in the same list order."""
+    if len(score_files) != len(weights):
+        raise ValueError(f"{len(score_files)} score files but {len(weights)} weights")
+    arrays = [np.load(path) for path in score_files]
+    shape = arrays[0].shape
+    for path, array in zip(score_files, arrays):
+        if array.shape != shape:
+            raise ValueError(f"{path}: scores of shape {array.shape}, expected {shape} like {score_files[0]}")
+    return sum(weight * array for weight, array in zip(weights, arrays))

@@ -1,0 +1,340 @@
+"""The training loop: one device or torchrun/DDP, checkpoints and resume, logs and curves.
+
+Per epoch: train with the configured recipe (mixup, label smoothing, L1, gradient clipping,
+AMP), step the schedule per iteration, validate every ``train.val_every`` epochs (and after the
+last), then write ``latest.pth`` (and ``best.pth`` on a new best val top-1) atomically, one line
+of ``metrics.jsonl`` and the TensorBoard scalars. Only rank 0 writes files.
+
+Resume: ``latest.pth`` holds the model, optimizer, schedule, scaler, epoch, best metric,
+config and the RNG states of every generator the run draws from; data order and augmentation
+are functions of (seed, epoch, index), so a resumed run repeats the uninterrupted one exactly
+(bit for bit on the CPU in deterministic mode).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from tsn.config import Config, save_config
+from tsn.data.dataset import SkippedVideo
+from tsn.data.loader import set_loader_epoch
+from tsn.engine.build import build_class_names, build_dataset, build_loader, build_optimizer, build_tsn
+from tsn.engine.checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    generator_state,
+    load_latest_good,
+    restore_rng_state,
+    save_checkpoint,
+    set_generator_state,
+)
+from tsn.engine.distributed import DistInfo, barrier, cleanup_distributed, init_distributed
+from tsn.engine.evaluate import autocast_context, batch_to_device, evaluate
+from tsn.engine.losses import cross_entropy, l1_penalty, mixup, mixup_cross_entropy
+from tsn.engine.metrics import EpochMetrics, MetricAccumulator, confusion_matrix_image
+from tsn.engine.schedulers import build_scheduler
+from tsn.models import convert_sync_batchnorm, load_state_dict_flexible, unwrap
+
+logger = logging.getLogger("tsn.train")
+
+LATEST = "latest.pth"
+BEST = "best.pth"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run reached: the epoch count, the best and the last validation top-1."""
+
+    epochs: int
+    best_top1: float
+    last_val: EpochMetrics | None
+    work_dir: Path
+
+
+def setup_logging(work_dir: Path | None, is_main: bool) -> None:
+    """Log lines of level INFO to the console and (rank 0) to ``work_dir/train.log``; other ranks warn only."""
+    root = logging.getLogger("tsn")
+    root.setLevel(logging.INFO if is_main else logging.WARNING)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    console = logging.StreamHandler()
+    console.setFormatter(formatter)
+    root.addHandler(console)
+    if is_main and work_dir is not None:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(work_dir / "train.log")
+        file_handler.setFormatter(formatter)
+        root.addHandler(file_handler)
+    root.propagate = False
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed torch, numpy and random; deterministic kernels, or cudnn autotuning for speed."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+class SkipLog:
+    """Every video skipped for being unreadable: logged once, written to ``skipped.csv`` (rank 0)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.seen: dict[str, str] = {}
+        self.count = 0
+
+    def add(self, skipped: tuple[SkippedVideo, ...] | list[SkippedVideo], split: str) -> None:
+        for item in skipped:
+            self.count += 1
+            if item.path not in self.seen:
+                self.seen[item.path] = item.reason
+                logger.warning("skipped %s (%s split): %s", item.path, split, item.reason)
+                if self.path is not None:
+                    new = not self.path.exists()
+                    with open(self.path, "a", newline="") as handle:
+                        writer = csv.writer(handle)
+                        if new:
+                            writer.writerow(["path", "split", "reason"])
+                        writer.writerow([item.path, split, item.reason])
+
+
+def gather_skipped(skipped: list[SkippedVideo], info: DistInfo) -> list[SkippedVideo]:
+    """All ranks' skips on every rank (unchanged in a single process)."""
+    if not info.distributed:
+        return skipped
+    gathered: list[Any] = [None] * info.world_size
+    dist.all_gather_object(gathered, [tuple(s) for s in skipped])
+    return [SkippedVideo(*item) for part in gathered for item in part]
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _current_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The head's learning rate (the largest of the groups; the backbone's is a fraction of it)."""
+    return max(float(group["lr"]) for group in optimizer.param_groups)
+
+
+def train(cfg: Config, work_dir: Path, resume: bool = False, device: str = "auto",
+          progress: bool = True) -> TrainResult:
+    """Train the TSN ``cfg`` describes; files under ``work_dir``; ``resume`` continues from ``latest.pth``."""
+    info = init_distributed(device)
+    try:
+        return _train(cfg, Path(work_dir), resume, info, progress)
+    finally:
+        cleanup_distributed(info)
+
+
+def _train(cfg: Config, work_dir: Path, resume: bool, info: DistInfo, progress: bool) -> TrainResult:
+    tcfg = cfg.train
+    setup_logging(work_dir, info.is_main)
+    seed_everything(tcfg.seed, tcfg.deterministic)
+    if info.is_main:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, work_dir / "config.yaml")
+    class_names = build_class_names(cfg)
+    num_classes = len(class_names)
+    train_set = build_dataset(cfg, "train", num_classes)
+    val_set = build_dataset(cfg, "val", num_classes)
+    train_loader = build_loader(cfg, train_set, train=True, distributed=info.distributed)
+    val_loader = build_loader(cfg, val_set, train=False, distributed=info.distributed)
+    if len(train_loader) == 0:
+        raise ValueError(f"{len(train_set)} training videos make no full batch of {cfg.data.batch_size} "
+                         f"per process: lower data.batch_size")
+    logger.info("%d classes; %d train and %d val videos; %d steps per epoch on %d process(es), device %s",
+                num_classes, len(train_set), len(val_set), len(train_loader), info.world_size, info.device)
+
+    model = build_tsn(cfg, num_classes)
+    spec = model.spec
+    mean, std = tuple(spec.mean), tuple(spec.std)
+    if info.distributed and info.device.type == "cuda":
+        model = convert_sync_batchnorm(model)
+    model.to(info.device)
+    use_cuda = info.device.type == "cuda"
+    if tcfg.channels_last and use_cuda:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(tcfg, model)
+    schedule = build_scheduler(optimizer, tcfg, len(train_loader))
+    scaler = torch.amp.GradScaler(info.device.type, enabled=tcfg.amp == "fp16" and use_cuda)
+    mix_rng = np.random.default_rng([tcfg.seed, info.rank, 7])
+
+    start_epoch, best_top1 = 0, -1.0
+    if resume:
+        start_epoch, best_top1 = _resume(work_dir, model, optimizer, schedule, scaler, mix_rng, info)
+
+    net: nn.Module = model
+    if info.distributed:
+        net = DistributedDataParallel(model, device_ids=[info.local_rank] if use_cuda else None)
+    if tcfg.compile:
+        net = torch.compile(net)
+
+    writer = _summary_writer(work_dir) if info.is_main else None
+    skip_log = SkipLog(work_dir / "skipped.csv" if info.is_main else None)
+    last_val: EpochMetrics | None = None
+    for epoch in range(start_epoch, tcfg.epochs):
+        started = time.time()
+        set_loader_epoch(train_loader, epoch)
+        train_metrics, skipped = _train_epoch(net, model, train_loader, optimizer, schedule, scaler, mix_rng,
+                                              cfg, info, mean, std, num_classes, epoch, progress)
+        skip_log.add(gather_skipped(skipped, info), "train")
+        val_due = (epoch + 1) % tcfg.val_every == 0 or epoch + 1 == tcfg.epochs
+        val_metrics = None
+        if val_due:
+            set_loader_epoch(val_loader, epoch)
+            val_metrics, predictions = evaluate(net, val_loader, info.device, num_classes, mean, std, tcfg.amp,
+                                                progress=progress and info.is_main)
+            skip_log.add(gather_skipped(list(predictions.skipped), info), "val")
+            last_val = val_metrics
+        schedule.step_epoch(val_metrics.top1 if val_metrics is not None else None)
+        is_best = val_metrics is not None and val_metrics.top1 > best_top1
+        if is_best:
+            best_top1 = val_metrics.top1
+        lr = _current_lr(optimizer)
+        if info.is_main:
+            record = {"epoch": epoch + 1, "train_loss": train_metrics.loss, "train_top1": train_metrics.top1,
+                      "val_loss": val_metrics.loss if val_metrics else None,
+                      "val_top1": val_metrics.top1 if val_metrics else None, "lr": lr,
+                      "seconds": round(time.time() - started, 2)}
+            _append_jsonl(work_dir / "metrics.jsonl", record)
+            _log_scalars(writer, record, epoch + 1)
+            state = _checkpoint_state(cfg, model, optimizer, schedule, scaler, mix_rng, epoch + 1, best_top1)
+            save_checkpoint(state, work_dir / LATEST)
+            if is_best:
+                save_checkpoint(state, work_dir / BEST, keep_previous=False)
+            val_text = f"val loss {val_metrics.loss:.4f} top1 {val_metrics.top1:.4f}" if val_metrics else "no val"
+            logger.info("epoch %d/%d: train loss %.4f top1 %.4f, %s, lr %.3g, %.1fs", epoch + 1, tcfg.epochs,
+                        train_metrics.loss, train_metrics.top1, val_text, lr, time.time() - started)
+        barrier(info)
+    if writer is not None:
+        if last_val is not None:
+            image = confusion_matrix_image(last_val.confusion, class_names)
+            if image is not None:
+                writer.add_image("val/confusion_matrix", image, tcfg.epochs, dataformats="HWC")
+        writer.close()
+    if skip_log.count:
+        logger.warning("%d unreadable sample(s) were replaced; see %s", skip_log.count, work_dir / "skipped.csv")
+    return TrainResult(tcfg.epochs, max(best_top1, 0.0), last_val, work_dir)
+
+
+def _train_epoch(net: nn.Module, model: nn.Module, loader, optimizer, schedule, scaler, mix_rng,
+                 cfg: Config, info: DistInfo, mean, std, num_classes: int, epoch: int,
+                 progress: bool) -> tuple[EpochMetrics, list[SkippedVideo]]:
+    """One pass over ``loader``; metrics accumulate on the device and sync once at the end."""
+    from tqdm import tqdm
+
+    tcfg = cfg.train
+    net.train()
+    meter = MetricAccumulator(num_classes, info.device)
+    skipped: list[SkippedVideo] = []
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tcfg.epochs}", disable=not (progress and info.is_main),
+               dynamic_ncols=True, leave=False)
+    for step, batch in enumerate(bar):
+        skipped.extend(batch.skipped)
+        clips, labels = batch_to_device(batch, info.device, mean, std)  # (B, T, C, H, W) float
+        with autocast_context(info.device, tcfg.amp):
+            if tcfg.mixup_alpha > 0:
+                mixed = mixup(clips, labels, tcfg.mixup_alpha, mix_rng)
+                logits = net(mixed.clips)
+                loss = mixup_cross_entropy(logits.float(), mixed.labels_a, mixed.labels_b, mixed.lam,
+                                           tcfg.label_smoothing)
+            else:
+                logits = net(clips)
+                loss = cross_entropy(logits.float(), labels, tcfg.label_smoothing)
+            if tcfg.l1 > 0:
+                loss = loss + l1_penalty(model, tcfg.l1)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1} step {step}: lower train.lr "
+                                     f"or set train.clip_grad_norm")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if tcfg.clip_grad_norm is not None:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        schedule.step_iteration()
+        meter.update(logits.detach().float(), labels, loss.detach())
+        if progress and info.is_main and step % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{_current_lr(optimizer):.2g}")
+    return meter.compute(), skipped
+
+
+def _checkpoint_state(cfg: Config, model: nn.Module, optimizer, schedule, scaler, mix_rng, epoch: int,
+                      best_top1: float) -> dict[str, Any]:
+    return {
+        "model": unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": schedule.state_dict(),
+        "scaler": scaler.state_dict(),
+        "epoch": epoch,
+        "best_top1": best_top1,
+        "config": cfg.to_dict(),
+        "rng": capture_rng_state(),
+        "mixup_rng": generator_state(mix_rng),
+    }
+
+
+def _resume(work_dir: Path, model: nn.Module, optimizer, schedule, scaler, mix_rng,
+            info: DistInfo) -> tuple[int, float]:
+    """Load ``latest.pth`` (or its previous copy when it is corrupt); returns (next epoch, best top-1)."""
+    if not (work_dir / LATEST).exists() and not any(work_dir.glob("latest*.pth")):
+        logger.warning("--resume: no checkpoint in %s, starting from scratch", work_dir)
+        return 0, -1.0
+    try:
+        state, used = load_latest_good(work_dir, LATEST)
+    except CheckpointError as err:
+        raise CheckpointError(err.path, f"cannot resume: {err.reason}") from None
+    load_state_dict_flexible(unwrap(model), state["model"], strict=True)
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    restore_rng_state(state["rng"])
+    set_generator_state(mix_rng, state["mixup_rng"])
+    logger.info("resumed from %s at epoch %d (best val top1 %.4f)", used, state["epoch"], state["best_top1"])
+    return int(state["epoch"]), float(state["best_top1"])
+
+
+def _summary_writer(work_dir: Path):
+    """A tensorboardX writer under ``work_dir/tb``."""
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter(str(work_dir / "tb"))
+
+
+def _log_scalars(writer, record: dict[str, Any], epoch: int) -> None:
+    if writer is None:
+        return
+    for key, tag in (("train_loss", "train/loss"), ("train_top1", "train/top1"), ("val_loss", "val/loss"),
+                     ("val_top1", "val/top1"), ("lr", "lr")):
+        value = record.get(key)
+        if value is not None and math.isfinite(value):
+            writer.add_scalar(tag, value, epoch)
+    writer.flush()
