@@ -291,8 +291,10 @@ BAD_INPUTS: list[tuple[str, Callable[[Path], Path], str, str]] = [
     ("folder-for-opencv", _folder, "opencv", r"^is a folder, not a video file \(backend 'opencv'"),
     ("folder-without-frames", _folder, "auto", r"^rawframes: folder without img_00001\.jpg"),
     ("file-for-rawframes", _text_as_mp4, "rawframes", r"^is a file, not a folder of frames"),
-    ("frame-missing", _frames_missing, "auto", r"^rawframes: img_00003\.jpg is missing \(the folder has 4 frame files\)$"),
-    ("frame-broken", _last_frame_broken, "rawframes", r"^rawframes: img_00005\.jpg \(frame 4\) is missing or does not decode$"),
+    ("frame-missing", _frames_missing, "auto",
+     r"^rawframes: img_00003\.jpg is missing \(the folder has 4 frame files\)$"),
+    ("frame-broken", _last_frame_broken, "rawframes",
+     r"^rawframes: img_00005\.jpg \(frame 4\) is missing or does not decode$"),
     ("frame-other-size", _last_frame_other_size, "auto",
      r"^rawframes: img_00005\.jpg is 32x24, expected 64x48 like the other frames$"),
 ]

@@ -125,12 +125,8 @@ def _check_range(path: str, wanted: np.ndarray, num_frames: int) -> None:
         raise VideoReadError(path, f"frame index {int(outside[0])} outside [0, {num_frames}){more}")
 
 
-def _gather(wanted: np.ndarray, info: VideoInfo | None,
-            read_sorted: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+def _gather(wanted: np.ndarray, read_sorted: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """Decode each distinct frame once (sorted, so decoders only move forward), then lay them out as asked."""
-    if wanted.size == 0:
-        assert info is not None, "an empty read needs the frame size"
-        return np.empty((0, info.height, info.width, 3), dtype=np.uint8)  # (0, H, W, 3)
     unique, inverse = np.unique(wanted, return_inverse=True)
     frames = read_sorted(unique)  # (U, H, W, 3), U distinct frames in increasing order
     if unique.size == wanted.size and np.array_equal(unique, wanted):
@@ -156,12 +152,13 @@ def read(path: str | os.PathLike, indices: Sequence[int] | np.ndarray, backend: 
     path = os.fspath(path)
     wanted = _as_indices(indices)
     kind = _kind(path, backend)
+    if wanted.size == 0:
+        info = info if info is not None else probe(path, backend)
+        return np.empty((0, info.height, info.width, 3), dtype=np.uint8)  # (0, H, W, 3)
     if kind == rawframes.NAME:
         known = info if info is not None and info.backend == rawframes.NAME else None
         _check_range(path, wanted, known.num_frames if known is not None else rawframes.count_frames(path))
-        if wanted.size == 0 and known is None:
-            known = rawframes.probe(path)
-        return _gather(wanted, known, lambda unique: rawframes.read_sorted(path, unique, known))
+        return _gather(wanted, lambda unique: rawframes.read_sorted(path, unique, known))
 
     if info is None or info.backend not in (_PROBE_ORDER if kind == "auto" else (kind,)):
         info = probe(path, kind)
@@ -186,16 +183,17 @@ def read(path: str | os.PathLike, indices: Sequence[int] | np.ndarray, backend: 
 
 def _read_video(path: str, wanted: np.ndarray, info: VideoInfo) -> np.ndarray:
     """Frames ``wanted`` (checked in range) of a video file by the backend that produced ``info``."""
-    return _gather(wanted, info, lambda unique: _MODULES[info.backend].read_sorted(path, unique, info))
+    return _gather(wanted, lambda unique: _MODULES[info.backend].read_sorted(path, unique, info))
 
 
 def iter_frames(path: str | os.PathLike, backend: str = "auto") -> Iterator[np.ndarray]:
-    """Every frame of a video in order, uint8 ``(H, W, 3)`` RGB, exactly ``probe(path, ...).num_frames`` of them.
+    """Every frame of a video (file or frame folder) in order, each a uint8 ``(H, W, 3)`` RGB array.
 
-    The video is probed first (so a file no backend can open raises here, before any frame),
-    then decoded in one sequential pass. ``"auto"`` on a file tries OpenCV first, then decord:
-    for whole videos OpenCV is the faster decoder. Decoding that stops before the probed count
-    (damage in the middle of a file) raises ``VideoReadError`` from the iterator.
+    The video is probed first by the backend that then decodes it, so a video that cannot be read
+    raises ``VideoReadError`` here, before any frame, and exactly that probe's ``num_frames`` frames
+    follow, in one sequential pass. ``"auto"`` on a file tries OpenCV first, then decord: for whole
+    videos OpenCV is the faster decoder. Decoding that stops before the probed count (damage in the
+    middle of a file) raises ``VideoReadError`` from the iterator.
     """
     path = os.fspath(path)
     kind = _kind(path, backend)
