@@ -19,8 +19,9 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from tsn.data.lists import (ListFormatError, VideoRecord, atomic_write_text, read_video_list, write_class_names,
+from tsn.data.lists import (ListFormatError, VideoRecord, read_video_list, write_class_names,
                             write_rawframe_list)
+from tsn.fileio import atomic_write_text
 from tsn.io.extract import ExtractJob, extract_frames, failures_csv, find_videos
 
 

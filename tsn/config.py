@@ -28,13 +28,14 @@ import dataclasses
 import difflib
 import os
 import re
-import tempfile
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Sequence, Union, get_args, get_origin, get_type_hints
 
 import yaml
+
+from tsn.fileio import atomic_write_text
 
 __all__ = [
     "ConfigError",
@@ -498,18 +499,7 @@ def save_config(cfg: Config, path: str | os.PathLike[str]) -> None:
     """Write the resolved ``cfg`` as YAML, atomically (temp file in the same folder, fsync, rename)."""
     path = Path(path)
     text = yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, text)
 
 
 def resolve_path(data: DataConfig, value: str | os.PathLike[str]) -> Path:

@@ -44,11 +44,11 @@ import pandas as pd
 from tsn.data.lists import (
     ListFormatError,
     VideoRecord,
-    atomic_write_text,
     iter_lines,
     write_class_names,
     write_video_list,
 )
+from tsn.fileio import atomic_write_text
 
 logger = logging.getLogger("tsn.data")
 

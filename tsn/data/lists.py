@@ -18,10 +18,11 @@ checks, such as a label outside the class list, can name the line too.
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
+
+from tsn.fileio import atomic_write_text
 
 LIST_FORMATS = ("video", "rawframes")
 
@@ -56,12 +57,9 @@ class VideoRecord:
     line: int = field(default=0, compare=False)
 
 
-def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
-    """``(line_no, text)`` for every non-blank, non-comment line of a UTF-8 text file.
-
-    ``line_no`` is 1-based; ``text`` has surrounding whitespace (and CR of CRLF files)
-    stripped. Bytes that are not UTF-8 raise ``ListFormatError`` naming the line.
-    """
+def scan_lines(path: str | os.PathLike) -> Iterator[tuple[int, str | ListFormatError]]:
+    """Like ``iter_lines``, but a line that is not UTF-8 comes as its ``ListFormatError`` instead
+    of ending the scan, so that a checker can report every bad line of a list."""
     data = Path(path).read_bytes()
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
@@ -71,9 +69,22 @@ def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
         try:
             text = raw.decode("utf-8").strip()
         except UnicodeDecodeError as err:
-            raise ListFormatError(path, line_no, f"not UTF-8 text ({err.reason})") from None
+            yield line_no, ListFormatError(path, line_no, f"not UTF-8 text ({err.reason})")
+            continue
         if text and not text.startswith("#"):
             yield line_no, text
+
+
+def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """``(line_no, text)`` for every non-blank, non-comment line of a UTF-8 text file.
+
+    ``line_no`` is 1-based; ``text`` has surrounding whitespace (and CR of CRLF files)
+    stripped. Bytes that are not UTF-8 raise ``ListFormatError`` naming the line.
+    """
+    for line_no, text in scan_lines(path):
+        if isinstance(text, ListFormatError):
+            raise text
+        yield line_no, text
 
 
 def _parse_count(token: str, what: str, minimum: int, list_path: str | os.PathLike, line_no: int) -> int:
@@ -89,37 +100,39 @@ def _parse_count(token: str, what: str, minimum: int, list_path: str | os.PathLi
     return value
 
 
-def read_video_list(path: str | os.PathLike) -> list[VideoRecord]:
-    """Read a video list (lines ``relative/path.ext LABEL``) into records in file order."""
-    records = []
-    for line_no, text in iter_lines(path):
+def parse_line(text: str, format: str, list_path: str | os.PathLike, line_no: int) -> VideoRecord:
+    """One stripped list line of ``format`` (``"video"`` or ``"rawframes"``) -> its record;
+    ``ListFormatError`` naming ``list_path:line_no`` when it is malformed."""
+    if format == "video":
         parts = text.rsplit(maxsplit=1)
         if len(parts) < 2:
-            raise ListFormatError(path, line_no, f"expected 'PATH LABEL', got {text!r} (missing label)")
+            raise ListFormatError(list_path, line_no, f"expected 'PATH LABEL', got {text!r} (missing label)")
         video, label = parts
-        records.append(VideoRecord(video, _parse_count(label, "label", 0, path, line_no), None, line_no))
-    return records
+        return VideoRecord(video, _parse_count(label, "label", 0, list_path, line_no), None, line_no)
+    if format == "rawframes":
+        parts = text.rsplit(maxsplit=2)
+        if len(parts) < 3:
+            raise ListFormatError(
+                list_path, line_no, f"expected 'PATH NUM_FRAMES LABEL', got {text!r} ({len(parts)} fields)"
+            )
+        folder, num_frames, label = parts
+        return VideoRecord(
+            folder,
+            _parse_count(label, "label", 0, list_path, line_no),
+            _parse_count(num_frames, "frame count", 1, list_path, line_no),
+            line_no,
+        )
+    raise ValueError(f"list format must be one of {LIST_FORMATS}, got {format!r}")
+
+
+def read_video_list(path: str | os.PathLike) -> list[VideoRecord]:
+    """Read a video list (lines ``relative/path.ext LABEL``) into records in file order."""
+    return [parse_line(text, "video", path, line_no) for line_no, text in iter_lines(path)]
 
 
 def read_rawframe_list(path: str | os.PathLike) -> list[VideoRecord]:
     """Read a rawframe list (lines ``relative/dir NUM_FRAMES LABEL``) into records in file order."""
-    records = []
-    for line_no, text in iter_lines(path):
-        parts = text.rsplit(maxsplit=2)
-        if len(parts) < 3:
-            raise ListFormatError(
-                path, line_no, f"expected 'PATH NUM_FRAMES LABEL', got {text!r} ({len(parts)} fields)"
-            )
-        folder, num_frames, label = parts
-        records.append(
-            VideoRecord(
-                folder,
-                _parse_count(label, "label", 0, path, line_no),
-                _parse_count(num_frames, "frame count", 1, path, line_no),
-                line_no,
-            )
-        )
-    return records
+    return [parse_line(text, "rawframes", path, line_no) for line_no, text in iter_lines(path)]
 
 
 def read_list(path: str | os.PathLike, format: str) -> list[VideoRecord]:
@@ -142,27 +155,6 @@ def _check_path(record: VideoRecord) -> None:
         raise ValueError(f"cannot write path {path!r}: a line starting with '#' reads as a comment")
     if isinstance(record.label, bool) or not isinstance(record.label, int) or record.label < 0:
         raise ValueError(f"cannot write {path!r}: label must be an integer >= 0, got {record.label!r}")
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically: a temporary file in the same folder,
-    flushed and fsynced, then ``os.replace``. Readers see the old file or the new one,
-    never half of one. Creates the parent folder."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    # os.open with 0o666 lets the umask decide the mode, as for any new file
-    # (tempfile.mkstemp would leave the list readable by its owner only).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_video_list(records: Iterable[VideoRecord], path: str | os.PathLike) -> None:

@@ -32,7 +32,8 @@ from typing import Callable, NamedTuple
 import cv2
 import numpy as np
 
-from tsn.data.lists import VideoRecord, atomic_write_text, write_class_names, write_video_list
+from tsn.data.lists import VideoRecord, write_class_names, write_video_list
+from tsn.fileio import atomic_write_text
 
 MANIFEST_VERSION = 1
 FPS = 25.0

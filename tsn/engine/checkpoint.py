@@ -18,13 +18,14 @@ from __future__ import annotations
 import logging
 import os
 import random
-import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any
 
 import numpy as np
 import torch
+
+from tsn.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -44,41 +45,6 @@ def previous_path(path: str | os.PathLike[str]) -> Path:
     """Where the checkpoint before ``path`` is kept: ``W/latest.pth`` -> ``W/latest.prev.pth``."""
     path = Path(path)
     return path.with_name(f"{path.stem}.prev{path.suffix}")
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (not possible on every OS/file system: skipped there)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write(handle)`` on a temporary file beside ``path``, fsync it and rename it to ``path``.
-
-    On any error (or interrupt) the temporary file is removed and ``path`` is left untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _is_complete_zip(path: Path) -> bool:

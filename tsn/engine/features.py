@@ -34,10 +34,11 @@ from torch.utils.data import DataLoader
 
 from tsn.config import Config
 from tsn.data.dataset import SkippedVideo
-from tsn.data.lists import VideoRecord, atomic_write_text
+from tsn.data.lists import VideoRecord
 from tsn.engine.build import build_class_names, build_dataset, build_loader, build_tsn
-from tsn.engine.checkpoint import atomic_write, load_checkpoint
+from tsn.engine.checkpoint import load_checkpoint
 from tsn.engine.evaluate import autocast_context, batch_to_device
+from tsn.fileio import atomic_write, atomic_write_text
 from tsn.models import TSN, FeatureExtractor, load_state_dict_flexible
 
 logger = logging.getLogger("tsn.features")
