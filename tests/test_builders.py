@@ -357,7 +357,7 @@ def test_cli_bad_line_exits_2_with_one_line(tmp_path: Path) -> None:
     bad = write(src / "wave_test_split1.txt", "w1.avi 1\nw2.avi x\n")
     result = run_tool("--dataset", "hmdb51", "--src", str(src), "--out", str(tmp_path / "out"), "--split", "1")
     assert result.returncode == 2
-    assert result.stderr == f"build_lists: error: {bad}:2: expected 'VIDEO.avi 0|1|2', got 'w2.avi x'\n"
+    assert result.stderr == f"error: {bad}:2: expected 'VIDEO.avi 0|1|2', got 'w2.avi x'\n"
     assert not (tmp_path / "out").exists()
 
 

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             lists = keep_existing(lists, args.videos or args.src[0])
         written = write_dataset_lists(lists, args.out)
     except (OSError, ValueError) as err:  # ListFormatError is a ValueError
-        print(f"build_lists: error: {err}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"{args.dataset}: {len(lists.class_names)} classes")
     for split, records in lists.splits.items():

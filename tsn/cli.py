@@ -2,15 +2,22 @@
 
 A bad config key, list line, video, checkpoint or missing file is the user's to fix, so the
 tools print ``error: <what>: <why>`` and exit 2 instead of a traceback; anything else is a bug
-and keeps its traceback.
+and keeps its traceback. That holds for errors raised inside DataLoader worker processes too
+(``data.on_error: raise`` meeting an unreadable video): torch re-raises those wrapped, with the
+worker's traceback as the message, and ``user_error_message`` takes the one line back out.
+
+Under torchrun, the rank that meets the error exits 2 with that line; torchrun then stops the
+other ranks (they would otherwise wait forever in the next collective) and exits non-zero.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Callable
 
 from tsn.config import ConfigError
+from tsn.data.dataset import AllVideosFailedError
 from tsn.data.lists import ListFormatError
 from tsn.engine.checkpoint import CheckpointError
 from tsn.io import VideoReadError
@@ -30,15 +37,39 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     FileNotFoundError,
     NotADirectoryError,
     IsADirectoryError,
+    AllVideosFailedError,
 )
+
+# torch.utils.data re-raises a worker's exception as ``Caught <Type> in DataLoader worker process
+# <n>.\nOriginal Traceback ...\n<module>.<Type>: <message>``: as that type when it can be built
+# from this text alone, as a RuntimeError otherwise (VideoReadError needs a path and a reason).
+_WORKER_ERROR = re.compile(r"Caught (\w+) in DataLoader worker process \d+\.")
+
+
+def user_error_message(error: BaseException) -> str | None:
+    """The one-line message of a user error (see ``USER_ERRORS``), also of one raised in a
+    DataLoader worker and re-raised by torch; None for anything else (a bug)."""
+    text = str(error)
+    match = _WORKER_ERROR.match(text)
+    if match is None:
+        return text if isinstance(error, USER_ERRORS) else None
+    name = match.group(1)
+    if name not in {kind.__name__ for kind in USER_ERRORS}:
+        return None
+    # The traceback's last line is "<module>.<Type>: <message>".
+    _, found, message = text.rstrip().splitlines()[-1].partition(f"{name}: ")
+    return message if found else None
 
 
 def run_main(main: Callable[[], int | None]) -> None:
     """Call ``main`` and exit with its status; user errors print one line and exit 2."""
     try:
         status = main()
-    except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
+    except Exception as error:
+        message = user_error_message(error)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

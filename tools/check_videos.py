@@ -1,0 +1,76 @@
+"""Read every entry of one or more lists as training would, and report each bad one with its reason.
+
+    python tools/check_videos.py --src ROOT --list LIST [LIST ...] [--csv OUT.csv] [--workers N]
+                                 [--format video|rawframes] [--backend auto|decord|opencv]
+                                 [--classes classes.txt] [--num-segments 8] [--num-clips 1]
+
+Each bad entry is printed as ``LIST:LINE: PATH: REASON`` (malformed lines and, with --classes, labels
+outside the class list included); --csv writes them as list_path,line,path,reason. What is read per
+video (probe, then the frames of the test sampling) and what that cannot catch: ``tsn.data.check``.
+Exit status: 0 when every entry is good, 1 when any is bad, 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+from tsn.cli import UsageError, run_main
+from tsn.data.check import check_lists, write_problems_csv
+from tsn.data.lists import read_class_names
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    """argparse type: an integer >= ``minimum``."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--src", type=Path, required=True, help="root folder the lists' paths are relative to")
+    parser.add_argument("--list", type=Path, nargs="+", required=True, help="video or rawframe list(s)")
+    parser.add_argument("--csv", type=Path, help="write the bad entries here")
+    parser.add_argument("--workers", type=_count(0), default=min(os.cpu_count() or 1, 8),
+                        help="reading processes (0: this process)")
+    parser.add_argument("--format", choices=("video", "rawframes"), default="video")
+    parser.add_argument("--backend", choices=("auto", "decord", "opencv"), default="auto",
+                        help="auto: decord, OpenCV where decord fails (as training with data.backend: decord)")
+    parser.add_argument("--classes", type=Path, help="class list: labels outside it are reported")
+    parser.add_argument("--num-segments", type=_count(1), default=8, help="segments per clip")
+    parser.add_argument("--num-clips", type=_count(1), default=1, help="temporal clips read per video")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.src.is_dir():
+        raise UsageError(f"--src {args.src}: not a folder")
+    for path in args.list:
+        if not path.is_file():
+            raise UsageError(f"--list {path}: no such file")
+    if args.classes is not None and not args.classes.is_file():
+        raise UsageError(f"--classes {args.classes}: no such file")
+    num_classes = len(read_class_names(args.classes)) if args.classes is not None else None
+    report = check_lists(args.src, args.list, args.format, args.backend, num_classes, args.num_segments,
+                         args.num_clips, args.workers, progress=not args.no_progress)
+    for problem in report.problems:
+        print(problem)
+    if args.csv is not None:
+        write_problems_csv(report.problems, args.csv)
+    bad = len({(problem.list_path, problem.line) for problem in report.problems})
+    print(f"{report.entries} entries checked, {bad} bad line(s)" + (f" -> {args.csv}" if args.csv else ""))
+    return 1 if report.problems else 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,134 @@
+"""Worker memory over many epochs of the real Dataset and DataLoader (``tools/soak.py``).
+
+``soak`` reads the same list for ``epochs`` epochs through ``ClipDataset`` (training sampling and
+augmentation, so new frames every epoch) and ``build_dataloader`` (persistent workers, as in
+training), with one reader backend, and measures the resident memory (``VmRSS`` in
+``/proc/<pid>/status``) of every loader worker process and of the main process:
+
+- ``start``: after the first epoch (the warm-up: imports, decoder libraries and their buffers,
+  the allocator's first pools);
+- ``end``: after the last epoch.
+
+A reader that leaks (decord ``VideoReader`` objects kept alive: decord issues 157, 208) grows
+with every video read, so ``end - start`` over many epochs shows it; flat memory is a few MB of
+allocator noise. Workers are the main process's children that run the same program (the
+multiprocessing resource tracker, also a child, is left out). Linux only (``/proc``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from tqdm import tqdm
+
+from tsn.data.dataset import ClipDataset
+from tsn.data.lists import VideoRecord
+from tsn.data.loader import build_dataloader, set_loader_epoch
+from tsn.data.transforms import train_transform
+
+
+@dataclass(frozen=True)
+class SoakResult:
+    """Memory in MB (per worker, in worker order; and the main process) after the first and the last epoch,
+    and every worker's after each epoch (a leak grows with every epoch; allocator pools level off)."""
+
+    backend: str
+    epochs: int
+    clips_per_epoch: int
+    workers: int
+    worker_rss_start_mb: tuple[float, ...]
+    worker_rss_end_mb: tuple[float, ...]
+    main_rss_start_mb: float
+    main_rss_end_mb: float
+    seconds: float
+    worker_rss_by_epoch_mb: tuple[tuple[float, ...], ...]
+
+    @property
+    def max_worker_growth_mb(self) -> float:
+        """The largest growth of one worker from start to end (negative: it shrank)."""
+        return max(end - start for start, end in zip(self.worker_rss_start_mb, self.worker_rss_end_mb))
+
+    @property
+    def max_worker_late_growth_mb(self) -> float:
+        """The largest growth of one worker over the second half of the epochs: a leak keeps growing
+        there, allocator pools have levelled off."""
+        middle = self.worker_rss_by_epoch_mb[len(self.worker_rss_by_epoch_mb) // 2]
+        return max(end - mid for mid, end in zip(middle, self.worker_rss_end_mb))
+
+    def as_dict(self) -> dict[str, object]:
+        """Plain values for one JSON line, the growth included."""
+        return {"backend": self.backend, "epochs": self.epochs, "clips_per_epoch": self.clips_per_epoch,
+                "workers": self.workers, "worker_rss_start_mb": list(self.worker_rss_start_mb),
+                "worker_rss_end_mb": list(self.worker_rss_end_mb),
+                "max_worker_growth_mb": round(self.max_worker_growth_mb, 1),
+                "max_worker_late_growth_mb": round(self.max_worker_late_growth_mb, 1),
+                "main_rss_start_mb": self.main_rss_start_mb, "main_rss_end_mb": self.main_rss_end_mb,
+                "seconds": round(self.seconds, 1),
+                "worker_rss_by_epoch_mb": [list(epoch) for epoch in self.worker_rss_by_epoch_mb]}
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of process ``pid`` in MB (``VmRSS`` of ``/proc/<pid>/status``, given in kB)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError(f"/proc/{pid}/status has no VmRSS line")
+
+
+def worker_pids(parent: int) -> list[int]:
+    """Children of ``parent`` running the same program as it (forked loader workers), sorted by pid."""
+    command = Path(f"/proc/{parent}/cmdline").read_bytes()
+    children: set[int] = set()
+    for task in Path(f"/proc/{parent}/task").iterdir():
+        children.update(int(pid) for pid in (task / "children").read_text().split())
+    workers = []
+    for pid in sorted(children):
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes() == command:
+                workers.append(pid)
+        except FileNotFoundError:  # it has just exited
+            continue
+    return workers
+
+
+def soak(records: Sequence[VideoRecord], root: str | os.PathLike, backend: str, epochs: int, workers: int,
+         num_segments: int = 8, input_size: int = 112, batch_size: int = 4, seed: int = 0,
+         progress: bool = True) -> SoakResult:
+    """Read ``records`` (video files under ``root``) ``epochs`` times with reader ``backend`` through
+    ``workers`` persistent loader workers; their memory after the first and the last epoch.
+
+    Training sampling (``num_segments`` random frames) and TSN's multi-scale crop to ``input_size``;
+    a video that cannot be read is an error (``on_error="raise"``): a soak needs every read to happen.
+    """
+    if epochs < 2:
+        raise ValueError(f"epochs must be >= 2 (the first is the warm-up), got {epochs}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1: the soak measures worker processes, got {workers}")
+    dataset = ClipDataset(records, root, "video", backend, "train", num_segments, 1,
+                          train_transform("multiscale", input_size, input_size), on_error="raise", seed=seed)
+    loader = build_dataloader(dataset, batch_size, shuffle=True, num_workers=workers, seed=seed, drop_last=False,
+                              pin_memory=False)
+    # Children that exist already (another loader's workers) are not this loader's.
+    others = set(worker_pids(os.getpid()))
+    started = time.monotonic()
+    by_epoch: list[dict[int, float]] = []
+    main_start = 0.0
+    for epoch in tqdm(range(epochs), desc=f"soak {backend}", unit="epoch", disable=not progress):
+        set_loader_epoch(loader, epoch)
+        for _ in loader:
+            pass
+        by_epoch.append({pid: rss_mb(pid) for pid in worker_pids(os.getpid()) if pid not in others})
+        if epoch == 0:
+            main_start = rss_mb(os.getpid())
+    start, end = by_epoch[0], by_epoch[-1]
+    if any(sorted(epoch) != sorted(start) for epoch in by_epoch) or len(start) != workers:
+        raise RuntimeError(f"loader workers changed during the soak: {sorted(start)} after epoch 1, "
+                           f"{sorted(end)} at the end (expected {workers} persistent workers)")
+    pids = sorted(start)
+    return SoakResult(backend, epochs, len(dataset), workers, tuple(start[pid] for pid in pids),
+                      tuple(end[pid] for pid in pids), main_start, rss_mb(os.getpid()),
+                      time.monotonic() - started, tuple(tuple(epoch[pid] for pid in pids) for epoch in by_epoch))
