@@ -36,7 +36,13 @@ def main() -> None:
     args = parse_args()
     class_names = read_class_names(args.classes)
     labels = np.array([record.label for record in read_list(args.list, args.format)], dtype=np.int64)
-    scores = fuse_scores(args.scores, args.weights or [1.0] * len(args.scores))
+    for path in args.scores:
+        if not path.is_file():
+            raise UsageError(f"--scores {path}: no such file")
+    try:
+        scores = fuse_scores(args.scores, args.weights or [1.0] * len(args.scores))
+    except ValueError as err:  # a file that is not a score array, or shapes that differ
+        raise UsageError(str(err)) from None
     if scores.shape != (len(labels), len(class_names)):
         raise UsageError(f"scores of shape {scores.shape} do not fit {len(labels)} videos x {len(class_names)} classes")
     report = score_report(scores, labels, len(class_names))

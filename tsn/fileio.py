@@ -6,10 +6,12 @@ reports, features.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import uuid
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterable, Sequence
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -53,3 +55,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` as UTF-8 with ``\\n`` line ends to ``path`` atomically (see ``atomic_write``)."""
     data = text.encode("utf-8")
     atomic_write(path, lambda handle: handle.write(data))
+
+
+def atomic_write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """Write a CSV (``header`` then ``rows``) to ``path`` atomically (see ``atomic_write``)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())

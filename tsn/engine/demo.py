@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from tsn.config import load_config
-from tsn.data.synthetic import make_demo_dataset
+from tsn.data.synthetic import DemoData, make_demo_dataset
 from tsn.engine.testing import Report, format_per_class_table, run_test
 from tsn.engine.trainer import TrainResult, setup_logging, train
 
@@ -19,10 +19,14 @@ logger = logging.getLogger("tsn.demo")
 
 
 def run_demo(config_path: Path, work_dir: Path, overrides: Sequence[str] = (),
-             device: str = "auto") -> tuple[TrainResult, Report]:
-    """Make (or reuse) the demo data under ``work_dir/data``, train ``config_path`` on it, test on val."""
+             device: str = "auto", data: DemoData | None = None) -> tuple[TrainResult, Report]:
+    """Make (or reuse) the demo data under ``work_dir/data``, train ``config_path`` on it, test on val.
+
+    ``data``: an already made demo data set to use instead (e.g. a smaller one, for tests).
+    """
     setup_logging(work_dir, True)
-    data = make_demo_dataset(work_dir / "data")
+    if data is None:
+        data = make_demo_dataset(work_dir / "data")
     logger.info("demo data: %s", data.root)
     cfg = load_config(config_path, [f"data.root={data.root}", *overrides])
     result = train(cfg, work_dir, device=device)

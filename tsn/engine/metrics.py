@@ -8,7 +8,6 @@ from the labels has recall 0.0 and support 0, and F1 is 0.0 when precision + rec
 
 from __future__ import annotations
 
-import csv
 import functools
 import logging
 import os
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from tsn.engine.distributed import all_reduce_sum
+from tsn.fileio import atomic_write_csv
 
 logger = logging.getLogger(__name__)
 
@@ -125,19 +125,12 @@ def write_per_class_csv(path: str | os.PathLike[str], class_names: Sequence[str]
     """
     if len(class_names) != len(metrics.support):
         raise ValueError(f"{len(class_names)} class names for {len(metrics.support)} classes")
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["class", "precision", "recall", "f1", "support"])
-        for i, name in enumerate(class_names):
-            writer.writerow(
-                [
-                    name,
-                    f"{metrics.precision[i]:.6f}",
-                    f"{metrics.recall[i]:.6f}",
-                    f"{metrics.f1[i]:.6f}",
-                    int(metrics.support[i]),
-                ]
-            )
+    rows = [
+        [name, f"{metrics.precision[i]:.6f}", f"{metrics.recall[i]:.6f}", f"{metrics.f1[i]:.6f}",
+         int(metrics.support[i])]
+        for i, name in enumerate(class_names)
+    ]
+    atomic_write_csv(path, ["class", "precision", "recall", "f1", "support"], rows)
 
 
 def write_confusion_csv(
@@ -147,11 +140,8 @@ def write_confusion_csv(
     cm = _as_numpy(cm)
     if len(class_names) != cm.shape[0]:
         raise ValueError(f"{len(class_names)} class names for a {cm.shape[0]}-class confusion matrix")
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["true/pred", *class_names])
-        for name, row in zip(class_names, cm):
-            writer.writerow([name, *(int(count) for count in row)])
+    rows = [[name, *(int(count) for count in row)] for name, row in zip(class_names, cm)]
+    atomic_write_csv(path, ["true/pred", *class_names], rows)
 
 
 def _confusion_figure(cm: np.ndarray, class_names: Sequence[str]):  # -> matplotlib Figure

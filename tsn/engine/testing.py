@@ -8,7 +8,6 @@ rows of videos that could not be read are NaN, left out of the metrics and liste
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from tsn.engine.metrics import (
     write_confusion_csv,
     write_per_class_csv,
 )
+from tsn.fileio import atomic_write, atomic_write_csv, atomic_write_text
 from tsn.models import load_state_dict_flexible
 
 logger = logging.getLogger("tsn.test")
@@ -71,17 +71,14 @@ def write_report(report: Report, class_names: Sequence[str], out_dir: Path, scor
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = {"top1": report.top1, "top5": report.top5, "mean_class_accuracy": report.mean_class_accuracy,
                "num_videos": report.num_videos}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_per_class_csv(out_dir / "per_class.csv", class_names, report.per_class)
     write_confusion_csv(out_dir / "confusion_matrix.csv", report.confusion, class_names)
     plot_confusion_matrix(report.confusion, class_names, out_dir / "confusion_matrix.png")
     if scores is not None:
-        np.save(out_dir / "scores.npy", scores)
+        atomic_write(out_dir / "scores.npy", lambda handle: np.save(handle, scores))
     if skipped:
-        with open(out_dir / "skipped.csv", "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["path", "reason"])
-            writer.writerows(sorted(set(skipped)))
+        atomic_write_csv(out_dir / "skipped.csv", ["path", "reason"], sorted(set(skipped)))
 
 
 def format_per_class_table(report: Report, class_names: Sequence[str]) -> str:
@@ -127,10 +124,22 @@ def run_test(cfg: Config, checkpoint: Path, out_dir: Path, list_file: Path | Non
 
 
 def fuse_scores(score_files: Sequence[Path], weights: Sequence[float]) -> np.ndarray:
-    """Weighted sum of video-level score files (e.g. RGB and flow streams); all in the same list order."""
+    """Weighted sum of video-level score files (e.g. RGB and flow streams); all in the same list order.
+
+    Each file holds a (videos, classes) array as ``tools/test.py`` writes it. A file that is not
+    such an array, or whose shape differs from the first file's, is a ValueError naming it.
+    """
     if len(score_files) != len(weights):
         raise ValueError(f"{len(score_files)} score files but {len(weights)} weights")
-    arrays = [np.load(path) for path in score_files]
+    arrays = []
+    for path in score_files:
+        try:
+            array = np.load(path)
+        except (ValueError, OSError, EOFError) as err:  # not a .npy file (or a pickle, refused)
+            raise ValueError(f"{path}: not a .npy score array ({err})") from None
+        if array.ndim != 2:
+            raise ValueError(f"{path}: expected scores of shape (videos, classes), got {array.shape}")
+        arrays.append(array)
     shape = arrays[0].shape
     for path, array in zip(score_files, arrays):
         if array.shape != shape:
