@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import operator
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -37,7 +38,7 @@ import torch
 
 from tsn.data.lists import LIST_FORMATS, VideoRecord
 from tsn.data.sampling import test_indices, train_indices, val_indices
-from tsn.data.transforms import FrameTransform, to_tensor_clip
+from tsn.data.transforms import DecodesResized, FrameTransform, to_tensor_clip
 from tsn.io import VideoInfo, VideoReadError, probe, read
 from tsn.layout import normalize_clips
 
@@ -88,6 +89,35 @@ def _non_negative(value: int, name: str) -> int:
     return number
 
 
+def decoder_threads() -> int:
+    """Decoding threads for one video reader in this process: its share of the CPUs.
+
+    The processes that decode at once are the loader workers of every local rank (torchrun's
+    ``LOCAL_WORLD_SIZE``; without workers the rank's own process), and the CPUs usable by this
+    process are shared out evenly among them, at least one thread each. With many workers that is
+    one thread, as mmaction2 uses; with fewer workers than CPUs the spare CPUs decode too (one
+    process on this 2-core machine: 2 threads).
+    """
+    worker = torch.utils.data.get_worker_info()
+    workers = worker.num_workers if worker is not None else 1
+    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // (workers * ranks))
+
+
+# Threads that decode the clips of one batch at once: (process id, threads, pool). A pool does not survive
+# a fork (its threads stay behind), so a loader worker that inherits one makes its own.
+_pool: tuple[int, int, ThreadPoolExecutor] | None = None
+
+
+def _clip_pool(threads: int) -> ThreadPoolExecutor:
+    """This process's pool of ``threads`` clip-loading threads (made again when the count changes)."""
+    global _pool
+    if _pool is None or _pool[:2] != (os.getpid(), threads):
+        _pool = (os.getpid(), threads, ThreadPoolExecutor(threads, thread_name_prefix="tsn-clip"))
+    return _pool[2]
+
+
 class ClipDataset(torch.utils.data.Dataset):
     """TSN clips from a list of videos (``format="video"``) or of frame folders (``"rawframes"``).
 
@@ -101,7 +131,11 @@ class ClipDataset(torch.utils.data.Dataset):
 
     Videos are probed once (``tsn.io.probe``, which counts the frames that really decode)
     and the ``VideoInfo`` kept per index in this object; frame folders take their frame count
-    from the list.
+    from the list (and are probed once too, on their first read, to check indices and frame
+    size without listing the folder again). Videos are read with ``decoder_threads()`` threads
+    (frame folders: that many JPEGs decoded at once) and, when the transform
+    has a ``decode_size`` (``tsn.data.transforms.DecodesResized``), at that size where the
+    backend can decode at it (decord).
     """
 
     def __init__(self, records: Sequence[VideoRecord], root: str | os.PathLike, format: str, backend: str,
@@ -174,12 +208,25 @@ class ClipDataset(torch.utils.data.Dataset):
             return val_indices(num_frames, self.num_segments, self.new_length)
         return test_indices(num_frames, self.num_segments, self.new_length, self.num_clips)
 
-    def load(self, index: int, rng: np.random.Generator) -> torch.Tensor:
-        """Read, transform and lay out record ``index`` (no error handling): uint8 or float clip."""
+    def load(self, index: int, rng: np.random.Generator, threads: int | None = None) -> torch.Tensor:
+        """Read, transform and lay out record ``index`` (no error handling): uint8 or float clip.
+
+        ``threads``: decoding threads for this read (None: ``decoder_threads()``).
+        """
         path = self.path(index)
         indices = self.frame_indices(index, rng)
+        info = self._infos.get(index)
+        if info is None and self.format == "rawframes":
+            # Probed once (listing, first and last frame) and cached: without it every read would
+            # list the folder again to check the indices (2 ms for 500 frames).
+            info = self._infos[index] = probe(path, self.backend)
+        # Frames at the size the transform scales to anyway, where the backend can decode at it.
+        size = None
+        if info is not None and isinstance(self.transform, DecodesResized):
+            size = self.transform.decode_size(info.height, info.width)
         # (T,) or (C, T) indices -> frames (C*T, H, W, 3)
-        frames = read(path, indices.reshape(-1), backend=self.backend, info=self._infos.get(index))
+        frames = read(path, indices.reshape(-1), backend=self.backend, info=info, size=size,
+                      threads=threads if threads is not None else decoder_threads())
         out = self.transform(frames, rng)
         if self.mode != "test":
             if out.ndim != 4:
@@ -200,6 +247,23 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key: int | ClipKey) -> ClipSample:
         """The sample for list index ``key`` (or ``ClipKey(epoch, index)``); see the module docstring."""
+        return self._sample(key, None)
+
+    def __getitems__(self, keys: Sequence[int | ClipKey]) -> list[ClipSample]:
+        """The samples for ``keys`` (what the DataLoader asks for one batch), the same as ``self[key]`` each.
+
+        When ``decoder_threads()`` > 1 (fewer loading processes than CPUs), the clips are decoded
+        that many at a time on threads, each with one decoding thread: the decoders release the GIL,
+        and parallel clips scale better than threads inside one decoder (decord with 2 threads
+        spent 12 % more CPU per clip than with 1 here).
+        """
+        threads = decoder_threads()
+        if threads < 2 or len(keys) < 2:
+            return [self._sample(key, None) for key in keys]
+        return list(_clip_pool(threads).map(lambda key: self._sample(key, 1), keys))
+
+    def _sample(self, key: int | ClipKey, threads: int | None) -> ClipSample:
+        """``self[key]``, read with ``threads`` decoding threads (None: ``decoder_threads()``)."""
         if isinstance(key, ClipKey):
             epoch, index = _non_negative(key.epoch, "epoch"), operator.index(key.index)
         else:
@@ -214,7 +278,7 @@ class ClipDataset(torch.utils.data.Dataset):
             if bad is None:
                 rng = np.random.default_rng([self.seed, epoch, index, video])
                 try:
-                    clip = self.load(video, rng)
+                    clip = self.load(video, rng, threads)
                 except (VideoReadError, OSError) as err:
                     reason = err.reason if isinstance(err, VideoReadError) else f"{type(err).__name__}: {err}"
                     if self.on_error == "raise":
@@ -233,7 +297,10 @@ class ClipDataset(torch.utils.data.Dataset):
 
 def collate_clips(samples: Sequence[ClipSample]) -> ClipBatch:
     """Stack samples into a ``ClipBatch``: clips (B, ...), int64 labels and indices (B,), skips concatenated."""
-    clips = torch.stack([sample.clip for sample in samples])  # (B, T, 3, H, W) or (B, V, T, 3, H, W)
+    # numpy's single-threaded copy: torch.stack runs on the intra-op threads, which in the main
+    # process of a busy machine made stacking one 1.2 MB clip take 9 ms instead of 0.2 ms.
+    # (B, T, 3, H, W) or (B, V, T, 3, H, W)
+    clips = torch.from_numpy(np.stack([sample.clip.numpy() for sample in samples]))
     labels = torch.tensor([sample.label for sample in samples], dtype=torch.int64)
     indices = torch.tensor([sample.index for sample in samples], dtype=torch.int64)
     skipped = tuple(skip for sample in samples for skip in sample.skipped)

@@ -17,6 +17,16 @@ checks against resize-then-crop: mean difference under 0.75 grey levels). A sour
 than ``short_side`` (e.g. 90 px upscaled to 256) gets a shift of up to scale/2 output pixels;
 exact sub-pixel boxes (``cv2.warpAffine``) cost twice the resize time and were not worth it.
 
+Decoding at the resized size: a transform whose crop is defined on the frame resized to a short
+side (``MultiScaleCrop``, ``ResizedCenterCrop``, ``MultiCrop``, and a ``ClipTransform`` that starts
+with one) has ``decode_size(height, width)``: that resized frame's (height, width) when it is
+smaller than the source, else None. The Dataset asks the reader for frames of that size (decord
+scales them while decoding) and the transform, applied to them, draws the same box as on the
+source, now without rounding: exactly "resize, then crop" as TSN and mmaction2 do it. Every
+transform also accepts frames of any other size (the video's own, from a backend that cannot
+scale), so the result never depends on which backend read the frames beyond resampling.
+``RandomResizedCrop`` has none: its boxes can be small, and a pre-shrunk frame would be upscaled.
+
 Interpolation: ``cv2.INTER_LINEAR`` (what mmaction2 and the original TSN use). Bilinear
 does not antialias when shrinking a lot; with ``antialias=True`` a box that is more than twice
 the output size on an axis is shrunk with ``cv2.INTER_AREA`` instead. It is off by default
@@ -28,7 +38,7 @@ for every preset here except RandomResizedCrop's largest boxes, so the flag rare
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Protocol, Sequence, runtime_checkable
 
 import cv2
 import numpy as np
@@ -62,6 +72,21 @@ def resized_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
     if height <= width:
         return short_side, int(short_side * width / height)
     return int(short_side * height / width), short_side
+
+
+@runtime_checkable
+class DecodesResized(Protocol):
+    """A transform that gives the same result from frames already scaled to ``decode_size``."""
+
+    def decode_size(self, height: int, width: int) -> tuple[int, int] | None:
+        """(height, width) to decode a ``height`` x ``width`` video at, or None for its own size."""
+
+
+def _shrunk(height: int, width: int, short_side: int) -> tuple[int, int] | None:
+    """``resized_shape(height, width, short_side)`` when that shrinks the frame, else None."""
+    if min(height, width) <= short_side:
+        return None
+    return resized_shape(height, width, short_side)
 
 
 def box_to_source(box: CropBox, height: int, width: int, resized_height: int, resized_width: int) -> CropBox:
@@ -107,8 +132,16 @@ def crop_resize(frames: np.ndarray, box: CropBox, out_height: int, out_width: in
 
 
 def flip_clip(frames: np.ndarray) -> np.ndarray:
-    """Mirror ``(..., H, W, 3)`` frames left-right -> a contiguous copy of the same shape."""
-    return np.ascontiguousarray(frames[..., ::-1, :])
+    """Mirror ``(..., H, W, 3)`` frames left-right -> a contiguous copy of the same shape.
+
+    ``cv2.flip`` frame by frame: 40 times faster than copying numpy's reversed view
+    (0.3 ms against 11 ms for 8 frames of 224x224 here).
+    """
+    source = np.ascontiguousarray(frames).reshape(-1, *frames.shape[-3:])  # (N, H, W, 3)
+    out = np.empty_like(source)
+    for index in range(source.shape[0]):
+        cv2.flip(source[index], 1, dst=out[index])
+    return out.reshape(frames.shape)
 
 
 class RandomResizedCrop:
@@ -198,6 +231,10 @@ class MultiScaleCrop:
         top, left = offsets[int(rng.integers(len(offsets)))]
         return CropBox(top, left, crop_h, crop_w)
 
+    def decode_size(self, height: int, width: int) -> tuple[int, int] | None:
+        """The frame resized to ``short_side`` (None when that is not smaller): see the module docstring."""
+        return _shrunk(height, width, self.short_side)
+
     def box(self, height: int, width: int, rng: np.random.Generator) -> CropBox:
         """The source box for a ``height`` x ``width`` frame."""
         resized_h, resized_w = resized_shape(height, width, self.short_side)
@@ -218,6 +255,10 @@ class ResizedCenterCrop:
         self.size = size
         self.short_side = short_side
         self.antialias = antialias
+
+    def decode_size(self, height: int, width: int) -> tuple[int, int] | None:
+        """The frame resized to ``short_side`` (None when that is not smaller): see the module docstring."""
+        return _shrunk(height, width, self.short_side)
 
     def box(self, height: int, width: int) -> CropBox:
         """The source box for a ``height`` x ``width`` frame (no randomness)."""
@@ -270,6 +311,11 @@ class MultiCrop:
         self.short_side = short_side
         self.antialias = antialias
 
+    def decode_size(self, height: int, width: int) -> tuple[int, int] | None:
+        """The frame resized to short side ``size`` (3 crops) or ``short_side`` (1 and 10 crops), None
+        when that is not smaller: see the module docstring."""
+        return _shrunk(height, width, self.size if self.num_crops == 3 else self.short_side)
+
     def boxes(self, height: int, width: int) -> list[tuple[CropBox, bool]]:
         """(source box, mirrored) for every view, in view order."""
         if self.num_crops == 1:
@@ -302,6 +348,11 @@ class ClipTransform:
 
     def __init__(self, steps: Sequence[FrameTransform]) -> None:
         self.steps = tuple(steps)
+
+    def decode_size(self, height: int, width: int) -> tuple[int, int] | None:
+        """The first step's ``decode_size`` (later steps see only its fixed-size output), else None."""
+        first = self.steps[0] if self.steps else None
+        return first.decode_size(height, width) if isinstance(first, DecodesResized) else None
 
     def __call__(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         for step in self.steps:
@@ -348,5 +399,7 @@ def to_tensor_clip(frames: np.ndarray) -> torch.Tensor:
     if frames.ndim not in (4, 5) or frames.shape[-1] != 3:
         raise ValueError(f"expected frames of shape (T, H, W, 3) or (V, T, H, W, 3), got {frames.shape}")
     lead = list(range(frames.ndim - 3))
-    # (..., H, W, C) -> (..., C, H, W): one permute, one copy.
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(*lead, -1, -3, -2).contiguous()
+    # (..., H, W, C) -> (..., C, H, W): one copy by numpy, single-threaded; torch's permuted
+    # copy of uint8 was 3 times slower with one thread and 18 times with two on a busy CPU.
+    planar = np.ascontiguousarray(frames.transpose(*lead, frames.ndim - 1, frames.ndim - 3, frames.ndim - 2))
+    return torch.from_numpy(planar)

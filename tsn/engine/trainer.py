@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from tsn.config import Config, save_config
+from tsn.config import Config, TrainConfig, save_config
 from tsn.data.dataset import SkippedVideo
 from tsn.data.loader import set_loader_epoch
 from tsn.engine.build import build_class_names, build_dataset, build_loader, build_optimizer, build_tsn
@@ -44,10 +44,12 @@ from tsn.engine.checkpoint import (
     set_generator_state,
 )
 from tsn.engine.distributed import DistInfo, barrier, cleanup_distributed, init_distributed
-from tsn.engine.evaluate import autocast_context, batch_to_device, evaluate
+from tsn.engine.evaluate import autocast_context, evaluate
 from tsn.engine.losses import cross_entropy, l1_penalty, mixup, mixup_cross_entropy
 from tsn.engine.metrics import EpochMetrics, MetricAccumulator, confusion_matrix_image
+from tsn.engine.prefetch import DevicePrefetcher
 from tsn.engine.schedulers import build_scheduler
+from tsn.fileio import atomic_write_text
 from tsn.models import convert_sync_batchnorm, load_state_dict_flexible, unwrap
 
 logger = logging.getLogger("tsn.train")
@@ -106,6 +108,11 @@ class SkipLog:
         self.path = path
         self.seen: dict[str, str] = {}
         self.count = 0
+        # A resumed run keeps the files an earlier run already reported, so none is listed twice.
+        if path is not None and path.is_file():
+            with open(path, newline="") as handle:
+                for row in csv.DictReader(handle):
+                    self.seen[row["path"]] = row["reason"]
 
     def add(self, skipped: tuple[SkippedVideo, ...] | list[SkippedVideo], split: str) -> None:
         for item in skipped:
@@ -131,6 +138,15 @@ def gather_skipped(skipped: list[SkippedVideo], info: DistInfo) -> list[SkippedV
     return [SkippedVideo(*item) for part in gathered for item in part]
 
 
+def _truncate_jsonl(path: Path, last_epoch: int) -> None:
+    """Keep the ``metrics.jsonl`` lines of epochs up to ``last_epoch`` (a resumed run rewrites the rest)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines(keepends=True)
+            if line.strip() and json.loads(line)["epoch"] <= last_epoch]
+    atomic_write_text(path, "".join(kept))
+
+
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a") as handle:
         handle.write(json.dumps(record) + "\n")
@@ -144,16 +160,21 @@ def _current_lr(optimizer: torch.optim.Optimizer) -> float:
 
 
 def train(cfg: Config, work_dir: Path, resume: bool = False, device: str = "auto",
-          progress: bool = True) -> TrainResult:
-    """Train the TSN ``cfg`` describes; files under ``work_dir``; ``resume`` continues from ``latest.pth``."""
+          progress: bool = True, stop_after_epoch: int | None = None) -> TrainResult:
+    """Train the TSN ``cfg`` describes; files under ``work_dir``; ``resume`` continues from ``latest.pth``.
+
+    ``stop_after_epoch``: return once this many epochs (of the ``train.epochs`` schedule) are done,
+    as a run cut short by a time limit would; ``resume`` later finishes it. None: train to the end.
+    """
     info = init_distributed(device)
     try:
-        return _train(cfg, Path(work_dir), resume, info, progress)
+        return _train(cfg, Path(work_dir), resume, info, progress, stop_after_epoch)
     finally:
         cleanup_distributed(info)
 
 
-def _train(cfg: Config, work_dir: Path, resume: bool, info: DistInfo, progress: bool) -> TrainResult:
+def _train(cfg: Config, work_dir: Path, resume: bool, info: DistInfo, progress: bool,
+           stop_after_epoch: int | None) -> TrainResult:
     tcfg = cfg.train
     setup_logging(work_dir, info.is_main)
     seed_everything(tcfg.seed, tcfg.deterministic)
@@ -189,6 +210,8 @@ def _train(cfg: Config, work_dir: Path, resume: bool, info: DistInfo, progress: 
     start_epoch, best_top1 = 0, -1.0
     if resume:
         start_epoch, best_top1 = _resume(work_dir, model, optimizer, schedule, scaler, mix_rng, info)
+        if info.is_main:
+            _truncate_jsonl(work_dir / "metrics.jsonl", start_epoch)
 
     net: nn.Module = model
     if info.distributed:
@@ -199,7 +222,8 @@ def _train(cfg: Config, work_dir: Path, resume: bool, info: DistInfo, progress: 
     writer = _summary_writer(work_dir) if info.is_main else None
     skip_log = SkipLog(work_dir / "skipped.csv" if info.is_main else None)
     last_val: EpochMetrics | None = None
-    for epoch in range(start_epoch, tcfg.epochs):
+    end_epoch = tcfg.epochs if stop_after_epoch is None else min(stop_after_epoch, tcfg.epochs)
+    for epoch in range(start_epoch, end_epoch):
         started = time.time()
         set_loader_epoch(train_loader, epoch)
         train_metrics, skipped = _train_epoch(net, model, train_loader, optimizer, schedule, scaler, mix_rng,
@@ -222,6 +246,7 @@ def _train(cfg: Config, work_dir: Path, resume: bool, info: DistInfo, progress: 
             record = {"epoch": epoch + 1, "train_loss": train_metrics.loss, "train_top1": train_metrics.top1,
                       "val_loss": val_metrics.loss if val_metrics else None,
                       "val_top1": val_metrics.top1 if val_metrics else None, "lr": lr,
+                      "train_samples": train_metrics.count, "val_samples": val_metrics.count if val_metrics else None,
                       "seconds": round(time.time() - started, 2)}
             _append_jsonl(work_dir / "metrics.jsonl", record)
             _log_scalars(writer, record, epoch + 1)
@@ -237,11 +262,11 @@ def _train(cfg: Config, work_dir: Path, resume: bool, info: DistInfo, progress: 
         if last_val is not None:
             image = confusion_matrix_image(last_val.confusion, class_names)
             if image is not None:
-                writer.add_image("val/confusion_matrix", image, tcfg.epochs, dataformats="HWC")
+                writer.add_image("val/confusion_matrix", image, end_epoch, dataformats="HWC")
         writer.close()
     if skip_log.count:
         logger.warning("%d unreadable sample(s) were replaced; see %s", skip_log.count, work_dir / "skipped.csv")
-    return TrainResult(tcfg.epochs, max(best_top1, 0.0), last_val, work_dir)
+    return TrainResult(end_epoch, max(best_top1, 0.0), last_val, work_dir)
 
 
 def _train_epoch(net: nn.Module, model: nn.Module, loader, optimizer, schedule, scaler, mix_rng,
@@ -254,37 +279,61 @@ def _train_epoch(net: nn.Module, model: nn.Module, loader, optimizer, schedule, 
     net.train()
     meter = MetricAccumulator(num_classes, info.device)
     skipped: list[SkippedVideo] = []
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tcfg.epochs}", disable=not (progress and info.is_main),
+    # On CUDA the next batch is copied and normalised on a side stream while this step runs.
+    batches = DevicePrefetcher(loader, info.device, mean, std, tcfg.channels_last and info.device.type == "cuda")
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{tcfg.epochs}", disable=not (progress and info.is_main),
                dynamic_ncols=True, leave=False)
     for step, batch in enumerate(bar):
         skipped.extend(batch.skipped)
-        clips, labels = batch_to_device(batch, info.device, mean, std)  # (B, T, C, H, W) float
-        with autocast_context(info.device, tcfg.amp):
-            if tcfg.mixup_alpha > 0:
-                mixed = mixup(clips, labels, tcfg.mixup_alpha, mix_rng)
-                logits = net(mixed.clips)
-                loss = mixup_cross_entropy(logits.float(), mixed.labels_a, mixed.labels_b, mixed.lam,
-                                           tcfg.label_smoothing)
-            else:
-                logits = net(clips)
-                loss = cross_entropy(logits.float(), labels, tcfg.label_smoothing)
-            if tcfg.l1 > 0:
-                loss = loss + l1_penalty(model, tcfg.l1)
+        clips, labels = batch.clips, batch.labels  # (B, T, C, H, W) float, normalised on the device
+        logits, loss = compute_loss(net, model, clips, labels, tcfg, mix_rng, info.device)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1} step {step}: lower train.lr "
                                      f"or set train.clip_grad_norm")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if tcfg.clip_grad_norm is not None:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
+        optimizer_step(loss, model, optimizer, scaler, tcfg.clip_grad_norm)
         schedule.step_iteration()
         meter.update(logits.detach().float(), labels, loss.detach())
         if progress and info.is_main and step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{_current_lr(optimizer):.2g}")
     return meter.compute(), skipped
+
+
+def compute_loss(net: nn.Module, model: nn.Module, clips: torch.Tensor, labels: torch.Tensor,
+                 recipe: TrainConfig, mix_rng: np.random.Generator,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward ``clips`` (B, T, C, H, W) float through ``net`` with the recipe's mixup, label
+    smoothing and L1 on ``model``'s weights (under autocast for ``recipe.amp``) -> (logits (B, classes), loss)."""
+    with autocast_context(device, recipe.amp):
+        if recipe.mixup_alpha > 0:
+            mixed = mixup(clips, labels, recipe.mixup_alpha, mix_rng)
+            logits = net(mixed.clips)
+            loss = mixup_cross_entropy(logits.float(), mixed.labels_a, mixed.labels_b, mixed.lam,
+                                       recipe.label_smoothing)
+        else:
+            logits = net(clips)
+            loss = cross_entropy(logits.float(), labels, recipe.label_smoothing)
+        if recipe.l1 > 0:
+            loss = loss + l1_penalty(model, recipe.l1)
+    return logits, loss
+
+
+def optimizer_step(loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler, clip_grad_norm: float | None) -> torch.Tensor | None:
+    """Backward ``loss`` (scaled for fp16), clip the global gradient norm of ``model`` to
+    ``clip_grad_norm`` (on unscaled gradients; None = no clipping) and step ``optimizer``.
+
+    Returns the total gradient norm before clipping (None without clipping). The clipped
+    gradients stay in ``.grad`` until the next step.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    norm = None
+    if clip_grad_norm is not None:
+        scaler.unscale_(optimizer)
+        norm = nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    return norm
 
 
 def _checkpoint_state(cfg: Config, model: nn.Module, optimizer, schedule, scaler, mix_rng, epoch: int,

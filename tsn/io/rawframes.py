@@ -1,7 +1,8 @@
 """Frame-folder backend: ``img_00001.jpg, img_00002.jpg, ...`` (1-based; frame i is ``img_{i+1:05d}.jpg``).
 
-JPEGs are decoded with ``cv2.imread`` and turned from BGR to RGB. Other files in the folder (flow
-frames ``x_*.jpg``, markers) are ignored. The frames must be numbered without a gap: a missing
+JPEGs are decoded with ``cv2.imread`` straight to RGB where OpenCV offers it (``IMREAD_COLOR_RGB``,
+OpenCV >= 4.10: libjpeg-turbo writes RGB, no conversion pass), else to BGR and converted. Other
+files in the folder (flow frames ``x_*.jpg``, markers) are ignored. The frames must be numbered without a gap: a missing
 one is an error, never silently skipped.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import cv2
@@ -17,6 +19,8 @@ import numpy as np
 from tsn.io.base import RAWFRAME_TEMPLATE, VideoInfo, VideoReadError
 
 NAME = "rawframes"
+# Decode straight to RGB where this OpenCV can (4.10 and later); None: decode to BGR and convert.
+_IMREAD_RGB: int | None = getattr(cv2, "IMREAD_COLOR_RGB", None)
 _FRAME_NAME = re.compile(r"^img_\d{5,}\.jpg$")
 
 
@@ -44,15 +48,18 @@ def count_frames(folder: str) -> int:
 def _imread_rgb(folder: str, index: int, out: np.ndarray | None = None) -> np.ndarray:
     """Frame ``index`` (0-based) as uint8 (H, W, 3) RGB, into ``out`` when given (which fixes the size)."""
     name = RAWFRAME_TEMPLATE.format(index + 1)
-    frame = cv2.imread(os.path.join(folder, name), cv2.IMREAD_COLOR)
+    frame = cv2.imread(os.path.join(folder, name), cv2.IMREAD_COLOR if _IMREAD_RGB is None else _IMREAD_RGB)
     if frame is None:
         raise VideoReadError(folder, f"{NAME}: {name} (frame {index}) is missing or does not decode")
     if out is None:
-        return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        return frame if _IMREAD_RGB is not None else cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
     if frame.shape != out.shape:
         raise VideoReadError(folder, f"{NAME}: {name} is {frame.shape[1]}x{frame.shape[0]}, "
                                      f"expected {out.shape[1]}x{out.shape[0]} like the other frames")
-    cv2.cvtColor(frame, cv2.COLOR_BGR2RGB, dst=out)
+    if _IMREAD_RGB is not None:
+        out[...] = frame
+    else:
+        cv2.cvtColor(frame, cv2.COLOR_BGR2RGB, dst=out)
     return out
 
 
@@ -70,20 +77,41 @@ def probe(folder: str) -> VideoInfo:
                      backend=NAME)
 
 
-def read_sorted(folder: str, indices: np.ndarray, info: VideoInfo | None) -> np.ndarray:
+# Decoding threads of this process: (process id, threads, pool). A pool does not survive a fork (its
+# threads stay behind), so a loader worker that inherits one makes its own.
+_pool: tuple[int, int, ThreadPoolExecutor] | None = None
+
+
+def _thread_pool(threads: int) -> ThreadPoolExecutor:
+    """This process's pool of ``threads`` decoding threads (made again when the count changes)."""
+    global _pool
+    if _pool is None or _pool[:2] != (os.getpid(), threads):
+        _pool = (os.getpid(), threads, ThreadPoolExecutor(threads, thread_name_prefix="tsn-jpeg"))
+    return _pool[2]
+
+
+def read_sorted(folder: str, indices: np.ndarray, info: VideoInfo | None, threads: int = 1) -> np.ndarray:
     """Frames at sorted, unique, in-range ``indices`` -> uint8 (T, H, W, 3) RGB.
 
     Without ``info`` the frame size is taken from the first frame read; every frame must match it.
+    ``threads`` > 1 decodes that many JPEGs at once (OpenCV releases the GIL while decoding): one
+    loader process on a machine with spare cores uses them, as the video decoders do.
     """
     indices = indices.tolist()
-    first = _imread_rgb(folder, indices[0])
-    if info is not None and first.shape[:2] != (info.height, info.width):
-        raise VideoReadError(folder, f"{NAME}: frame {indices[0]} is {first.shape[1]}x{first.shape[0]}, "
-                                     f"probe said {info.width}x{info.height}")
-    out = np.empty((len(indices),) + first.shape, dtype=np.uint8)  # (T, H, W, 3)
-    out[0] = first
-    for slot, index in enumerate(indices[1:], start=1):
-        _imread_rgb(folder, index, out[slot])
+    if info is None:
+        first = _imread_rgb(folder, indices[0])
+        out = np.empty((len(indices),) + first.shape, dtype=np.uint8)  # (T, H, W, 3)
+        out[0] = first
+        slots = list(enumerate(indices))[1:]
+    else:
+        out = np.empty((len(indices), info.height, info.width, 3), dtype=np.uint8)  # (T, H, W, 3)
+        slots = list(enumerate(indices))
+    if threads > 1 and len(slots) > 1:
+        # list() waits for every frame and re-raises the first VideoReadError.
+        list(_thread_pool(threads).map(lambda slot: _imread_rgb(folder, slot[1], out[slot[0]]), slots))
+    else:
+        for slot, index in slots:
+            _imread_rgb(folder, index, out[slot])
     return out
 
 

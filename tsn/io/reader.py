@@ -135,7 +135,8 @@ def _gather(wanted: np.ndarray, read_sorted: Callable[[np.ndarray], np.ndarray])
 
 
 def read(path: str | os.PathLike, indices: Sequence[int] | np.ndarray, backend: str = "auto",
-         info: VideoInfo | None = None) -> np.ndarray:
+         info: VideoInfo | None = None, size: tuple[int, int] | None = None,
+         threads: int | None = None) -> np.ndarray:
     """Frames ``indices`` (0-based, any order, repeats allowed) -> uint8 ``(T, H, W, 3)`` RGB, in that order.
 
     ``info`` is this path's ``probe`` result: pass it to skip probing again (the Dataset does).
@@ -143,11 +144,18 @@ def read(path: str | os.PathLike, indices: Sequence[int] | np.ndarray, backend: 
     asked for is ignored and that backend probes. A folder of frames needs no ``info``: its frames
     are counted by one directory listing.
 
-    Each distinct frame is decoded once, in increasing order (decord: one ``get_batch``; OpenCV: one
-    sequential pass from frame 0 up to the last frame asked for; frame folders: one ``imread`` per
-    frame). With ``"auto"``, a decord failure on these frames falls back to OpenCV (logged once per
-    file). An index outside ``[0, num_frames)`` raises ``VideoReadError`` naming it, as does a video
-    that cannot be read; indices that are not a 1-D sequence of integers raise TypeError/ValueError.
+    Each distinct frame is decoded once, in increasing order (decord: one ``get_batch``, which seeks
+    to a keyframe only when that skips frames; OpenCV: one forward pass that seeks to a keyframe
+    when that skips frames and every landing is verified, see ``tsn.io.opencv_backend``; frame
+    folders: one decode per frame). With ``"auto"``, a decord failure on these frames falls back to
+    OpenCV (logged once per file). An index outside ``[0, num_frames)`` raises ``VideoReadError``
+    naming it, as does a video that cannot be read; indices that are not a 1-D sequence of
+    integers raise TypeError/ValueError.
+
+    ``size``: (height, width) the caller will scale the frames to anyway; decord then decodes
+    directly at that size, the other backends return the video's own size (H, W above are then
+    ``size`` or the video's). ``threads``: decoding threads per reader (None: 1 for decord and
+    frame folders, where that many JPEGs are decoded at once; OpenCV's default of one per CPU).
     """
     path = os.fspath(path)
     wanted = _as_indices(indices)
@@ -158,13 +166,13 @@ def read(path: str | os.PathLike, indices: Sequence[int] | np.ndarray, backend: 
     if kind == rawframes.NAME:
         known = info if info is not None and info.backend == rawframes.NAME else None
         _check_range(path, wanted, known.num_frames if known is not None else rawframes.count_frames(path))
-        return _gather(wanted, lambda unique: rawframes.read_sorted(path, unique, known))
+        return _gather(wanted, lambda unique: rawframes.read_sorted(path, unique, known, threads or 1))
 
     if info is None or info.backend not in (_PROBE_ORDER if kind == "auto" else (kind,)):
         info = probe(path, kind)
     _check_range(path, wanted, info.num_frames)
     try:
-        return _read_video(path, wanted, info)
+        return _read_video(path, wanted, info, size, threads)
     except VideoReadError as error:
         if kind != "auto":
             raise
@@ -174,16 +182,19 @@ def read(path: str | os.PathLike, indices: Sequence[int] | np.ndarray, backend: 
     try:
         other_info = _MODULES[other].probe(path)
         _check_range(path, wanted, other_info.num_frames)
-        frames = _read_video(path, wanted, other_info)
+        frames = _read_video(path, wanted, other_info, size, threads)
     except VideoReadError as error:
         raise VideoReadError(path, f"no backend can read these frames: {first_reason}; {error.reason}") from None
     _log_fallback(path, first_reason, other)
     return frames
 
 
-def _read_video(path: str, wanted: np.ndarray, info: VideoInfo) -> np.ndarray:
+def _read_video(path: str, wanted: np.ndarray, info: VideoInfo, size: tuple[int, int] | None,
+                threads: int | None) -> np.ndarray:
     """Frames ``wanted`` (checked in range) of a video file by the backend that produced ``info``."""
-    return _gather(wanted, lambda unique: _MODULES[info.backend].read_sorted(path, unique, info))
+    if info.backend == decord_backend.NAME:
+        return _gather(wanted, lambda unique: decord_backend.read_sorted(path, unique, info, size, threads or 1))
+    return _gather(wanted, lambda unique: opencv_backend.read_sorted(path, unique, info, threads))
 
 
 def iter_frames(path: str | os.PathLike, backend: str = "auto") -> Iterator[np.ndarray]:
