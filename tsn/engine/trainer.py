@@ -55,6 +55,8 @@ from tsn.models import convert_sync_batchnorm, load_state_dict_flexible, unwrap
 logger = logging.getLogger("tsn.train")
 
 LATEST = "latest.pth"
+# Steps between host syncs of the training loss (progress bar and the check for a NaN/inf loss).
+SYNC_EVERY = 10
 BEST = "best.pth"
 
 
@@ -287,14 +289,17 @@ def _train_epoch(net: nn.Module, model: nn.Module, loader, optimizer, schedule, 
         skipped.extend(batch.skipped)
         clips, labels = batch.clips, batch.labels  # (B, T, C, H, W) float, normalised on the device
         logits, loss = compute_loss(net, model, clips, labels, tcfg, mix_rng, info.device)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1} step {step}: lower train.lr "
-                                     f"or set train.clip_grad_norm")
         optimizer_step(loss, model, optimizer, scaler, tcfg.clip_grad_norm)
         schedule.step_iteration()
         meter.update(logits.detach().float(), labels, loss.detach())
-        if progress and info.is_main and step % 10 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{_current_lr(optimizer):.2g}")
+        if step % SYNC_EVERY == 0:
+            # One host sync every SYNC_EVERY steps (not every step, which would stall the GPU queue).
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"loss is {loss_value} at epoch {epoch + 1} step {step}: lower train.lr "
+                                         f"or set train.clip_grad_norm")
+            if progress and info.is_main:
+                bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{_current_lr(optimizer):.2g}")
     return meter.compute(), skipped
 
 
