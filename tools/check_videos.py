@@ -16,21 +16,10 @@ import argparse
 import logging
 import os
 from pathlib import Path
-from typing import Callable
 
-from tsn.cli import UsageError, run_main
+from tsn.cli import UsageError, int_at_least, run_main
 from tsn.data.check import check_lists, write_problems_csv
 from tsn.data.lists import read_class_names
-
-
-def _count(minimum: int) -> Callable[[str], int]:
-    """argparse type: an integer >= ``minimum``."""
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-    return parse
 
 
 def parse_args() -> argparse.Namespace:
@@ -38,14 +27,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--src", type=Path, required=True, help="root folder the lists' paths are relative to")
     parser.add_argument("--list", type=Path, nargs="+", required=True, help="video or rawframe list(s)")
     parser.add_argument("--csv", type=Path, help="write the bad entries here")
-    parser.add_argument("--workers", type=_count(0), default=min(os.cpu_count() or 1, 8),
+    parser.add_argument("--workers", type=int_at_least(0), default=min(os.cpu_count() or 1, 8),
                         help="reading processes (0: this process)")
     parser.add_argument("--format", choices=("video", "rawframes"), default="video")
     parser.add_argument("--backend", choices=("auto", "decord", "opencv"), default="auto",
                         help="auto: decord, OpenCV where decord fails (as training with data.backend: decord)")
     parser.add_argument("--classes", type=Path, help="class list: labels outside it are reported")
-    parser.add_argument("--num-segments", type=_count(1), default=8, help="segments per clip")
-    parser.add_argument("--num-clips", type=_count(1), default=1, help="temporal clips read per video")
+    parser.add_argument("--num-segments", type=int_at_least(1), default=8, help="segments per clip")
+    parser.add_argument("--num-clips", type=int_at_least(1), default=1, help="temporal clips read per video")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args()
 

@@ -16,20 +16,13 @@ import logging
 import sys
 from pathlib import Path
 
+from tsn.cli import int_at_least
 from tsn.config import ConfigError, load_config
 from tsn.data.dataset import AllVideosFailedError
 from tsn.data.lists import ListFormatError
 from tsn.engine.checkpoint import CheckpointError
 from tsn.engine.features import QUERY_BATCH, run_extract
 from tsn.io import VideoReadError
-
-
-def _positive(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,9 +33,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--checkpoint", type=Path, help="trained TSN checkpoint (else ImageNet weights)")
     parser.add_argument("--layer", help="named backbone layer (e.g. layer3) instead of the backbone output")
-    parser.add_argument("--knn", type=_positive, metavar="K", help="write each video's K nearest neighbours")
-    parser.add_argument("--batch-size", type=_positive, help="videos per batch (default data.batch_size)")
-    parser.add_argument("--knn-batch", type=_positive, default=QUERY_BATCH, help="query rows per distance block")
+    parser.add_argument("--knn", type=int_at_least(1), metavar="K", help="write each video's K nearest neighbours")
+    parser.add_argument("--batch-size", type=int_at_least(1), help="videos per batch (default data.batch_size)")
+    parser.add_argument("--knn-batch", type=int_at_least(1), default=QUERY_BATCH, help="query rows per distance block")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="config override")
     return parser.parse_args(argv)

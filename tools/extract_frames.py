@@ -17,22 +17,12 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Callable
 
+from tsn.cli import int_at_least
 from tsn.data.lists import (ListFormatError, VideoRecord, read_video_list, write_class_names,
                             write_rawframe_list)
 from tsn.fileio import atomic_write_text
 from tsn.io.extract import ExtractJob, extract_frames, failures_csv, find_videos
-
-
-def _at_least(minimum: int) -> Callable[[str], int]:
-    """argparse type: an integer >= ``minimum``."""
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-    return parse
 
 
 def _quality(text: str) -> int:
@@ -49,8 +39,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--src", type=Path, required=True, help="root folder of the videos")
     parser.add_argument("--out", type=Path, required=True, help="root folder of the frame folders and the list")
     parser.add_argument("--list", type=Path, help="video list 'rel/path.ext LABEL' (paths relative to --src)")
-    parser.add_argument("--short-side", type=_at_least(0), default=256, help="resize short side to this; 0 keeps")
-    parser.add_argument("--workers", type=_at_least(1), default=os.cpu_count() or 1, help="decoding processes")
+    parser.add_argument("--short-side", type=int_at_least(0), default=256, help="resize short side to this; 0 keeps")
+    parser.add_argument("--workers", type=int_at_least(1), default=os.cpu_count() or 1, help="decoding processes")
     parser.add_argument("--quality", type=_quality, default=95, help="JPEG quality 0..100")
     parser.add_argument("--backend", choices=("auto", "decord", "opencv"), default="auto")
     parser.add_argument("--strict", action="store_true", help="exit 1 when any video failed")

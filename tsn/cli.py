@@ -12,6 +12,7 @@ other ranks (they would otherwise wait forever in the next collective) and exits
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from typing import Callable
@@ -22,6 +23,17 @@ from tsn.data.lists import ListFormatError
 from tsn.engine.checkpoint import CheckpointError
 from tsn.io import VideoReadError
 from tsn.models import PretrainedWeightsNotFound
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """argparse ``type=``: an integer >= ``minimum`` (argparse reports anything else with exit 2)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
 
 class UsageError(Exception):
     """A bad combination of command-line arguments or inputs, found after parsing."""
