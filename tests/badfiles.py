@@ -116,7 +116,7 @@ def make_frame_folder(folder: Path, num_frames: int, missing: tuple[int, ...] = 
     return folder
 
 
-def _movi_frame_chunks(data: bytes) -> list[tuple[int, int]]:
+def movi_frame_chunks(data: bytes) -> list[tuple[int, int]]:
     """(offset, payload size) of every ``00dc`` frame chunk of an AVI written by OpenCV, in order."""
     position = data.index(b"movi") + 4
     chunks = []
@@ -139,7 +139,7 @@ def make_overstated_avi(folder: Path, name: str = "overstated.avi") -> Path:
     source = make_index_video(folder / f".source-{name}", OVERSTATED_CLAIM, WIDTH, HEIGHT, fourcc="MJPG")
     data = bytearray(source.read_bytes())
     source.unlink()
-    chunks = _movi_frame_chunks(bytes(data))
+    chunks = movi_frame_chunks(bytes(data))
     if len(chunks) != OVERSTATED_CLAIM:
         raise RuntimeError(f"expected {OVERSTATED_CLAIM} frame chunks in the AVI OpenCV wrote, found {len(chunks)}")
     for offset, size in chunks[OVERSTATED_GOOD:]:

@@ -16,6 +16,7 @@ import pytest
 
 from tsn.io import BACKENDS, RAWFRAME_TEMPLATE, VideoInfo, VideoReadError, iter_frames, probe, read
 from tsn.io.decord_backend import timestamps_usable
+from badfiles import movi_frame_chunks
 from videos import frame_index, index_frame, make_index_video
 
 NUM_FRAMES = 40
@@ -159,23 +160,6 @@ def test_decord_needs_increasing_timestamps_in_its_index() -> None:
     assert not timestamps_usable(np.array([0.0, np.nan]))
 
 
-def movi_chunks(data: bytes) -> list[tuple[int, int]]:
-    """(offset, payload size) of every frame chunk ('00dc') of an AVI written by OpenCV, in order."""
-    position = data.index(b"movi") + 4
-    chunks = []
-    while position + 8 <= len(data):
-        tag, size = data[position:position + 4], int.from_bytes(data[position + 4:position + 8], "little")
-        if tag == b"idx1":
-            break
-        if tag == b"LIST":  # a nested list header: its chunks follow
-            position += 12
-            continue
-        if tag == b"00dc":
-            chunks.append((position, size))
-        position += 8 + size + (size & 1)
-    return chunks
-
-
 def damaged_avi(tmp_path: Path, how: str, good: int) -> Path:
     """A 40-frame MJPG AVI whose container still claims 40 frames, but only frames 0..good-1 decode.
 
@@ -185,7 +169,7 @@ def damaged_avi(tmp_path: Path, how: str, good: int) -> Path:
     """
     source = make_index_video(tmp_path / "source.avi", NUM_FRAMES, fourcc="MJPG")
     data = bytearray(source.read_bytes())
-    chunks = movi_chunks(bytes(data))
+    chunks = movi_frame_chunks(bytes(data))
     assert len(chunks) == NUM_FRAMES
     if how == "zero_tail":
         for offset, size in chunks[good:]:
