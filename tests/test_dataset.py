@@ -17,6 +17,7 @@ from tsn.data.loader import build_dataloader, set_loader_epoch
 from tsn.data.sampling import test_indices, train_indices, val_indices
 from tsn.io import VideoReadError
 from tsn.layout import normalize_clips
+from badfiles import OVERSTATED_GOOD, make_overstated_avi
 from videos import frame_index, index_frame, make_index_video
 
 SIZE = 64  # square frames: val_transform(SIZE, SIZE) keeps the whole frame, so indices stay readable
@@ -70,6 +71,27 @@ def test_train_samples_depend_on_seed_epoch_and_index_only(root: Path) -> None:
     assert indices_of(dataset[2].clip) == expected
     per_epoch = [indices_of(dataset[ClipKey(epoch, 2)].clip) for epoch in range(4)]
     assert len({tuple(indices) for indices in per_epoch}) > 1
+
+
+@pytest.mark.parametrize("backend", ["auto", "decord", "opencv"])
+def test_first_read_of_a_video_gives_the_same_sample_as_later_reads(root: Path, tmp_path: Path,
+                                                                  backend: str) -> None:
+    # The first read probes in the same pass (tsn.io.read_first); for the AVI that overstates its
+    # frame count ("auto" only) that pass fails and the indices are drawn again from the same generator.
+    overstated = make_overstated_avi(tmp_path)
+    records = good_records() + ([VideoRecord(str(overstated), 7)] if backend == "auto" else [])
+    transform = T.train_transform("multiscale", 32, 48)  # random box and flip, decoded at short side 48
+    first = ClipDataset(records, root, "video", backend, "train", 3, 1, transform, seed=5)
+    again = ClipDataset(records, root, "video", backend, "train", 3, 1, transform, seed=5)
+    for index in range(len(records)):
+        again[ClipKey(0, index)]  # probed here; the samples below are all later reads for ``again``
+    for epoch in range(2):
+        for index in range(len(records)):
+            sample = first[ClipKey(epoch, index)]
+            assert torch.equal(sample.clip, again[ClipKey(epoch, index)].clip), (epoch, index)
+            assert sample.skipped == ()
+    for index, record in enumerate(records):
+        assert first.num_frames(index) == LENGTHS.get(record.path, OVERSTATED_GOOD)
 
 
 def test_rawframes_use_the_list_frame_count(root: Path) -> None:

@@ -14,7 +14,8 @@ import decord
 import numpy as np
 import pytest
 
-from tsn.io import BACKENDS, RAWFRAME_TEMPLATE, VideoInfo, VideoReadError, iter_frames, probe, read
+from tsn.io import BACKENDS, RAWFRAME_TEMPLATE, VideoInfo, VideoReadError, iter_frames, probe, read, read_first
+from tsn.io import decord_backend
 from tsn.io.decord_backend import timestamps_usable
 from badfiles import movi_frame_chunks
 from videos import frame_index, index_frame, make_index_video
@@ -209,6 +210,71 @@ def test_container_that_overstates_its_frame_count_is_corrected(tmp_path: Path, 
         read(path, [good])
 
 
+def spread(num_frames: int) -> np.ndarray:
+    """What a sampler might choose: (2, 3) indices, out of order, with a repeat and never the last frame."""
+    return np.array([[num_frames // 2, 0, num_frames // 2], [1, num_frames - 2, num_frames // 3]])
+
+
+def half_size(height: int, width: int) -> tuple[int, int]:
+    return height // 2, width // 2
+
+
+def first_read_cases(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """(video, backend) pairs that take each way through ``read_first``."""
+    return {
+        "decord-mp4": (make_index_video(tmp_path / "v.mp4", NUM_FRAMES), "decord"),
+        "auto-mp4": (tmp_path / "v.mp4", "auto"),
+        "auto-avi": (make_index_video(tmp_path / "v.avi", NUM_FRAMES, fourcc="MJPG"), "auto"),
+        "opencv-mp4": (tmp_path / "v.mp4", "opencv"),
+        "auto-zero-tail": (damaged_avi(tmp_path, "zero_tail", 25), "auto"),
+        "auto-cut-inside": (damaged_avi(tmp_path, "cut_inside", 25), "auto"),
+        "auto-narrow": (make_index_video(tmp_path / "narrow.mp4", 30, 48, HEIGHT), "auto"),
+    }
+
+
+@pytest.mark.parametrize("size_for", [None, half_size], ids=["own-size", "half-size"])
+def test_read_first_gives_what_probe_then_read_give(tmp_path: Path, size_for) -> None:
+    for name, (path, backend) in first_read_cases(tmp_path).items():
+        calls: list[int] = []
+
+        def choose(num_frames: int) -> np.ndarray:
+            calls.append(num_frames)
+            return spread(num_frames)
+
+        info, indices, frames = read_first(path, choose, backend, size_for)
+        expected_info = probe(path, backend)
+        expected_indices = spread(expected_info.num_frames)
+        size = size_for(expected_info.height, expected_info.width) if size_for else None
+        expected = read(path, expected_indices.reshape(-1), backend, expected_info, size)
+        assert info == expected_info, name
+        assert np.array_equal(indices, expected_indices), name
+        assert frames.shape == expected.shape and np.array_equal(frames, expected), name
+        if backend != "opencv":  # frames really are those indices (the comparison above is of equals)
+            assert indices_of(frames) == expected_indices.reshape(-1).tolist(), name
+        # A count decord overstates is found out by decoding its claimed last frame: choose sees it, then the truth.
+        assert calls[-1] == expected_info.num_frames and len(calls) <= 2, name
+        if name.endswith(("tail", "inside")):
+            # Near the damage decord's decoder sometimes fails even on frame 0; then nothing was drawn yet.
+            assert calls in ([len(decord.VideoReader(str(path))), 25], [25]), name
+
+
+def test_read_first_on_a_sound_video_decodes_no_separate_probe(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    path = make_index_video(tmp_path / "v.mp4", NUM_FRAMES)
+
+    def no_probe(path: str) -> VideoInfo:
+        raise AssertionError("decord_backend.probe was called")
+
+    monkeypatch.setattr(decord_backend, "probe", no_probe)
+    info, indices, frames = read_first(path, spread, "auto")
+    assert info == VideoInfo(HEIGHT, WIDTH, NUM_FRAMES, 25.0, "decord")
+    assert indices_of(frames) == spread(NUM_FRAMES).reshape(-1).tolist()
+    # The decord-only read of a file decord must refuse still raises decord's probe error.
+    monkeypatch.undo()
+    with pytest.raises(VideoReadError, match=r"decord: frame \d+, the last of the \d+ in its index, does not decode"):
+        read_first(damaged_avi(tmp_path, "zero_tail", 25), spread, "decord")
+
+
 def _text_as_mp4(tmp_path: Path) -> Path:
     path = tmp_path / "notes.mp4"
     path.write_text("this is not a video\n" * 20)
@@ -286,7 +352,7 @@ BAD_INPUTS: list[tuple[str, Callable[[Path], Path], str, str]] = [
 
 @pytest.mark.parametrize("make, backend, reason", [case[1:] for case in BAD_INPUTS],
                          ids=[case[0] for case in BAD_INPUTS])
-@pytest.mark.parametrize("call", ["probe", "read", "iter_frames"])
+@pytest.mark.parametrize("call", ["probe", "read", "read_first", "iter_frames"])
 def test_bad_input_raises_one_clear_error(tmp_path: Path, make: Callable[[Path], Path], backend: str, reason: str,
                                           call: str) -> None:
     path = make(tmp_path)
@@ -295,6 +361,8 @@ def test_bad_input_raises_one_clear_error(tmp_path: Path, make: Callable[[Path],
             probe(path, backend)
         elif call == "read":
             read(path, [0, 4], backend=backend)
+        elif call == "read_first":
+            read_first(path, lambda num_frames: np.array([0, 4]), backend)
         else:
             list(iter_frames(path, backend))
     error = caught.value

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tsn.io import probe, read
+from tsn.io import probe, read, read_first
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".gif"}
 # decord and OpenCV convert YUV to RGB with different FFmpeg builds: identical on the H.264 clips here, off by 1
@@ -78,3 +78,29 @@ def test_every_actrecog2_video_probes_reads_and_counts_like_a_full_decode(real_d
     videos = [path for split in ("train", "val", "test") for path in videos_under(real_data / "actrecog2" / split)]
     assert len(videos) == 69  # 49 + 15 + 5, as the lists say
     assert [problem for path in videos for problem in problems_of(path)] == []
+
+
+def first_read_problems(path: Path) -> list[str]:
+    """Where ``read_first`` (probe folded into the first read) differs from ``probe`` then ``read``."""
+    def choose(num_frames: int) -> np.ndarray:
+        return np.array([num_frames // 2, 0, num_frames // 7, num_frames * 6 // 7])
+
+    def size_for(height: int, width: int) -> tuple[int, int]:
+        return height // 3, width // 3
+
+    info, indices, frames = read_first(path, choose, "auto", size_for)
+    expected_info = probe(path)
+    expected = read(path, choose(expected_info.num_frames), "auto", expected_info,
+                    size_for(expected_info.height, expected_info.width))
+    if (info, indices.tolist()) != (expected_info, choose(expected_info.num_frames).tolist()):
+        return [f"{path}: read_first found {info} and chose {indices.tolist()}, probe says {expected_info}"]
+    if frames.shape != expected.shape or not np.array_equal(frames, expected):
+        return [f"{path}: read_first's frames differ from read's"]
+    return []
+
+
+@pytest.mark.real
+def test_first_read_of_every_real_clip_equals_probe_then_read(real_data: Path) -> None:
+    # The containers and codecs of clips/, and the H.264 AVI (decord refuses it) among them.
+    clips = videos_under(real_data / "clips")
+    assert [problem for path in clips for problem in first_read_problems(path)] == []

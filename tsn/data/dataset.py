@@ -39,7 +39,7 @@ import torch
 from tsn.data.lists import LIST_FORMATS, VideoRecord
 from tsn.data.sampling import test_indices, train_indices, val_indices
 from tsn.data.transforms import DecodesResized, FrameTransform, to_tensor_clip
-from tsn.io import VideoInfo, VideoReadError, probe, read
+from tsn.io import VideoInfo, VideoReadError, probe, read, read_first
 from tsn.layout import normalize_clips
 
 MODES = ("train", "val", "test")
@@ -129,8 +129,9 @@ class ClipDataset(torch.utils.data.Dataset):
     adds the crop views), ``on_error`` (``"skip"`` or ``"raise"``), the augmentation ``seed``
     and optional ``mean``/``std`` for float output. Out: ``ClipSample`` (module docstring).
 
-    Videos are probed once (``tsn.io.probe``, which counts the frames that really decode)
-    and the ``VideoInfo`` kept per index in this object; frame folders take their frame count
+    Videos are probed once, on their first read and in the same decoding pass where decord
+    reads them (``tsn.io.read_first``; ``tsn.io.probe`` says how the frames that really decode
+    are counted), and the ``VideoInfo`` kept per index in this object; frame folders take their frame count
     from the list (and are probed once too, on their first read, to check indices and frame
     size without listing the folder again). Videos are read with ``decoder_threads()`` threads
     (frame folders: that many JPEGs decoded at once) and, when the transform
@@ -199,7 +200,10 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def frame_indices(self, index: int, rng: np.random.Generator) -> np.ndarray:
         """0-based frames of record ``index`` for this mode: int64 (T,) or (num_clips, T) in test mode."""
-        num_frames = self.num_frames(index)
+        return self._indices(index, self.num_frames(index), rng)
+
+    def _indices(self, index: int, num_frames: int, rng: np.random.Generator) -> np.ndarray:
+        """``frame_indices`` for a video of ``num_frames`` frames."""
         if num_frames < 1:
             raise VideoReadError(self.path(index), "no frames to sample")
         if self.mode == "train":
@@ -214,19 +218,32 @@ class ClipDataset(torch.utils.data.Dataset):
         ``threads``: decoding threads for this read (None: ``decoder_threads()``).
         """
         path = self.path(index)
-        indices = self.frame_indices(index, rng)
-        info = self._infos.get(index)
-        if info is None and self.format == "rawframes":
-            # Probed once (listing, first and last frame) and cached: without it every read would
-            # list the folder again to check the indices (2 ms for 500 frames).
-            info = self._infos[index] = probe(path, self.backend)
+        threads = threads if threads is not None else decoder_threads()
         # Frames at the size the transform scales to anyway, where the backend can decode at it.
-        size = None
-        if info is not None and isinstance(self.transform, DecodesResized):
-            size = self.transform.decode_size(info.height, info.width)
-        # (T,) or (C, T) indices -> frames (C*T, H, W, 3)
-        frames = read(path, indices.reshape(-1), backend=self.backend, info=info, size=size,
-                      threads=threads if threads is not None else decoder_threads())
+        size_for = self.transform.decode_size if isinstance(self.transform, DecodesResized) else None
+        info = self._infos.get(index)
+        if info is None and self.format == "video":
+            # First read of this video in this process: probed and read in one pass (tsn.io.read_first).
+            # ``choose`` rewinds the generator so that a second call, after a failed first
+            # attempt, draws the same indices and leaves ``rng`` where a plain read would.
+            start = rng.bit_generator.state
+
+            def choose(num_frames: int) -> np.ndarray:
+                rng.bit_generator.state = start
+                return self._indices(index, num_frames, rng)
+
+            # indices (T,) or (C, T) -> frames (C*T, H, W, 3)
+            info, indices, frames = read_first(path, choose, self.backend, size_for, threads)
+            self._infos[index] = info
+        else:
+            if info is None:
+                # A frame folder, probed once (listing, first and last frame) and cached: without it
+                # every read would list the folder again to check the indices (2 ms for 500 frames).
+                info = self._infos[index] = probe(path, self.backend)
+            indices = self._indices(index, self.num_frames(index), rng)
+            size = size_for(info.height, info.width) if size_for is not None else None
+            # (T,) or (C, T) indices -> frames (C*T, H, W, 3)
+            frames = read(path, indices.reshape(-1), backend=self.backend, info=info, size=size, threads=threads)
         out = self.transform(frames, rng)
         if self.mode != "test":
             if out.ndim != 4:

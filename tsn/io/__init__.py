@@ -5,6 +5,8 @@
   and at what cost);
 - ``read(path, indices, backend="auto", info=None)`` -> uint8 ``(T, H, W, 3)`` RGB, exactly the
   requested 0-based frames in the requested order;
+- ``read_first(path, choose, backend="auto")`` -> ``probe`` and ``read`` in one pass (the Dataset's
+  first read of a video: with decord the frame count is verified in the same decode);
 - ``iter_frames(path, backend="auto")`` -> every frame in order (for frame extraction);
 - ``VideoReadError(path, reason)`` for anything that cannot be read, ``str()`` = ``"path: reason"``.
 
@@ -16,6 +18,6 @@ readers leak memory when kept, decord issues 157 and 208). Frames are in the cod
 """
 
 from tsn.io.base import RAWFRAME_TEMPLATE, VideoInfo, VideoReadError
-from tsn.io.reader import BACKENDS, iter_frames, probe, read
+from tsn.io.reader import BACKENDS, iter_frames, probe, read, read_first
 
-__all__ = ["BACKENDS", "RAWFRAME_TEMPLATE", "VideoInfo", "VideoReadError", "iter_frames", "probe", "read"]
+__all__ = ["BACKENDS", "RAWFRAME_TEMPLATE", "VideoInfo", "VideoReadError", "iter_frames", "probe", "read", "read_first"]

@@ -74,6 +74,37 @@ def timestamps_usable(starts: np.ndarray) -> bool:
     return bool(np.isfinite(starts).all() and (np.diff(starts) > 0).all())
 
 
+def _checked_header(path: str, reader: decord.VideoReader) -> tuple[int, float]:
+    """(frames in decord's index, fps) of an open reader; VideoReadError for no frames or unusable timestamps."""
+    claimed = len(reader)
+    fps = float(reader.get_avg_fps())
+    if claimed < 1:
+        raise VideoReadError(path, f"{NAME}: no video frames")
+    if not timestamps_usable(reader.get_frame_timestamp(np.arange(claimed))[:, 0]):
+        raise VideoReadError(path, f"{NAME}: its frame index lacks increasing timestamps (seeks could "
+                                   f"return the wrong frame)")
+    return claimed, fps if np.isfinite(fps) and fps > 0 else 0.0
+
+
+def claimed_info(path: str) -> VideoInfo:
+    """``probe`` without its check of the frame count: the count decord's index claims, size from frame 0.
+
+    Costs one open and one keyframe (12 + 22 ms for the 720p-1080p clips here, against 210 ms
+    for ``probe``, which decodes the last GOP). The caller must verify the count by decoding
+    frame ``num_frames - 1`` (``tsn.io.reader.read_first`` does, in the same pass as its frames).
+    """
+    reader = _open(path)
+    try:
+        claimed, fps = _checked_header(path, reader)
+        try:
+            shape = _batch(reader, [0]).shape  # (1, H, W, 3)
+        except _ERRORS as error:
+            raise VideoReadError(path, f"{NAME}: frame 0 does not decode: {_reason(error)}") from None
+    finally:
+        del reader
+    return VideoInfo(height=int(shape[1]), width=int(shape[2]), num_frames=claimed, fps=fps, backend=NAME)
+
+
 def probe(path: str) -> VideoInfo:
     """Size, verified frame count and fps of a video file, by decord.
 
@@ -90,13 +121,7 @@ def probe(path: str) -> VideoInfo:
     """
     reader = _open(path)
     try:
-        claimed = len(reader)
-        fps = float(reader.get_avg_fps())
-        if claimed < 1:
-            raise VideoReadError(path, f"{NAME}: no video frames")
-        if not timestamps_usable(reader.get_frame_timestamp(np.arange(claimed))[:, 0]):
-            raise VideoReadError(path, f"{NAME}: its frame index lacks increasing timestamps (seeks could "
-                                       f"return the wrong frame)")
+        claimed, fps = _checked_header(path, reader)
         try:
             shape = _batch(reader, [claimed - 1]).shape  # (1, H, W, 3)
         except _ERRORS as error:
@@ -104,8 +129,7 @@ def probe(path: str) -> VideoInfo:
                                        f"does not decode: {_reason(error)}") from None
     finally:
         del reader
-    return VideoInfo(height=int(shape[1]), width=int(shape[2]), num_frames=claimed,
-                     fps=fps if np.isfinite(fps) and fps > 0 else 0.0, backend=NAME)
+    return VideoInfo(height=int(shape[1]), width=int(shape[2]), num_frames=claimed, fps=fps, backend=NAME)
 
 
 def read_sorted(path: str, indices: np.ndarray, info: VideoInfo, size: tuple[int, int] | None = None,
