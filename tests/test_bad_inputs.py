@@ -41,14 +41,14 @@ from videos import frame_index
 REPO = Path(__file__).resolve().parents[1]
 IDENTITY = T.ClipTransform(())  # whole frames, so that each frame's index can be read back
 GOOD = {"a.mp4": 20, "b.mp4": 23, "c.mp4": 26, "d.mp4": 29, "e.mp4": 32, "f.mp4": 35}
-TWO_FAILED = r"^no backend can read it: decord: cannot open it \(not a video, or a damaged container\); " \
+TWO_FAILED = r"^no backend can read it: pyav: cannot open it \(not a video, or a damaged container\); " \
              r"opencv: cannot open it \(not a video, no video stream, or a damaged container\)$"
 # Unreadable list entries and the reason each must be reported with.
 UNREADABLE = {
     "empty.mp4": r"^empty file \(0 bytes\)$",
     "half.mp4": TWO_FAILED,
     "notes.mp4": TWO_FAILED,
-    "speech.avi": r"^no backend can read it: decord: ERROR cannot find video stream.*; "
+    "speech.avi": r"^no backend can read it: pyav: no video stream.*; "
                   r"opencv: cannot open it \(not a video, no video stream, or a damaged container\)$",
     "clip.mp4": r"^rawframes: folder without img_00001\.jpg \(neither a video file nor a folder of frames\)$",
     "gone.mp4": r"^no such file or folder$",
@@ -130,18 +130,30 @@ def test_inputs_that_only_look_bad_are_read_exactly(root: Path, entry: str, mode
         assert indices_of(sample.clip) == val_indices(READABLE[entry], 4).tolist()
 
 
-def test_training_config_backend_decord_falls_back_to_opencv(root: Path) -> None:
-    """``data.backend: decord`` (the default) reads the 48/72 px wide videos through OpenCV."""
-    write_list(root / "narrow.txt", ["narrow48.mp4 0", "narrow72.mp4 1", "overstated.avi 1"])
+@pytest.mark.parametrize("backend", ["auto", "pyav"])
+def test_training_config_backend_auto_falls_back_to_opencv(root: Path, backend: str) -> None:
+    """``data.backend: auto`` (the default) reads every file: the 48/72 px wide videos by PyAV, the AVI
+    that overstates its frame count by OpenCV. ``pyav`` alone skips or refuses that AVI."""
+    entries = ["narrow48.mp4", "narrow72.mp4", "overstated.avi"]
+    write_list(root / "narrow.txt", [f"{entry} {label}" for entry, label in zip(entries, [0, 1, 1])])
     for mode in ("skip", "raise"):
-        cfg = load_config(None, [f"data.root={root}", "data.val_list=narrow.txt", "data.backend=decord",
+        cfg = load_config(None, [f"data.root={root}", "data.val_list=narrow.txt", f"data.backend={backend}",
                                  f"data.on_error={mode}", "data.input_size=48", "data.short_side=48"])
         dataset = build_dataset(cfg, "val", 2)
         dataset.transform = squash  # the centre crop would cut the index cells of the 72 px video
-        for i, entry in enumerate(["narrow48.mp4", "narrow72.mp4", "overstated.avi"]):
+        for i, entry in enumerate(entries[:2]):
             sample = dataset[i]
             assert (sample.index, sample.skipped) == (i, ())
             assert indices_of(sample.clip) == val_indices(READABLE[entry], 3).tolist()
+        if backend == "auto":
+            sample = dataset[2]
+            assert (sample.index, sample.skipped) == (2, ())
+            assert indices_of(sample.clip) == val_indices(READABLE["overstated.avi"], 3).tolist()
+        elif mode == "skip":
+            assert dataset[2].index == 0 and dataset[2].skipped[0].path == str(root / "overstated.avi")
+        else:
+            with pytest.raises(VideoReadError, match=r"overstated\.avi: pyav: frame 39, the last of the 40 packets"):
+                dataset[2]
 
 
 @pytest.mark.parametrize("mode", ["skip", "raise"])

@@ -4,8 +4,9 @@
 - a list mixing every real clip under clips/ (mp4, avi, mkv and the two animated GIFs) with the generated bad
   files of ``badfiles`` reports exactly the bad ones (exit 1).
 
-The GIFs count as videos: decord cannot open them, OpenCV (FFmpeg's GIF decoder) reads them, so they pass
-through the reader's decord-then-OpenCV fallback, as in training with ``data.backend: decord``. The real files
+The GIFs count as videos (FFmpeg's GIF decoder, through PyAV); the H.264 AVI without timestamps and the
+Xvid AVI with packed B-frames pass through the reader's PyAV-then-OpenCV fallback, as in training with
+``data.backend: auto``. The real files
 are reached through a symbolic link in the test's folder, never copied. Two workers, 3 segments: probe and
 3 sampled frames per video, to keep the run short.
 """
@@ -50,9 +51,9 @@ def test_real_clips_mixed_with_bad_files_report_exactly_the_bad_ones(real_data: 
     assert len(clips) == 17 and {Path(clip).suffix for clip in clips} == CLIP_SUFFIXES
     bad = {  # entry -> start of the reason
         make_zero_byte(tmp_path).name: "empty file (0 bytes)",
-        make_cut_in_half(tmp_path).name: "no backend can read it: decord: cannot open it",
-        make_text_as_mp4(tmp_path).name: "no backend can read it: decord: cannot open it",
-        make_audio_only_avi(tmp_path).name: "no backend can read it: decord: ERROR cannot find video stream",
+        make_cut_in_half(tmp_path).name: "no backend can read it: pyav: cannot open it",
+        make_text_as_mp4(tmp_path).name: "no backend can read it: pyav: cannot open it",
+        make_audio_only_avi(tmp_path).name: "no backend can read it: pyav: no video stream",
         make_folder_for_file(tmp_path).name: "rawframes: folder without img_00001.jpg",
         "gone.mp4": "no such file or folder",
     }

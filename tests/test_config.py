@@ -144,8 +144,9 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 def test_dataclasses_validate_when_built_in_code() -> None:
     with pytest.raises(ConfigError, match=r"^train\.scheduler\.gamma: must be > 0.0, got 0.0$"):
         SchedulerConfig(gamma=0)
-    with pytest.raises(ConfigError, match=r"^data\.backend: expected one of 'decord', 'opencv', got 'pyav'$"):
-        DataConfig(backend="pyav")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"^data\.backend: expected one of 'auto', 'pyav', 'decord', 'opencv', "
+                                          r"got 'ffmpeg'$"):
+        DataConfig(backend="ffmpeg")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"^train\.scheduler: expected a mapping"):
         TrainConfig(scheduler={"name": "cosine"})  # type: ignore[arg-type]
 

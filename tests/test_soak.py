@@ -40,7 +40,7 @@ def test_worker_pids_are_forked_children_only() -> None:
         other.wait()
 
 
-@pytest.mark.parametrize("backend", ["decord", "opencv"])
+@pytest.mark.parametrize("backend", ["pyav", "decord", "opencv"])
 def test_soak_measures_both_workers_every_epoch(tmp_path: Path, backend: str) -> None:
     lengths = {f"v{i}.mp4": 40 + i for i in range(6)}
     make_good_videos(tmp_path, lengths)

@@ -28,10 +28,10 @@ def test_video_info_writes_one_row_per_video_with_reasons(tmp_path: Path) -> Non
     with open(out, newline="") as handle:
         rows = list(csv.reader(handle))
     assert rows[0] == ["path", "height", "width", "num_frames", "fps", "backend", "error"]
-    assert rows[1] == ["a/v1.mp4", "48", "64", "30", "25.0", "decord", ""]
+    assert rows[1] == ["a/v1.mp4", "48", "64", "30", "25.0", "pyav", ""]
     assert rows[2][:6] == ["bad.mp4", "", "", "", "", ""]
-    assert rows[2][6].startswith("no backend can read it: decord: cannot open it")
-    assert rows[3] == ["b/v2.mp4", "48", "72", "20", "25.0", "opencv", ""]
+    assert rows[2][6].startswith("no backend can read it: pyav: cannot open it")
+    assert rows[3] == ["b/v2.mp4", "48", "72", "20", "25.0", "pyav", ""]
     assert len(rows) == 4
 
 

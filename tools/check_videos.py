@@ -1,7 +1,7 @@
 """Read every entry of one or more lists as training would, and report each bad one with its reason.
 
     python tools/check_videos.py --src ROOT --list LIST [LIST ...] [--csv OUT.csv] [--workers N]
-                                 [--format video|rawframes] [--backend auto|decord|opencv]
+                                 [--format video|rawframes] [--backend auto|pyav|decord|opencv]
                                  [--classes classes.txt] [--num-segments 8] [--num-clips 1]
 
 Each bad entry is printed as ``LIST:LINE: PATH: REASON`` (malformed lines and, with --classes, labels
@@ -30,8 +30,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int_at_least(0), default=min(os.cpu_count() or 1, 8),
                         help="reading processes (0: this process)")
     parser.add_argument("--format", choices=("video", "rawframes"), default="video")
-    parser.add_argument("--backend", choices=("auto", "decord", "opencv"), default="auto",
-                        help="auto: decord, OpenCV where decord fails (as training with data.backend: decord)")
+    parser.add_argument("--backend", choices=("auto", "pyav", "decord", "opencv"), default="auto",
+                        help="auto: PyAV, OpenCV where PyAV fails (as training with data.backend: auto)")
     parser.add_argument("--classes", type=Path, help="class list: labels outside it are reported")
     parser.add_argument("--num-segments", type=int_at_least(1), default=8, help="segments per clip")
     parser.add_argument("--num-clips", type=int_at_least(1), default=1, help="temporal clips read per video")

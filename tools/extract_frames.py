@@ -1,7 +1,7 @@
 """Extract videos to folders of JPEG frames and write the rawframe list; resumable and safe to kill.
 
     python tools/extract_frames.py --src ROOT --out OUT [--list LIST] [--short-side 256] [--workers N]
-                                   [--quality 95] [--backend auto|decord|opencv] [--strict]
+                                   [--quality 95] [--backend auto|pyav|decord|opencv] [--strict]
 
 ``ROOT/<rel>.<ext>`` -> ``OUT/<rel>/img_00001.jpg ...``. With ``--list`` (lines ``rel/path.ext LABEL``) the
 list ``OUT/<list stem>_rawframes.txt`` keeps the list's order and labels; without it every video under ROOT is
@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--short-side", type=int_at_least(0), default=256, help="resize short side to this; 0 keeps")
     parser.add_argument("--workers", type=int_at_least(1), default=os.cpu_count() or 1, help="decoding processes")
     parser.add_argument("--quality", type=_quality, default=95, help="JPEG quality 0..100")
-    parser.add_argument("--backend", choices=("auto", "decord", "opencv"), default="auto")
+    parser.add_argument("--backend", choices=("auto", "pyav", "decord", "opencv"), default="auto")
     parser.add_argument("--strict", action="store_true", help="exit 1 when any video failed")
     return parser.parse_args(argv)
 

@@ -1,6 +1,6 @@
 """Soak test of the loader workers' memory: read the same videos for many epochs with each backend.
 
-    python tools/soak.py --src ROOT --list LIST [--backends decord opencv] [--epochs 30] [--workers 2]
+    python tools/soak.py --src ROOT --list LIST [--backends pyav decord opencv] [--epochs 30] [--workers 2]
                          [--segments 8] [--input-size 112] [--batch-size 4] [--limit N]
 
 Prints one JSON line per backend: worker and main-process RSS (MB) after the first epoch (warm-up) and
@@ -22,7 +22,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", type=Path, required=True, help="root folder the list's paths are relative to")
     parser.add_argument("--list", type=Path, required=True, help="video list 'rel/path.ext LABEL'")
-    parser.add_argument("--backends", nargs="+", choices=("decord", "opencv", "auto"), default=["decord", "opencv"])
+    parser.add_argument("--backends", nargs="+", choices=("auto", "pyav", "decord", "opencv"),
+                        default=["pyav", "decord", "opencv"])
     parser.add_argument("--epochs", type=int, default=30, help="epochs per backend (the first is the warm-up)")
     parser.add_argument("--workers", type=int, default=2, help="loader worker processes")
     parser.add_argument("--segments", type=int, default=8, help="frames sampled per clip")

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", type=Path, required=True, help="video list 'rel/path.ext LABEL'")
     parser.add_argument("--csv", type=Path, required=True, help="output CSV")
     parser.add_argument("--workers", type=_positive, default=os.cpu_count() or 1, help="probing processes")
-    parser.add_argument("--backend", choices=("auto", "decord", "opencv"), default="auto")
+    parser.add_argument("--backend", choices=("auto", "pyav", "decord", "opencv"), default="auto")
     args = parser.parse_args(argv)
     if not args.src.is_dir():
         print(f"error: --src {args.src}: not a folder", file=sys.stderr)

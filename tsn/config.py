@@ -179,8 +179,8 @@ class DataConfig(_Section):
             ``train.txt``/``val.txt``/``test.txt`` next to ``classes.txt`` layout.
         classes: file of class names, one a line, line i = label i.
         format: ``video`` (files decoded on the fly) or ``rawframes`` (folders of JPEGs).
-        backend: video decoder, ``decord`` (the reader falls back to OpenCV per file when decord
-            fails) or ``opencv``; ignored for rawframes.
+        backend: video decoder: ``auto`` (PyAV, OpenCV taking over the files PyAV cannot read,
+            logged once per file), or ``pyav``, ``decord``, ``opencv`` alone; ignored for rawframes.
         num_segments: K, segments per clip. 3 is the TSN paper's training setting and keeps a
             first run cheap; 8 suits Kinetics-scale data (the dataset configs set it).
         new_length: L, consecutive frames per segment (1 for RGB).
@@ -206,7 +206,7 @@ class DataConfig(_Section):
     test_list: str = "test.txt"
     classes: str = "classes.txt"
     format: Literal["video", "rawframes"] = "video"
-    backend: Literal["decord", "opencv"] = "decord"
+    backend: Literal["auto", "pyav", "decord", "opencv"] = "auto"
     num_segments: int = _bounded(3, ge=1)
     new_length: int = _bounded(1, ge=1)
     input_size: int = _bounded(224, ge=1)

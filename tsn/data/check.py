@@ -13,10 +13,9 @@ What is checked, per list:
 - frame folders: also the list's frame count against the folder's (a folder with fewer frames
   than the list says fails in training as soon as a sampled index falls beyond its end).
 
-Cost per video: one ``probe`` (decord: indexing the file and decoding the last frame's group
-of pictures; OpenCV: one seek, or one sequential pass when the container's frame count is
-wrong) and one read of at most ``num_clips * num_segments`` frames (decord seeks; OpenCV decodes
-sequentially up to the last of them). What it cannot see: damage between the sampled frames of
+Cost per video: one read of at most ``num_clips * num_segments`` frames with the probe folded
+in (PyAV: indexing the file, then the wanted frames and the last one in one pass; OpenCV: one
+seek for its count, or one sequential pass when the container's count is wrong). What it cannot see: damage between the sampled frames of
 a file whose last frame decodes, which a random training index may still hit (training then
 skips or raises that sample, as ``data.on_error`` says). Raise ``num_clips`` to sample more.
 
@@ -129,8 +128,8 @@ def check_lists(root: str | os.PathLike, list_paths: Sequence[str | os.PathLike]
                 num_clips: int = 1, workers: int = 0, progress: bool = True) -> CheckReport:
     """Check every entry of ``list_paths`` (paths relative to ``root``); see the module docstring.
 
-    ``backend``: ``"auto"`` (decord, falling back to OpenCV per file, as training with
-    ``data.backend: decord``), ``"decord"`` or ``"opencv"``; frame folders always use
+    ``backend``: ``"auto"`` (PyAV, falling back to OpenCV per file, as training with
+    ``data.backend: auto``), ``"pyav"``, ``"decord"`` or ``"opencv"``; frame folders always use
     ``"rawframes"``. Returns every problem, in list order, then line order.
     """
     if workers < 0:

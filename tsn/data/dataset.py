@@ -122,21 +122,21 @@ class ClipDataset(torch.utils.data.Dataset):
     """TSN clips from a list of videos (``format="video"``) or of frame folders (``"rawframes"``).
 
     In: list records (paths relative to ``root``), the reader ``backend`` for videos
-    (``"auto"``, ``"decord"``, ``"opencv"``; frame folders always use ``"rawframes"``),
+    (``"auto"``, ``"pyav"``, ``"decord"``, ``"opencv"``; frame folders always use ``"rawframes"``),
     ``mode`` (``"train"`` random indices, ``"val"`` segment middles, ``"test"`` ``num_clips``
     temporal clips), K = ``num_segments``, L = ``new_length``, a transform
     ``(frames, rng) -> frames`` from ``tsn.data.transforms`` (a multi-crop one in test mode
     adds the crop views), ``on_error`` (``"skip"`` or ``"raise"``), the augmentation ``seed``
     and optional ``mean``/``std`` for float output. Out: ``ClipSample`` (module docstring).
 
-    Videos are probed once, on their first read and in the same decoding pass where decord
+    Videos are probed once, on their first read and in the same decoding pass where PyAV or decord
     reads them (``tsn.io.read_first``; ``tsn.io.probe`` says how the frames that really decode
     are counted), and the ``VideoInfo`` kept per index in this object; frame folders take their frame count
     from the list (and are probed once too, on their first read, to check indices and frame
     size without listing the folder again). Videos are read with ``decoder_threads()`` threads
     (frame folders: that many JPEGs decoded at once) and, when the transform
     has a ``decode_size`` (``tsn.data.transforms.DecodesResized``), at that size where the
-    backend can decode at it (decord).
+    backend can decode at it (PyAV, decord).
     """
 
     def __init__(self, records: Sequence[VideoRecord], root: str | os.PathLike, format: str, backend: str,

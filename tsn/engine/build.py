@@ -79,10 +79,7 @@ def build_dataset(cfg: Config, split: Split, num_classes: int, list_file: Path |
     else:
         transform = test_transform(crops if crops is not None else cfg.test.crops, data.input_size, data.short_side)
         mode, clips = "test", num_clips if num_clips is not None else cfg.test.num_clips
-    # data.backend "decord" means decord with OpenCV taking over the files decord cannot read
-    # (frames 48 or 72 pixels wide, some damaged containers): the readers' "auto".
-    backend = "auto" if data.backend == "decord" else data.backend
-    return ClipDataset(records, resolve_path(data, "."), data.format, backend, mode, data.num_segments,
+    return ClipDataset(records, resolve_path(data, "."), data.format, data.backend, mode, data.num_segments,
                        data.new_length, transform, num_clips=clips, on_error=data.on_error, seed=cfg.train.seed)
 
 

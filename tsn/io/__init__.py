@@ -1,4 +1,4 @@
-"""Video readers: one interface over decord, OpenCV and folders of JPEG frames.
+"""Video readers: one interface over PyAV, decord, OpenCV and folders of JPEG frames.
 
 - ``probe(path, backend="auto") -> VideoInfo(height, width, num_frames, fps, backend)``, where
   ``num_frames`` counts the frames that really decode (each backend's ``probe`` says how it checks,
@@ -6,12 +6,12 @@
 - ``read(path, indices, backend="auto", info=None)`` -> uint8 ``(T, H, W, 3)`` RGB, exactly the
   requested 0-based frames in the requested order;
 - ``read_first(path, choose, backend="auto")`` -> ``probe`` and ``read`` in one pass (the Dataset's
-  first read of a video: with decord the frame count is verified in the same decode);
+  first read of a video: with PyAV or decord the frame count is verified in the same decode);
 - ``iter_frames(path, backend="auto")`` -> every frame in order (for frame extraction);
 - ``VideoReadError(path, reason)`` for anything that cannot be read, ``str()`` = ``"path: reason"``.
 
-Backends: ``BACKENDS`` = decord, opencv, rawframes (a folder ``img_00001.jpg ...``,
-``RAWFRAME_TEMPLATE``). ``"auto"`` reads a folder as frames and a file with decord, falling back to
+Backends: ``BACKENDS`` = pyav, decord, opencv, rawframes (a folder ``img_00001.jpg ...``,
+``RAWFRAME_TEMPLATE``). ``"auto"`` reads a folder as frames and a file with PyAV, falling back to
 OpenCV (logged once per file on the logger ``"tsn.io"``). No reader object outlives a call (decord
 readers leak memory when kept, decord issues 157 and 208). Frames are in the coded orientation
 (OpenCV's automatic rotation is off), the same for every backend.
