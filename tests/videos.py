@@ -63,3 +63,25 @@ def make_index_video(path: Path, num_frames: int, width: int = 64, height: int =
         writer.write(cv2.cvtColor(index_frame(i, width, height), cv2.COLOR_RGB2BGR))
     writer.release()
     return path
+
+
+def make_bframe_index_video(path: Path, num_frames: int, codec: str = "libx264", gop: int = 12,
+                            open_gop: bool = False, width: int = 64, height: int = 48) -> Path:
+    """An index video with B-frames (3 between references, some of them non-reference) and a keyframe
+    every ``gop`` frames, encoded by PyAV's bundled encoders (``libx264`` or ``libx265``), in .mp4/.mkv."""
+    import av  # the tests' own encoder; the readers under test never encode
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=25)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        params = f"bframes=3:keyint={gop}:min-keyint={gop}:scenecut=0:open-gop={int(open_gop)}"
+        if codec == "libx264":
+            stream.options = {"x264-params": f"{params}:b-pyramid=normal:log-level=error"}
+        else:
+            stream.options = {"x265-params": f"{params}:b-pyramid=1:log-level=error"}
+        for i in range(num_frames):
+            frame = av.VideoFrame.from_ndarray(index_frame(i, width, height), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
