@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import operator
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -41,6 +40,7 @@ from tsn.data.sampling import test_indices, train_indices, val_indices
 from tsn.data.transforms import DecodesResized, FrameTransform, to_tensor_clip
 from tsn.io import VideoInfo, VideoReadError, probe, read, read_first
 from tsn.layout import normalize_clips
+from tsn.pools import thread_pool
 
 MODES = ("train", "val", "test")
 ON_ERROR = ("skip", "raise")
@@ -103,19 +103,6 @@ def decoder_threads() -> int:
     ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cpus // (workers * ranks))
-
-
-# Threads that decode the clips of one batch at once: (process id, threads, pool). A pool does not survive
-# a fork (its threads stay behind), so a loader worker that inherits one makes its own.
-_pool: tuple[int, int, ThreadPoolExecutor] | None = None
-
-
-def _clip_pool(threads: int) -> ThreadPoolExecutor:
-    """This process's pool of ``threads`` clip-loading threads (made again when the count changes)."""
-    global _pool
-    if _pool is None or _pool[:2] != (os.getpid(), threads):
-        _pool = (os.getpid(), threads, ThreadPoolExecutor(threads, thread_name_prefix="tsn-clip"))
-    return _pool[2]
 
 
 class ClipDataset(torch.utils.data.Dataset):
@@ -277,7 +264,7 @@ class ClipDataset(torch.utils.data.Dataset):
         threads = decoder_threads()
         if threads < 2 or len(keys) < 2:
             return [self._sample(key, None) for key in keys]
-        return list(_clip_pool(threads).map(lambda key: self._sample(key, 1), keys))
+        return list(thread_pool("clip", threads).map(lambda key: self._sample(key, 1), keys))
 
     def _sample(self, key: int | ClipKey, threads: int | None) -> ClipSample:
         """``self[key]``, read with ``threads`` decoding threads (None: ``decoder_threads()``)."""

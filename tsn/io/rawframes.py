@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import cv2
 import numpy as np
 
 from tsn.io.base import RAWFRAME_TEMPLATE, VideoInfo, VideoReadError
+from tsn.pools import thread_pool
 
 NAME = "rawframes"
 # Decode straight to RGB where this OpenCV can (4.10 and later); None: decode to BGR and convert.
@@ -77,19 +77,6 @@ def probe(folder: str) -> VideoInfo:
                      backend=NAME)
 
 
-# Decoding threads of this process: (process id, threads, pool). A pool does not survive a fork (its
-# threads stay behind), so a loader worker that inherits one makes its own.
-_pool: tuple[int, int, ThreadPoolExecutor] | None = None
-
-
-def _thread_pool(threads: int) -> ThreadPoolExecutor:
-    """This process's pool of ``threads`` decoding threads (made again when the count changes)."""
-    global _pool
-    if _pool is None or _pool[:2] != (os.getpid(), threads):
-        _pool = (os.getpid(), threads, ThreadPoolExecutor(threads, thread_name_prefix="tsn-jpeg"))
-    return _pool[2]
-
-
 def read_sorted(folder: str, indices: np.ndarray, info: VideoInfo | None, threads: int = 1) -> np.ndarray:
     """Frames at sorted, unique, in-range ``indices`` -> uint8 (T, H, W, 3) RGB.
 
@@ -108,7 +95,7 @@ def read_sorted(folder: str, indices: np.ndarray, info: VideoInfo | None, thread
         slots = list(enumerate(indices))
     if threads > 1 and len(slots) > 1:
         # list() waits for every frame and re-raises the first VideoReadError.
-        list(_thread_pool(threads).map(lambda slot: _imread_rgb(folder, slot[1], out[slot[0]]), slots))
+        list(thread_pool("jpeg", threads).map(lambda slot: _imread_rgb(folder, slot[1], out[slot[0]]), slots))
     else:
         for slot, index in slots:
             _imread_rgb(folder, index, out[slot])
