@@ -105,21 +105,55 @@ def test_test_single_segment_several_clips() -> None:
 # ----------------------------------------------------------------------------- train
 
 
-def test_train_each_index_in_its_own_segment() -> None:
-    # 10 frames, K=3: avg = 10//3 = 3, segment k is [3k, 3k+3); frame 9 is never drawn
+def test_train_fractional_segments_match_val_boundaries() -> None:
+    # 10 frames, K=3: boundaries (k*10)//3 -> 0, 3, 6, 10: segments [0,3), [3,6), [6,10);
+    # the last segment is 4 frames long, so frame 9 is drawn too
     seen = set()
-    for seed in range(200):
+    for seed in range(300):
         indices = sampling.train_indices(10, 3, rng=np.random.default_rng(seed))
         assert indices.dtype == np.int64 and indices.shape == (3,)
         for k, index in enumerate(indices):
+            assert (0, 3, 6)[k] <= index < (3, 6, 10)[k]
+        seen.update((k, int(i)) for k, i in enumerate(indices))
+    assert seen == {(0, 0), (0, 1), (0, 2), (1, 3), (1, 4), (1, 5), (2, 6), (2, 7), (2, 8), (2, 9)}
+
+
+@pytest.mark.parametrize("num_frames,k", [(7, 3), (15, 8), (10, 3), (100, 8), (9, 9), (31, 4)])
+def test_train_fractional_reaches_every_frame(num_frames: int, k: int) -> None:
+    seen = set()
+    for seed in range(400):
+        seen.update(int(i) for i in sampling.train_indices(num_frames, k, rng=np.random.default_rng(seed)))
+    assert seen == set(range(num_frames))
+
+
+def test_train_mmaction2_bounds_never_draw_the_tail() -> None:
+    # the two cases: n=7, K=3 -> avg 2, frame 6 never drawn; n=15, K=8 -> avg 1, frames 8..14 never
+    for num_frames, k, reachable in ((7, 3, set(range(6))), (15, 8, set(range(8)))):
+        seen = set()
+        for seed in range(300):
+            seen.update(int(i) for i in sampling.train_indices(num_frames, k, rng=np.random.default_rng(seed),
+                                                               bounds="mmaction2"))
+        assert seen == reachable
+
+
+def test_train_mmaction2_each_index_in_its_own_segment() -> None:
+    # 10 frames, K=3: avg = 10//3 = 3, segment k is [3k, 3k+3); frame 9 is never drawn
+    seen = set()
+    for seed in range(200):
+        indices = sampling.train_indices(10, 3, rng=np.random.default_rng(seed), bounds="mmaction2")
+        for k, index in enumerate(indices):
             assert 3 * k <= index < 3 * k + 3
         seen.update((k, int(i)) for k, i in enumerate(indices))
-    # every frame of every segment comes up
     assert seen == {(k, 3 * k + r) for k in range(3) for r in range(3)}
 
 
+def test_train_unknown_bounds_is_an_error() -> None:
+    with pytest.raises(ValueError, match="bounds"):
+        sampling.train_indices(10, 3, rng=np.random.default_rng(0), bounds="tsn")
+
+
 def test_train_new_length_consecutive() -> None:
-    # 10 frames, K=3, L=2: n=9, avg=3, start_k in [3k, 3k+3), then start_k + 1
+    # 10 frames, K=3, L=2: n=9, boundaries 0, 3, 6, 9: start_k in [3k, 3k+3), then start_k + 1
     for seed in range(50):
         indices = sampling.train_indices(10, 3, 2, rng=np.random.default_rng(seed))
         assert indices.shape == (6,)
@@ -140,15 +174,30 @@ def test_train_same_seed_same_indices() -> None:
 
 
 def test_train_pinned_table() -> None:
-    # default_rng(0).integers(0, 3, size=3) draws offsets [2, 1, 1] (one call per clip);
-    # 10 frames, K=3: avg=3 -> starts 0+2, 3+1, 6+1
-    assert_table(sampling.train_indices(10, 3, rng=np.random.default_rng(0)), [2, 4, 7])
-    # same draw with L=2: n=9, avg=3 -> starts 2, 4, 7 -> [2,3, 4,5, 7,8]
+    # fractional: default_rng(0).integers(0, [3, 3, 4]) draws offsets [2, 1, 2];
+    # 10 frames, K=3: boundaries 0, 3, 6, 10 -> starts 0+2, 3+1, 6+2
+    assert_table(sampling.train_indices(10, 3, rng=np.random.default_rng(0)), [2, 4, 8])
+    # L=2: n=9, boundaries 0, 3, 6, 9, lengths [3, 3, 3]: offsets [2, 1, 1] -> starts 2, 4, 7
     assert_table(sampling.train_indices(10, 3, 2, rng=np.random.default_rng(0)), [2, 3, 4, 5, 7, 8])
+    # 43 frames, K=4, L=3: n=41, boundaries 0, 10, 20, 30, 41; default_rng(7).integers(0, [10, 10, 10, 11])
+    # draws [9, 6, 6, 9] -> starts 9, 16, 26, 39, three frames each
+    assert_table(
+        sampling.train_indices(43, 4, 3, rng=np.random.default_rng(7)),
+        [9, 10, 11, 16, 17, 18, 26, 27, 28, 39, 40, 41],
+    )
+    # 15 frames, K=8: boundaries 0, 1, 3, 5, 7, 9, 11, 13, 15; default_rng(0).integers(0, [1, 2, ..., 2])
+    # draws [0, 1, 1, 1, 0, 0, 0, 0]
+    assert_table(sampling.train_indices(15, 8, rng=np.random.default_rng(0)), [0, 2, 4, 6, 7, 9, 11, 13])
+
+
+def test_train_mmaction2_pinned_table() -> None:
+    # default_rng(0).integers(0, 3, size=3) draws offsets [2, 1, 1];
+    # 10 frames, K=3: avg=3 -> starts 0+2, 3+1, 6+1
+    assert_table(sampling.train_indices(10, 3, rng=np.random.default_rng(0), bounds="mmaction2"), [2, 4, 7])
     # default_rng(7).integers(0, 10, size=4) draws [9, 6, 6, 8];
     # 43 frames, K=4, L=3: n=41, avg=10 -> starts 9, 16, 26, 38, three frames each
     assert_table(
-        sampling.train_indices(43, 4, 3, rng=np.random.default_rng(7)),
+        sampling.train_indices(43, 4, 3, rng=np.random.default_rng(7), bounds="mmaction2"),
         [9, 10, 11, 16, 17, 18, 26, 27, 28, 38, 39, 40],
     )
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from tsn.data.lists import LIST_FORMATS, VideoRecord
-from tsn.data.sampling import test_indices, train_indices, val_indices
+from tsn.data.sampling import TRAIN_BOUNDS, test_indices, train_indices, val_indices
 from tsn.data.transforms import DecodesResized, FrameTransform, to_tensor_clip
 from tsn.io import VideoInfo, VideoReadError, probe, read, read_first
 from tsn.layout import normalize_clips
@@ -110,8 +110,8 @@ class ClipDataset(torch.utils.data.Dataset):
 
     In: list records (paths relative to ``root``), the reader ``backend`` for videos
     (``"auto"``, ``"pyav"``, ``"decord"``, ``"opencv"``; frame folders always use ``"rawframes"``),
-    ``mode`` (``"train"`` random indices, ``"val"`` segment middles, ``"test"`` ``num_clips``
-    temporal clips), K = ``num_segments``, L = ``new_length``, a transform
+    ``mode`` (``"train"`` random indices within ``train_bounds`` segments, ``"val"`` segment
+    middles, ``"test"`` ``num_clips`` temporal clips), K = ``num_segments``, L = ``new_length``, a transform
     ``(frames, rng) -> frames`` from ``tsn.data.transforms`` (a multi-crop one in test mode
     adds the crop views), ``on_error`` (``"skip"`` or ``"raise"``), the augmentation ``seed``
     and optional ``mean``/``std`` for float output. Out: ``ClipSample`` (module docstring).
@@ -129,7 +129,7 @@ class ClipDataset(torch.utils.data.Dataset):
     def __init__(self, records: Sequence[VideoRecord], root: str | os.PathLike, format: str, backend: str,
                  mode: str, num_segments: int, new_length: int, transform: FrameTransform, num_clips: int = 1,
                  on_error: str = "skip", seed: int = 0, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None) -> None:
+                 std: Sequence[float] | None = None, train_bounds: str = "fractional") -> None:
         if format not in LIST_FORMATS:
             raise ValueError(f"format must be one of {LIST_FORMATS}, got {format!r}")
         if mode not in MODES:
@@ -143,6 +143,8 @@ class ClipDataset(torch.utils.data.Dataset):
             raise ValueError(f"num_clips={num_clips} needs mode 'test', got mode {mode!r}")
         if (mean is None) != (std is None):
             raise ValueError("give both mean and std for float output, or neither for uint8")
+        if train_bounds not in TRAIN_BOUNDS:
+            raise ValueError(f"train_bounds must be one of {TRAIN_BOUNDS}, got {train_bounds!r}")
         if not records:
             raise ValueError(f"no records to load from {root}")
         self.records = list(records)
@@ -154,6 +156,7 @@ class ClipDataset(torch.utils.data.Dataset):
         self.new_length = new_length
         self.transform = transform
         self.num_clips = num_clips
+        self.train_bounds = train_bounds
         self.on_error = on_error
         self.seed = _non_negative(seed, "seed")
         self.mean = None if mean is None else tuple(float(m) for m in mean)
@@ -194,7 +197,7 @@ class ClipDataset(torch.utils.data.Dataset):
         if num_frames < 1:
             raise VideoReadError(self.path(index), "no frames to sample")
         if self.mode == "train":
-            return train_indices(num_frames, self.num_segments, self.new_length, rng=rng)
+            return train_indices(num_frames, self.num_segments, self.new_length, rng=rng, bounds=self.train_bounds)
         if self.mode == "val":
             return val_indices(num_frames, self.num_segments, self.new_length)
         return test_indices(num_frames, self.num_segments, self.new_length, self.num_clips)

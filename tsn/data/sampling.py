@@ -9,10 +9,15 @@ Only ``n = max(num_frames - L + 1, 1)`` start positions are usable, so that a st
 plus ``L - 1`` stays inside the video. Every index is finally clipped to
 ``[0, num_frames - 1]``, which only matters when the video is shorter than ``L``.
 
-- train: one random start in each of ``K`` equal segments of length ``avg = n // K``:
-  ``start_k = k * avg + r_k`` with ``r_k`` drawn uniformly from ``[0, avg)``. When
-  ``n < K`` (fewer usable starts than segments) the starts are spread evenly and
-  deterministically, ``start_k = (k * n) // K``, so some repeat.
+- train (``bounds="fractional"``, the default): one random start in each of ``K`` segments
+  with the fractional boundaries that validation uses, ``b_k = (k * n) // K``:
+  ``start_k = b_k + r_k`` with ``r_k`` uniform in ``[0, b_{k+1} - b_k)``, so every start is
+  reachable (the last segment ends at ``n``). A segment of length 0 (only when ``n < K``)
+  takes ``b_k``, so some starts repeat.
+- train (``bounds="mmaction2"``, mmaction2's and the original TSN's): ``K`` equal segments of
+  length ``avg = n // K``, ``start_k = k * avg + r_k`` with ``r_k`` uniform in ``[0, avg)``;
+  the last ``n - K * avg`` starts are never drawn (with n = 7, K = 3 frame 6; with n = 15,
+  K = 8 frames 8 to 14). When ``n < K`` the starts are ``(k * n) // K``, as above.
 - val: the middle of each segment, ``start_k = ((2k + 1) * n) // (2K)``.
 - test: ``C = num_clips`` temporal views interleaved in ``K * C`` equal parts,
   ``start_{c,k} = ((2(kC + c) + 1) * n) // (2KC)``; ``C = 1`` gives exactly the val indices.
@@ -57,19 +62,24 @@ def _expand(starts: np.ndarray, new_length: int, num_frames: int) -> np.ndarray:
     return np.minimum(indices, num_frames - 1)
 
 
+TRAIN_BOUNDS = ("fractional", "mmaction2")
+
+
 def train_indices(
     num_frames: int,
     num_segments: int,
     new_length: int = 1,
     *,
     rng: np.random.Generator,
+    bounds: str = "fractional",
 ) -> np.ndarray:
     """Random TSN training indices: one random start per segment.
 
-    In: frame count, K, L and a numpy Generator (the only source of randomness; the same
-    generator state gives the same indices). Draws once, ``rng.integers(0, avg, size=K)``,
-    and only when ``avg = n // K > 0``; otherwise (``n < K``) the spread starts
-    ``(k * n) // K`` are used and ``rng`` is not touched.
+    In: frame count, K, L, a numpy Generator (the only source of randomness; the same
+    generator state gives the same indices) and the segment ``bounds`` (module docstring).
+    Draws once, ``rng.integers(0, lengths)`` with the K segment lengths (``fractional``) or
+    ``rng.integers(0, avg, size=K)`` (``mmaction2``), and only when ``n >= K``; otherwise the
+    spread starts ``(k * n) // K`` are used and ``rng`` is not touched.
     Out: int64 ``(K * L,)``, each in ``[0, num_frames - 1]``.
     """
     num_frames = _positive_int(num_frames, "num_frames")
@@ -77,13 +87,19 @@ def train_indices(
     new_length = _positive_int(new_length, "new_length")
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    if bounds not in TRAIN_BOUNDS:
+        raise ValueError(f"bounds must be one of {TRAIN_BOUNDS}, got {bounds!r}")
     usable = _usable_starts(num_frames, new_length, num_segments)
-    k = np.arange(num_segments, dtype=np.int64)
-    avg = usable // num_segments
-    if avg > 0:
-        starts = k * avg + rng.integers(0, avg, size=num_segments, dtype=np.int64)
+    k = np.arange(num_segments + 1, dtype=np.int64)
+    edges = (k * usable) // num_segments  # (K + 1,) fractional boundaries, edges[K] = n
+    if usable < num_segments:
+        starts = edges[:-1]
+    elif bounds == "fractional":
+        lengths = np.diff(edges)  # (K,) each >= 1 since n >= K
+        starts = edges[:-1] + rng.integers(0, lengths, dtype=np.int64)
     else:
-        starts = (k * usable) // num_segments
+        avg = usable // num_segments
+        starts = k[:-1] * avg + rng.integers(0, avg, size=num_segments, dtype=np.int64)
     return _expand(starts, new_length, num_frames)
 
 
