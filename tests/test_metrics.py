@@ -192,3 +192,20 @@ def test_without_matplotlib_no_png_and_one_log_line(
         metrics._have_matplotlib.cache_clear()
     assert not (tmp_path / "cm.png").exists()
     assert len([r for r in caplog.records if "matplotlib is not installed" in r.getMessage()]) == 1
+
+
+def test_exact_ties_count_the_same_in_top1_and_the_confusion_matrix() -> None:
+    # all five scores equal: argmax (and so the confusion matrix) says class 0; top-1 must agree,
+    # whatever order torch.topk gives equal values in (on the CPU it returned class 2 here)
+    scores = torch.zeros(3, 5)
+    labels = torch.tensor([2, 2, 0])
+    assert topk_correct(scores, labels, (1,)).tolist() == [1]  # only the sample of class 0
+    cm = confusion_matrix(scores.argmax(dim=1), labels, 5)
+    assert int(cm.diag().sum()) == 1
+    # ties inside the top k go to the lower class index too: [0.4, 0.4, 0.4, 0.1, 0.1], k=2 -> {0, 1}
+    tied = torch.tensor([[0.4, 0.4, 0.4, 0.1, 0.1]] * 3)
+    assert topk_correct(tied, torch.tensor([0, 1, 2]), (2,)).tolist() == [2]
+    meter = MetricAccumulator(5, "cpu")
+    meter.update(scores, labels)
+    result = meter.compute()
+    assert result.top1 == pytest.approx(int(result.confusion.diag().sum()) / 3)

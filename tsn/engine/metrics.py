@@ -50,10 +50,13 @@ def topk_correct(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] =
     """``scores (N, num_classes)``, ``labels (N,)`` -> int64 ``(len(ks),)`` counts of samples whose
     label is among the ``k`` highest scores, on the scores' device. ``k`` above ``num_classes``
     is capped at ``num_classes`` (then every sample counts).
+
+    Exact ties go to the lower class index, as ``argmax`` (and so the confusion matrix) breaks
+    them: a stable descending sort, where ``topk`` leaves the order of equal scores unspecified.
     """
     num_classes = scores.shape[1]
     kmax = min(max(ks), num_classes)
-    top = scores.topk(kmax, dim=1).indices  # (N, kmax), best first
+    top = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :kmax]  # (N, kmax), best first
     hits = top == labels.to(top.device).view(-1, 1)  # (N, kmax)
     counts = [hits[:, : min(k, num_classes)].any(dim=1).sum() for k in ks]
     return torch.stack(counts).to(torch.int64)
@@ -216,6 +219,11 @@ class EpochMetrics:
     top5: float
     count: int
     confusion: torch.Tensor
+
+    @property
+    def mean_class_accuracy(self) -> float:
+        """Mean recall over the classes present (``mean_class_accuracy`` of the confusion matrix)."""
+        return mean_class_accuracy(self.confusion)
 
 
 class MetricAccumulator:
