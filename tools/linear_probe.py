@@ -1,0 +1,64 @@
+"""Linear probe: logistic regression on frozen backbone features, the baseline every fine-tune is measured against.
+
+    python tools/linear_probe.py --config C --out O [--train-list L] [--test-list L] [--checkpoint P]
+                                 [--l2 X] [--num-clips N] [--crops 1|3|10] [--cache-dir D] [--opt key=value ...]
+
+Features of every video and test view (``test.num_clips`` x ``test.crops`` by default) are computed once
+and cached (``O/cache`` or ``--cache-dir``); the L2 strength is chosen by a 5-fold cross-validation over the
+training videos unless ``--l2`` is given. Writes what ``tools/test.py`` writes (metrics.json, per_class.csv,
+confusion_matrix.csv/.png, scores.npy) plus probe.json (chosen l2, cross-validated top-1) and
+classifier.npz (weight, bias on raw features). See ``tsn.engine.probe``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tsn.cli import int_at_least, run_main
+from tsn.config import load_config
+from tsn.engine.build import build_class_names
+from tsn.engine.probe import run_linear_probe
+from tsn.engine.testing import format_per_class_table
+from tsn.engine.trainer import setup_logging
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="folder for the report files")
+    parser.add_argument("--train-list", type=Path, help="list to fit on (default: data.train_list)")
+    parser.add_argument("--test-list", type=Path, help="list to score (default: data.test_list)")
+    parser.add_argument("--checkpoint", type=Path, help="probe a trained TSN's backbone (default: ImageNet weights)")
+    parser.add_argument("--l2", type=positive_float, help="L2 strength (default: chosen by cross-validation)")
+    parser.add_argument("--num-clips", type=int_at_least(1), help="temporal clips per video (default: test.num_clips)")
+    parser.add_argument("--crops", type=int, choices=(1, 3, 10), help="spatial crops (default: test.crops)")
+    parser.add_argument("--cache-dir", type=Path, help="feature cache (default: OUT/cache)")
+    parser.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if not args.config.is_file():
+        raise FileNotFoundError(f"--config {args.config}: no such file")
+    cfg = load_config(args.config, args.opt)
+    setup_logging(None, True)
+    result = run_linear_probe(cfg, args.out, train_list=args.train_list, test_list=args.test_list,
+                              checkpoint=args.checkpoint, l2=args.l2, num_clips=args.num_clips, crops=args.crops,
+                              device=args.device, cache_dir=args.cache_dir, progress=not args.no_progress)
+    print(format_per_class_table(result.report, build_class_names(cfg)))
+    print(f"l2 {result.fit.l2:g}; report written to {args.out}")
+
+
+if __name__ == "__main__":
+    run_main(main)
