@@ -164,3 +164,12 @@ def test_rng_state_round_trip_through_a_checkpoint(tmp_path: Path) -> None:
     set_generator_state(other, loaded["mixup_rng"])
     assert draws() == expected
     assert other.random(4).tolist() == expected_generator
+
+
+def test_inference_weights_prefer_the_weight_average() -> None:
+    from tsn.engine.checkpoint import inference_weights
+
+    model, average = {"w": torch.zeros(1)}, {"w": torch.ones(1)}
+    assert inference_weights({"model": model, "ema": {"model": average, "updates": 3}}) is average
+    assert inference_weights({"model": model}) is model
+    assert inference_weights(model) is model  # a bare state dict

@@ -187,3 +187,14 @@ def generator_state(rng: np.random.Generator) -> dict[str, Any]:
 def set_generator_state(rng: np.random.Generator, state: dict[str, Any]) -> None:
     """Restore ``generator_state`` output into ``rng`` (same bit generator type)."""
     rng.bit_generator.state = state
+
+
+def inference_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """The weights to test or deploy from a loaded checkpoint: the weight average (``state["ema"]``, written
+    with ``train.ema_decay``) when there is one, else ``state["model"]``, else ``state`` itself (a bare
+    state dict)."""
+    if isinstance(state.get("ema"), dict) and isinstance(state["ema"].get("model"), dict):
+        return state["ema"]["model"]
+    if isinstance(state.get("model"), dict):
+        return state["model"]
+    return state
