@@ -450,6 +450,43 @@ def test_partial_bn_on_a_real_backbone() -> None:
     assert all(bn.weight.grad is None for bn in bns[1:])
 
 
+def test_freeze_bn_freezes_every_batchnorm_the_first_too() -> None:
+    model = build_model(backbone="resnet18", pretrained=False, num_classes=4, num_segments=2, freeze_bn=True)
+    bns = batchnorm_layers(model.backbone)
+    model.train()
+    assert not any(bn.training for bn in bns)
+    before = _bn_state(model.backbone)
+    model(torch.randn(2, 2, 3, 32, 32)).sum().backward()
+    assert all(torch.equal(b, a) for b, a in zip(before, _bn_state(model.backbone)))
+    assert all(bn.weight.grad is None and not bn.weight.requires_grad for bn in bns)
+    assert model.backbone.conv1.weight.grad is not None  # the convolutions still learn
+
+
+def test_frozen_stages_freeze_the_first_stages_and_keep_their_statistics() -> None:
+    model = build_model(backbone="resnet18", pretrained=False, num_classes=4, num_segments=2, frozen_stages=2)
+    frozen = [name for name, p in model.backbone.named_parameters() if not p.requires_grad]
+    # stages of ResNet-18: layer1..layer4; the stem (conv1, bn1) is registered before layer1
+    assert frozen and all(name.split(".")[0] in ("conv1", "bn1", "layer1", "layer2") for name in frozen)
+    assert all(p.requires_grad for name, p in model.backbone.named_parameters()
+               if name.split(".")[0] in ("layer3", "layer4"))
+    assert len(frozen) == sum(1 for name, _ in model.backbone.named_parameters()
+                              if name.split(".")[0] in ("conv1", "bn1", "layer1", "layer2"))
+    model.train()
+    assert not model.backbone.bn1.training and not model.backbone.layer2[0].bn1.training
+    assert model.backbone.layer3[0].bn1.training
+    before = _bn_state(model.backbone.layer2)
+    model(torch.randn(2, 2, 3, 32, 32)).sum().backward()
+    assert all(torch.equal(b, a) for b, a in zip(before, _bn_state(model.backbone.layer2)))
+    placed = {id(p) for g in param_groups(model, 0.1, 1e-4) for p in g["params"]}
+    assert placed == {id(p) for p in model.parameters() if p.requires_grad}
+    lite = build_model(backbone="efficientnet_lite0", pretrained=False, num_classes=4, frozen_stages=4)
+    frozen = {name.split(".")[0] if name.startswith("stem") else ".".join(name.split(".")[:2])
+              for name, p in lite.backbone.named_parameters() if not p.requires_grad}
+    assert frozen == {"stem", "blocks.0", "blocks.1", "blocks.2", "blocks.3", "blocks.4"}
+    with pytest.raises(ValueError, match="frozen stages must be in"):
+        build_model(backbone="resnet18", pretrained=False, num_classes=4, frozen_stages=5)
+
+
 def test_frozen_backbone_gets_no_gradient_and_keeps_statistics() -> None:
     model = tiny_tsn()
     freeze_backbone(model)

@@ -229,3 +229,24 @@ def test_fuse_scores_rejects_mismatched_inputs(fuse_inputs: Path, monkeypatch: p
     assert run_fuse_main(["--scores", str(fuse_inputs / "flat.npy"), *common], monkeypatch) == 2
     assert "expected scores of shape (videos, classes), got (4,)" in capsys.readouterr().err
     assert not (fuse_inputs / "o").exists()
+
+
+@pytest.mark.parametrize("clips_per_forward", [1, 4, 7])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_chunked_view_scores_equal_one_pass(clips_per_forward: int, channels_last: bool) -> None:
+    from tsn.engine.evaluate import view_scores
+    from tsn.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(backbone="resnet18", pretrained=False, num_classes=4, num_segments=2).eval()
+    clips = torch.randn(3, 5, 2, 3, 32, 32)  # (B, V, T, C, H, W): 15 clips
+    with torch.no_grad():
+        whole = view_scores(model, clips)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        chunked = view_scores(model, clips, clips_per_forward, channels_last)
+        single = view_scores(model, clips[:, 0], clips_per_forward, channels_last)  # (B, T, C, H, W) logits
+        model.to(memory_format=torch.contiguous_format)
+        single_whole = view_scores(model, clips[:, 0])
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(single, single_whole, rtol=1e-4, atol=1e-5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import runpy
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ EPOCHS = 3
 # The resume runs use every generator a run draws from: dropout (torch), mixup (numpy),
 # training crops and flips (per sample), the shuffled order, and one loader worker.
 RESUME_OPTS = ["train.mixup_alpha=0.4", "model.dropout=0.5", "data.num_workers=1",
-               "train.scheduler.warmup_epochs=1", "train.scheduler.name=cosine"]
+               "train.scheduler.warmup_epochs=1", "train.scheduler.name=cosine", "train.ema_decay=0.9"]
 
 
 @pytest.fixture(autouse=True)
@@ -156,6 +157,9 @@ def test_resume_after_a_stop_gives_the_same_final_weights(tiny_data: DemoData, s
             assert torch.equal(final["optimizer"]["state"][index][key], value), (index, key)
     assert final["scheduler"] == expected["scheduler"]
     assert final["best_top1"] == expected["best_top1"]
+    assert final["ema"]["updates"] == expected["ema"]["updates"] == 3 * 2  # 2 steps per epoch
+    for name, tensor in expected["ema"]["model"].items():
+        assert torch.equal(final["ema"]["model"][name], tensor), name
     # The per-epoch log continues: epoch 1 from the first process, 2 and 3 from the resumed one.
     resumed, straight = read_jsonl(work / "metrics.jsonl"), read_jsonl(straight_run / "metrics.jsonl")
     assert [r["epoch"] for r in resumed] == [1, 2, 3]
@@ -179,9 +183,16 @@ def test_work_dir_holds_checkpoints_logs_and_config(tiny_data: DemoData, straigh
         assert {"epoch", "train_loss", "val_loss", "val_top1", "lr"} <= record.keys()
         assert record["train_samples"] == 8 and record["val_samples"] == 4
         assert 0.0 <= record["val_top1"] <= 1.0 and record["val_top1"] * 4 == round(record["val_top1"] * 4)
-    # lr after each epoch (2 iterations each): warm-up over epoch 1, then cosine over 4 iterations
-    # from 0.01: after iteration 2 -> 0.01, after 4 -> 0.01 * (1 + cos(pi/2)) / 2, after 6 -> 0
-    assert [r["lr"] for r in records] == pytest.approx([0.01, 0.005, 0.0], abs=1e-12)
+    # The rates the epochs' steps used (2 iterations each): warm-up over epoch 1 from 0.1 x 0.01
+    # (iteration 0: 0.001, 1: 0.001 + 0.009 / 2 = 0.0055), then cosine over iterations 2..5
+    # from 0.01: 0.01 * (1 + cos(pi * j / 4)) / 2 for j = 0, 1, 2, 3.
+    # "lr" is the rate of an epoch's first step, "lr_last" of its last one.
+    cosine = [0.01 * (1 + math.cos(math.pi * j / 4)) / 2 for j in range(4)]
+    assert [r["lr"] for r in records] == pytest.approx([0.001, cosine[0], cosine[2]], abs=1e-12)
+    assert [r["lr_last"] for r in records] == pytest.approx([0.0055, cosine[1], cosine[3]], abs=1e-12)
+    for record in records:  # mean class accuracy beside top-1 (2 classes, 2 val videos each: steps of 1/4)
+        assert record["val_mean_class_accuracy"] * 4 == pytest.approx(round(record["val_mean_class_accuracy"] * 4))
+        assert 0.0 <= record["train_mean_class_accuracy"] <= 1.0
 
     latest = load_checkpoint(straight_run / "latest.pth")
     assert {"model", "optimizer", "scheduler", "scaler", "epoch", "best_top1", "config", "rng",
@@ -258,3 +269,23 @@ def test_demo_smoke(tmp_path: Path, tiny_data: DemoData, capsys: pytest.CaptureF
                  "test/per_class.csv", "test/scores.npy"):
         assert (work / name).is_file(), name
     assert load_config(work / "config.yaml").model.backbone == "efficientnet_lite0"
+
+
+def test_weight_average_follows_the_documented_update() -> None:
+    from tsn.engine.ema import WeightAverage
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.BatchNorm1d(1))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+    ema = WeightAverage(model, decay=0.9)
+    expected = 1.0
+    for step in range(30):
+        with torch.no_grad():
+            model[0].weight.fill_(float(step + 2))
+        model[1].num_batches_tracked += 1
+        d = min(0.9, (1 + step) / (10 + step))  # warm-up, then the decay
+        ema.update(model)
+        expected = d * expected + (1 - d) * (step + 2)
+        assert ema.module[0].weight[0, 0].item() == pytest.approx(expected, rel=1e-6)
+    assert int(ema.module[1].num_batches_tracked) == 30  # integer buffers are copied
+    assert not any(p.requires_grad for p in ema.module.parameters()) and not ema.module.training

@@ -194,8 +194,14 @@ class DataConfig(_Section):
             1, .875, .75, .66), the default because it keeps most of the frame, which suits
             short fine-tuning on small data; ``random_resized_crop`` (scale .08-1) is stronger
             and suits long runs.
+        train_scales: (added key) the crop sides of ``multiscale``, as fractions of the short
+            side of the frame resized to ``short_side`` (TSN's 1, .875, .75, .66 by default).
         flip: (added key) random horizontal flip in training; set false for data whose labels
             depend on direction (Something-Something v2: "left to right").
+        train_sampling: (added key) segment boundaries of the random training frames:
+            ``fractional`` (the validation boundaries ``k * n // K``, so every frame can be
+            drawn) or ``mmaction2`` (segments of ``n // K`` frames, the last ``n % K`` frames
+            never drawn, as mmaction2 and the original TSN); see ``tsn.data.sampling``.
     """
 
     SECTION: ClassVar[str] = "data"
@@ -215,7 +221,13 @@ class DataConfig(_Section):
     num_workers: int = _bounded(4, ge=0)
     on_error: Literal["skip", "raise"] = "skip"
     train_augment: Literal["multiscale", "random_resized_crop"] = "multiscale"
+    train_scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)
     flip: bool = True
+    train_sampling: Literal["fractional", "mmaction2"] = "fractional"
+
+    def _check(self) -> None:
+        if not self.train_scales or any(not 0 < scale <= 1 for scale in self.train_scales):
+            raise ConfigError("data.train_scales", f"expected scales in (0, 1], got {list(self.train_scales)}")
 
 
 @dataclass(frozen=True)
@@ -235,7 +247,13 @@ class ModelConfig(_Section):
         partial_bn: freeze every BatchNorm but the first (TSN). On by default: with a batch of
             8 clips x 3 frames of the same videos, BN statistics are poor estimates and
             updating them hurts the pretrained features.
+        freeze_bn: (added key) freeze every BatchNorm of the backbone, the first too (which
+            partial BN trains): its statistics and affine parameters stay ImageNet's.
         freeze_backbone: train the head only.
+        frozen_stages: (added key) freeze the first N of the backbone's stages (its
+            ``feature_layers``, e.g. stem, blocks.0, blocks.2, blocks.4, ... for EfficientNet-Lite0;
+            layer1..layer4 for ResNets, whose stem goes with layer1) and everything before them;
+            0 = fine-tune every layer.
         bilinear_dim: (added key) channels the bilinear head first reduces to with a 1x1
             convolution (D*D features: 256 -> 65,536); null = no reduction.
     """
@@ -248,7 +266,9 @@ class ModelConfig(_Section):
     consensus: Literal["avg", "max"] = "avg"
     dropout: float = _bounded(0.5, ge=0.0, lt=1.0)
     partial_bn: bool = True
+    freeze_bn: bool = False
     freeze_backbone: bool = False
+    frozen_stages: int = _bounded(0, ge=0)
     bilinear_dim: int | None = _bounded(256, ge=1)
 
     def _check(self) -> None:
@@ -325,12 +345,21 @@ class TrainConfig(_Section):
         scheduler: see ``SchedulerConfig``.
         amp: autocast on CUDA: ``none``, ``bf16`` (Ampere or newer; fastest) or ``fp16``
             (with a GradScaler). Ignored on CPU.
-        channels_last: NHWC memory format on CUDA (faster with amp).
+        channels_last: NHWC memory format for weights and clips, on every device: faster with amp
+            on CUDA, and on the CPU too (oneDNN's convolutions; see the README's benchmarks).
         compile: ``torch.compile`` the model.
         seed: seeds torch, numpy, random and every loader worker.
         deterministic: deterministic algorithms (reproducible, slower) instead of cudnn
             benchmark.
         val_every: validate every this many epochs (and after the last one).
+        head_init: (added key) ``linear_probe``: before the first epoch, fit a logistic regression
+            on the frozen features of the training videos (``tsn.engine.probe``, the test views)
+            and start the classifier from it (LP-FT, Kumar et al., ICLR 2022), so that the
+            backbone is fine-tuned under a head that is already right instead of a random one;
+            ``random``: the usual random classifier.
+        ema_decay: (added key) keep an exponential moving average of the weights with this
+            decay (``tsn.engine.ema``); validation, ``best.pth`` selection and ``tools/test.py``
+            use the average. null = off.
     """
 
     SECTION: ClassVar[str] = "train"
@@ -348,11 +377,13 @@ class TrainConfig(_Section):
     clip_grad_norm: float | None = _bounded(40.0, gt=0.0)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     amp: Literal["none", "bf16", "fp16"] = "none"
-    channels_last: bool = False
+    channels_last: bool = True
     compile: bool = False
     seed: int = 0
     deterministic: bool = False
     val_every: int = _bounded(1, ge=1)
+    head_init: Literal["random", "linear_probe"] = "random"
+    ema_decay: float | None = _bounded(None, gt=0.0, lt=1.0)
 
 
 @dataclass(frozen=True)
@@ -365,6 +396,10 @@ class TestConfig(_Section):
             25 frames x 10 crops; raise both for reporting).
         crops: spatial crops per clip: 1 (centre), 3 (along the long side) or 10 (4 corners +
             centre, and their flips).
+        clips_per_forward: (added key) at most this many clips (views x videos) go through the
+            model at once in validation and testing, so that memory stays bounded with many
+            views (25 clips x 10 crops x 8 segments would be 2,000 frames per video); the scores
+            are the same as in one pass. Small chunks are also faster on a CPU (its caches).
     """
 
     __test__: ClassVar[bool] = False  # not a pytest test class despite its name
@@ -372,6 +407,7 @@ class TestConfig(_Section):
 
     num_clips: int = _bounded(2, ge=1)
     crops: Literal[1, 3, 10] = 3
+    clips_per_forward: int = _bounded(16, ge=1)
 
 
 @dataclass(frozen=True)

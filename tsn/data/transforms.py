@@ -361,18 +361,19 @@ class ClipTransform:
 
 
 def train_transform(kind: str = "random_resized_crop", input_size: int = 224, short_side: int = 256,
-                    flip: bool = True, antialias: bool = False) -> ClipTransform:
+                    flip: bool = True, antialias: bool = False,
+                    scales: Sequence[float] = (1.0, 0.875, 0.75, 0.66)) -> ClipTransform:
     """Training preset: one random crop (``kind``) then, when ``flip``, a mirror with p = 0.5.
 
     ``random_resized_crop``: the seed article's recipe (scale 0.08-1, ratio 3/4-4/3); ``short_side``
-    is not used. ``multiscale``: TSN's corner crops (scales 1, .875, .75, .66) on the frame
-    resized to ``short_side``. ``antialias``: see the module docstring.
+    is not used. ``multiscale``: TSN's corner crops (``scales``, TSN's 1, .875, .75, .66 by default)
+    on the frame resized to ``short_side``. ``antialias``: see the module docstring.
     """
     crop: FrameTransform
     if kind == "random_resized_crop":
         crop = RandomResizedCrop(input_size, antialias=antialias)
     elif kind == "multiscale":
-        crop = MultiScaleCrop(input_size, short_side, antialias=antialias)
+        crop = MultiScaleCrop(input_size, short_side, scales=scales, antialias=antialias)
     else:
         raise ValueError(f"unknown train transform kind {kind!r}; expected one of {TRAIN_KINDS}")
     return ClipTransform((crop, Flip(0.5)) if flip else (crop,))

@@ -96,10 +96,10 @@ def _time_pass(batches: Iterator, wanted: int) -> tuple[int, float, tuple[int, .
 
 
 def _prepare(model: nn.Module, device: torch.device, channels_last: bool, compile_model: bool) -> nn.Module:
-    """``model`` on ``device`` (channels-last weights on CUDA when asked), compiled when asked;
+    """``model`` on ``device`` (channels-last weights when asked), compiled when asked;
     returns the module to call (the compiled one or ``model``)."""
     model.to(device)
-    if channels_last and device.type == "cuda":
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     return torch.compile(model) if compile_model else model
 
@@ -122,8 +122,7 @@ def model_benchmark(backbone: str, batch: int = 32, segments: int = 8, amp: str 
                     device: torch.device | None = None) -> dict[str, Any]:
     """Train-step throughput of a TSN (``backbone``, random weights, GAP head) on random input on ``device``.
 
-    ``amp`` and ``channels_last`` act on CUDA only (as in training); on the CPU they are reported
-    as ``"none"`` and false.
+    ``amp`` acts on CUDA only (as in training); on the CPU it is reported as ``"none"``.
     """
     if amp not in AMP_CHOICES:
         raise ValueError(f"amp must be one of {AMP_CHOICES}, got {amp!r}")
@@ -136,7 +135,7 @@ def model_benchmark(backbone: str, batch: int = 32, segments: int = 8, amp: str 
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16" and on_cuda)
     generator = torch.Generator().manual_seed(0)
     clips = torch.randn((batch, segments, 3, input_size, input_size), generator=generator).to(device)
-    if channels_last and on_cuda:
+    if channels_last:
         clips = channels_last_clips(clips)  # (B, T, C, H, W) stored as (B, T, H, W, C)
     labels = torch.randint(0, num_classes, (batch,), generator=generator).to(device)
     mix_rng = np.random.default_rng(0)
@@ -150,7 +149,7 @@ def model_benchmark(backbone: str, batch: int = 32, segments: int = 8, amp: str 
     return {
         "mode": "model", "backbone": backbone, "device": _device_name(device), "batch": batch,
         "segments": segments, "input_size": input_size, "amp": amp if on_cuda else "none",
-        "channels_last": channels_last and on_cuda, "compile": compile_model, "steps": steps,
+        "channels_last": channels_last, "compile": compile_model, "steps": steps,
         "seconds": round(seconds, 3), "images_per_s": round(steps * batch * segments / seconds, 2),
         "clips_per_s": round(steps * batch / seconds, 2),
     }
@@ -182,7 +181,7 @@ def train_benchmark(cfg: Config, steps: int = 20, warmup: int = 3, profile_dir: 
         raise ValueError(f"{len(dataset)} training videos make no full batch of {cfg.data.batch_size}")
     model = build_tsn(cfg, num_classes)
     mean, std = tuple(model.spec.mean), tuple(model.spec.std)
-    channels_last = tcfg.channels_last and on_cuda
+    channels_last = tcfg.channels_last
     net = _prepare(model, device, channels_last, tcfg.compile)
     optimizer = build_optimizer(tcfg, model)
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg.amp == "fp16" and on_cuda)

@@ -17,7 +17,7 @@ from tsn.data.dataset import ClipDataset
 from tsn.data.lists import check_labels, read_class_names, read_list
 from tsn.data.loader import build_dataloader
 from tsn.data.transforms import test_transform, train_transform, val_transform
-from tsn.models import TSN, build_model, param_groups
+from tsn.models import TSN, build_model, freeze_stages, param_groups
 
 Split = Literal["train", "val", "test"]
 
@@ -37,7 +37,7 @@ def build_tsn(cfg: Config, num_classes: int) -> TSN:
         pretrained = resolve_path(cfg.data, pretrained)
     if cfg.data.new_length != 1:
         raise ConfigError("data.new_length", "the RGB TSN takes one frame per segment (new_length: 1)")
-    return build_model(
+    model = build_model(
         backbone=cfg.model.backbone,
         pretrained=pretrained,
         head=cfg.model.head,
@@ -46,9 +46,16 @@ def build_tsn(cfg: Config, num_classes: int) -> TSN:
         consensus=cfg.model.consensus,
         dropout=cfg.model.dropout,
         partial_bn=cfg.model.partial_bn,
+        freeze_bn=cfg.model.freeze_bn,
         freeze_backbone=cfg.model.freeze_backbone,
         bilinear_dim=cfg.model.bilinear_dim,
     )
+    if cfg.model.frozen_stages and not cfg.model.freeze_backbone:
+        try:
+            freeze_stages(model, cfg.model.frozen_stages)
+        except ValueError as err:
+            raise ConfigError("model.frozen_stages", str(err)) from None
+    return model
 
 
 def list_path(cfg: Config, split: Split) -> Path:
@@ -71,7 +78,8 @@ def build_dataset(cfg: Config, split: Split, num_classes: int, list_file: Path |
     check_labels(records, num_classes, path)
     data = cfg.data
     if split == "train":
-        transform = train_transform(data.train_augment, data.input_size, data.short_side, flip=data.flip)
+        transform = train_transform(data.train_augment, data.input_size, data.short_side, flip=data.flip,
+                                    scales=data.train_scales)
         mode, clips = "train", 1
     elif split == "val":
         transform = val_transform(data.input_size, data.short_side)
@@ -80,7 +88,8 @@ def build_dataset(cfg: Config, split: Split, num_classes: int, list_file: Path |
         transform = test_transform(crops if crops is not None else cfg.test.crops, data.input_size, data.short_side)
         mode, clips = "test", num_clips if num_clips is not None else cfg.test.num_clips
     return ClipDataset(records, resolve_path(data, "."), data.format, data.backend, mode, data.num_segments,
-                       data.new_length, transform, num_clips=clips, on_error=data.on_error, seed=cfg.train.seed)
+                       data.new_length, transform, num_clips=clips, on_error=data.on_error, seed=cfg.train.seed,
+                       train_bounds=data.train_sampling)
 
 
 def build_loader(cfg: Config, dataset: ClipDataset, train: bool, distributed: bool,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from tsn.data.dataset import ClipBatch, SkippedVideo
 from tsn.engine.metrics import EpochMetrics, MetricAccumulator
+from tsn.engine.prefetch import channels_last_clips
 from tsn.layout import normalize_clips
 
 
@@ -48,13 +50,30 @@ def batch_to_device(batch: ClipBatch, device: torch.device, mean: tuple[float, .
     return clips, labels
 
 
-def view_scores(model: nn.Module, clips: torch.Tensor) -> torch.Tensor:
+def chunked_forward(model: Callable[[torch.Tensor], torch.Tensor], clips: torch.Tensor,
+                    clips_per_forward: int | None = None,
+                    channels_last: bool = False) -> torch.Tensor:
+    """``model`` over clips ``(N, T, C, H, W)`` in chunks of at most ``clips_per_forward`` clips (None: all at
+    once) -> ``(N, ...)``, each chunk laid out channels-last first when asked (``channels_last_clips``).
+
+    Eval mode has no cross-sample dependence, so the result equals one pass over all N clips."""
+    step = clips.shape[0] if clips_per_forward is None else max(1, clips_per_forward)
+    outputs = []
+    for start in range(0, clips.shape[0], step):
+        chunk = clips[start:start + step]  # (n, T, C, H, W)
+        outputs.append(model(channels_last_clips(chunk) if channels_last else chunk))
+    return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+
+
+def view_scores(model: nn.Module, clips: torch.Tensor, clips_per_forward: int | None = None,
+                channels_last: bool = False) -> torch.Tensor:
     """Video scores from ``clips`` (B, T, C, H, W) -> logits (B, classes), or from several views
-    (B, V, T, C, H, W) -> mean softmax probability over the V views (B, classes)."""
+    (B, V, T, C, H, W) -> mean softmax probability over the V views (B, classes); the model sees at
+    most ``clips_per_forward`` clips at once (``chunked_forward``)."""
     if clips.dim() == 5:
-        return model(clips)
+        return chunked_forward(model, clips, clips_per_forward, channels_last)
     batch, views = clips.shape[:2]
-    logits = model(clips.flatten(0, 1))  # (B*V, T, C, H, W) -> (B*V, classes)
+    logits = chunked_forward(model, clips.flatten(0, 1), clips_per_forward, channels_last)  # (B*V, classes)
     probs = logits.float().softmax(dim=1).view(batch, views, -1)  # (B, V, classes)
     return probs.mean(dim=1)
 
@@ -62,11 +81,12 @@ def view_scores(model: nn.Module, clips: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_classes: int,
              mean: tuple[float, ...], std: tuple[float, ...], amp: str = "none",
-             progress: bool = False) -> tuple[EpochMetrics, Predictions]:
+             progress: bool = False, channels_last: bool = False,
+             clips_per_forward: int | None = None) -> tuple[EpochMetrics, Predictions]:
     """Run ``model`` in eval mode over ``loader``: metrics (synced across ranks) and this rank's scores.
 
     The loss is the cross-entropy of the scores (of the logits for one view, of the averaged
-    probabilities for several).
+    probabilities for several). ``channels_last`` and ``clips_per_forward``: see ``chunked_forward``.
     """
     from tqdm import tqdm
 
@@ -76,7 +96,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_cla
     for batch in tqdm(loader, desc="eval", leave=False, disable=not progress, dynamic_ncols=True):
         clips, target = batch_to_device(batch, device, mean, std)
         with autocast_context(device, amp):
-            out = view_scores(model, clips).float()
+            out = view_scores(model, clips, clips_per_forward, channels_last).float()
         is_prob = clips.dim() == 6
         loss = nn.functional.nll_loss(out.clamp_min(1e-12).log(), target) if is_prob else \
             nn.functional.cross_entropy(out, target)

@@ -36,7 +36,7 @@ from tsn.config import Config
 from tsn.data.dataset import SkippedVideo
 from tsn.data.lists import VideoRecord
 from tsn.engine.build import build_class_names, build_dataset, build_loader, build_tsn
-from tsn.engine.checkpoint import load_checkpoint
+from tsn.engine.checkpoint import inference_weights, load_checkpoint
 from tsn.engine.evaluate import autocast_context, batch_to_device
 from tsn.fileio import atomic_write, atomic_write_text
 from tsn.models import TSN, FeatureExtractor, load_state_dict_flexible
@@ -247,14 +247,15 @@ def write_knn(out_dir: Path, knn: KnnResult, records: Sequence[VideoRecord]) -> 
 
 def load_model(cfg: Config, num_classes: int, checkpoint: Path | None) -> TSN:
     """The config's TSN: ImageNet backbone (``model.pretrained``) without ``checkpoint``; else the
-    checkpoint's weights (``state["model"]`` or a raw state dict). Backbone tensors that do not
+    checkpoint's weights (``tsn.engine.checkpoint.inference_weights``: the weight average, the model or a raw
+    state dict). Backbone tensors that do not
     load are an error naming the checkpoint; head mismatches (another class count) only a warning."""
     if checkpoint is None:
         return build_tsn(cfg, num_classes)
     # the checkpoint replaces every backbone weight: skip reading the ImageNet file
     model = build_tsn(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=False)), num_classes)
     state = load_checkpoint(checkpoint)
-    weights = state["model"] if isinstance(state.get("model"), dict) else state
+    weights = inference_weights(state)
     report = load_state_dict_flexible(model, weights, strict=False)
     # a backbone tensor missing, extra or of another shape means another architecture: refuse
     bad = [key for key in (*report.missing, *report.unexpected, *report.mismatched) if key.startswith("backbone.")]

@@ -20,7 +20,7 @@ import torch
 from tsn.config import Config
 from tsn.data.dataset import SkippedVideo
 from tsn.engine.build import build_class_names, build_dataset, build_loader, build_tsn, list_path
-from tsn.engine.checkpoint import load_checkpoint
+from tsn.engine.checkpoint import inference_weights, load_checkpoint
 from tsn.engine.distributed import init_distributed
 from tsn.engine.evaluate import evaluate
 from tsn.engine.metrics import (
@@ -106,13 +106,16 @@ def run_test(cfg: Config, checkpoint: Path, out_dir: Path, list_file: Path | Non
     loader = build_loader(cfg, dataset, train=False, distributed=False)
     model = build_tsn(cfg, len(class_names)).to(info.device)
     state = load_checkpoint(checkpoint)
-    load_state_dict_flexible(model, state.get("model", state), strict=True)
+    load_state_dict_flexible(model, inference_weights(state), strict=True)
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
     spec = model.spec
     views = dataset.num_clips * (crops if crops is not None else cfg.test.crops)
     logger.info("testing %s on %d videos of %s, %d view(s) each", checkpoint, len(dataset),
                 list_file or list_path(cfg, "test"), views)
     _, predictions = evaluate(model, loader, info.device, len(class_names), tuple(spec.mean), tuple(spec.std),
-                              cfg.train.amp, progress=progress)
+                              cfg.train.amp, progress=progress, channels_last=cfg.train.channels_last,
+                              clips_per_forward=cfg.test.clips_per_forward)
     scores = np.full((len(dataset), len(class_names)), np.nan)
     scores[predictions.indices] = predictions.scores
     labels = np.array([record.label for record in dataset.records], dtype=np.int64)

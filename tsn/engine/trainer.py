@@ -44,10 +44,12 @@ from tsn.engine.checkpoint import (
     set_generator_state,
 )
 from tsn.engine.distributed import DistInfo, barrier, cleanup_distributed, init_distributed
+from tsn.engine.ema import WeightAverage
 from tsn.engine.evaluate import autocast_context, evaluate
 from tsn.engine.losses import cross_entropy, l1_penalty, mixup, mixup_cross_entropy
 from tsn.engine.metrics import EpochMetrics, MetricAccumulator, confusion_matrix_image
 from tsn.engine.prefetch import DevicePrefetcher
+from tsn.engine.probe import probe_init_head
 from tsn.engine.schedulers import build_scheduler
 from tsn.fileio import atomic_write_text
 from tsn.models import convert_sync_batchnorm, load_state_dict_flexible, unwrap
@@ -202,18 +204,23 @@ def _train(cfg: Config, work_dir: Path, resume: bool, info: DistInfo, progress: 
         model = convert_sync_batchnorm(model)
     model.to(info.device)
     use_cuda = info.device.type == "cuda"
-    if tcfg.channels_last and use_cuda:
+    if tcfg.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(tcfg, model)
     schedule = build_scheduler(optimizer, tcfg, len(train_loader))
     scaler = torch.amp.GradScaler(info.device.type, enabled=tcfg.amp == "fp16" and use_cuda)
     mix_rng = np.random.default_rng([tcfg.seed, info.rank, 7])
 
+    ema = WeightAverage(model, tcfg.ema_decay) if tcfg.ema_decay is not None else None
     start_epoch, best_top1 = 0, -1.0
     if resume:
-        start_epoch, best_top1 = _resume(work_dir, model, optimizer, schedule, scaler, mix_rng, info)
+        start_epoch, best_top1 = _resume(work_dir, model, optimizer, schedule, scaler, mix_rng, ema, info)
         if info.is_main:
             _truncate_jsonl(work_dir / "metrics.jsonl", start_epoch)
+    if start_epoch == 0 and tcfg.head_init == "linear_probe":
+        probe_init_head(cfg, model, num_classes, info.device, work_dir / "probe_cache", info.distributed, progress)
+        if ema is not None:
+            ema.module.load_state_dict(model.state_dict())  # the average starts from the probed head
 
     net: nn.Module = model
     if info.distributed:
@@ -228,37 +235,46 @@ def _train(cfg: Config, work_dir: Path, resume: bool, info: DistInfo, progress: 
     for epoch in range(start_epoch, end_epoch):
         started = time.time()
         set_loader_epoch(train_loader, epoch)
-        train_metrics, skipped = _train_epoch(net, model, train_loader, optimizer, schedule, scaler, mix_rng,
-                                              cfg, info, mean, std, num_classes, epoch, progress)
+        first_lr = _current_lr(optimizer)  # the rate of this epoch's first step (the schedule set it)
+        train_metrics, skipped, last_lr = _train_epoch(net, model, train_loader, optimizer, schedule, scaler,
+                                                       mix_rng, ema, cfg, info, mean, std, num_classes, epoch,
+                                                       progress)
         skip_log.add(gather_skipped(skipped, info), "train")
         val_due = (epoch + 1) % tcfg.val_every == 0 or epoch + 1 == tcfg.epochs
         val_metrics = None
         if val_due:
             set_loader_epoch(val_loader, epoch)
-            val_metrics, predictions = evaluate(net, val_loader, info.device, num_classes, mean, std, tcfg.amp,
-                                                progress=progress and info.is_main)
+            evaluated = ema.module if ema is not None else net  # the averaged weights are the model that is kept
+            val_metrics, predictions = evaluate(evaluated, val_loader, info.device, num_classes, mean, std, tcfg.amp,
+                                                progress=progress and info.is_main,
+                                                channels_last=tcfg.channels_last,
+                                                clips_per_forward=cfg.test.clips_per_forward)
             skip_log.add(gather_skipped(list(predictions.skipped), info), "val")
             last_val = val_metrics
         schedule.step_epoch(val_metrics.top1 if val_metrics is not None else None)
         is_best = val_metrics is not None and val_metrics.top1 > best_top1
         if is_best:
             best_top1 = val_metrics.top1
-        lr = _current_lr(optimizer)
         if info.is_main:
             record = {"epoch": epoch + 1, "train_loss": train_metrics.loss, "train_top1": train_metrics.top1,
+                      "train_mean_class_accuracy": train_metrics.mean_class_accuracy,
                       "val_loss": val_metrics.loss if val_metrics else None,
-                      "val_top1": val_metrics.top1 if val_metrics else None, "lr": lr,
+                      "val_top1": val_metrics.top1 if val_metrics else None,
+                      "val_mean_class_accuracy": val_metrics.mean_class_accuracy if val_metrics else None,
+                      "lr": first_lr, "lr_last": last_lr,
                       "train_samples": train_metrics.count, "val_samples": val_metrics.count if val_metrics else None,
                       "seconds": round(time.time() - started, 2)}
             _append_jsonl(work_dir / "metrics.jsonl", record)
             _log_scalars(writer, record, epoch + 1)
-            state = _checkpoint_state(cfg, model, optimizer, schedule, scaler, mix_rng, epoch + 1, best_top1)
+            state = _checkpoint_state(cfg, model, optimizer, schedule, scaler, mix_rng, ema, epoch + 1, best_top1)
             save_checkpoint(state, work_dir / LATEST)
             if is_best:
                 save_checkpoint(state, work_dir / BEST, keep_previous=False)
-            val_text = f"val loss {val_metrics.loss:.4f} top1 {val_metrics.top1:.4f}" if val_metrics else "no val"
-            logger.info("epoch %d/%d: train loss %.4f top1 %.4f, %s, lr %.3g, %.1fs", epoch + 1, tcfg.epochs,
-                        train_metrics.loss, train_metrics.top1, val_text, lr, time.time() - started)
+            val_text = (f"val loss {val_metrics.loss:.4f} top1 {val_metrics.top1:.4f} "
+                        f"mca {val_metrics.mean_class_accuracy:.4f}") if val_metrics else "no val"
+            logger.info("epoch %d/%d: train loss %.4f top1 %.4f mca %.4f, %s, lr %.3g to %.3g, %.1fs", epoch + 1,
+                        tcfg.epochs, train_metrics.loss, train_metrics.top1, train_metrics.mean_class_accuracy,
+                        val_text, first_lr, last_lr, time.time() - started)
         barrier(info)
     if writer is not None:
         if last_val is not None:
@@ -272,9 +288,11 @@ def _train(cfg: Config, work_dir: Path, resume: bool, info: DistInfo, progress: 
 
 
 def _train_epoch(net: nn.Module, model: nn.Module, loader, optimizer, schedule, scaler, mix_rng,
-                 cfg: Config, info: DistInfo, mean, std, num_classes: int, epoch: int,
-                 progress: bool) -> tuple[EpochMetrics, list[SkippedVideo]]:
-    """One pass over ``loader``; metrics accumulate on the device and sync once at the end."""
+                 ema: WeightAverage | None, cfg: Config, info: DistInfo, mean, std, num_classes: int, epoch: int,
+                 progress: bool) -> tuple[EpochMetrics, list[SkippedVideo], float]:
+    """One pass over ``loader``; metrics accumulate on the device and sync once at the end.
+
+    Returns the metrics, the videos skipped, and the (head) learning rate of the last step taken."""
     from tqdm import tqdm
 
     tcfg = cfg.train
@@ -282,14 +300,18 @@ def _train_epoch(net: nn.Module, model: nn.Module, loader, optimizer, schedule, 
     meter = MetricAccumulator(num_classes, info.device)
     skipped: list[SkippedVideo] = []
     # On CUDA the next batch is copied and normalised on a side stream while this step runs.
-    batches = DevicePrefetcher(loader, info.device, mean, std, tcfg.channels_last and info.device.type == "cuda")
+    batches = DevicePrefetcher(loader, info.device, mean, std, tcfg.channels_last)
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{tcfg.epochs}", disable=not (progress and info.is_main),
                dynamic_ncols=True, leave=False)
+    last_lr = _current_lr(optimizer)
     for step, batch in enumerate(bar):
         skipped.extend(batch.skipped)
         clips, labels = batch.clips, batch.labels  # (B, T, C, H, W) float, normalised on the device
         logits, loss = compute_loss(net, model, clips, labels, tcfg, mix_rng, info.device)
+        last_lr = _current_lr(optimizer)
         optimizer_step(loss, model, optimizer, scaler, tcfg.clip_grad_norm)
+        if ema is not None:
+            ema.update(model)
         schedule.step_iteration()
         meter.update(logits.detach().float(), labels, loss.detach())
         if step % SYNC_EVERY == 0:
@@ -300,7 +322,7 @@ def _train_epoch(net: nn.Module, model: nn.Module, loader, optimizer, schedule, 
                                          f"or set train.clip_grad_norm")
             if progress and info.is_main:
                 bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{_current_lr(optimizer):.2g}")
-    return meter.compute(), skipped
+    return meter.compute(), skipped, last_lr
 
 
 def compute_loss(net: nn.Module, model: nn.Module, clips: torch.Tensor, labels: torch.Tensor,
@@ -341,9 +363,12 @@ def optimizer_step(loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.
     return norm
 
 
-def _checkpoint_state(cfg: Config, model: nn.Module, optimizer, schedule, scaler, mix_rng, epoch: int,
-                      best_top1: float) -> dict[str, Any]:
-    return {
+def _checkpoint_state(cfg: Config, model: nn.Module, optimizer, schedule, scaler, mix_rng,
+                      ema: WeightAverage | None, epoch: int, best_top1: float) -> dict[str, Any]:
+    """What ``latest.pth`` and ``best.pth`` hold; ``ema`` (the averaged weights, with
+    ``train.ema_decay``) is what ``tsn.engine.checkpoint.inference_weights`` gives for testing."""
+    extra = {"ema": ema.state_dict()} if ema is not None else {}
+    return {**extra,
         "model": unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": schedule.state_dict(),
@@ -357,7 +382,7 @@ def _checkpoint_state(cfg: Config, model: nn.Module, optimizer, schedule, scaler
 
 
 def _resume(work_dir: Path, model: nn.Module, optimizer, schedule, scaler, mix_rng,
-            info: DistInfo) -> tuple[int, float]:
+            ema: WeightAverage | None, info: DistInfo) -> tuple[int, float]:
     """Load ``latest.pth`` (or its previous copy when it is corrupt); returns (next epoch, best top-1)."""
     if not (work_dir / LATEST).exists() and not any(work_dir.glob("latest*.pth")):
         logger.warning("--resume: no checkpoint in %s, starting from scratch", work_dir)
@@ -372,6 +397,10 @@ def _resume(work_dir: Path, model: nn.Module, optimizer, schedule, scaler, mix_r
     scaler.load_state_dict(state["scaler"])
     restore_rng_state(state["rng"])
     set_generator_state(mix_rng, state["mixup_rng"])
+    if ema is not None:
+        if "ema" not in state:
+            raise CheckpointError(used, "cannot resume with train.ema_decay: the checkpoint has no weight average")
+        ema.load_state_dict(state["ema"])
     logger.info("resumed from %s at epoch %d (best val top1 %.4f)", used, state["epoch"], state["best_top1"])
     return int(state["epoch"]), float(state["best_top1"])
 

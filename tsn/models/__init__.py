@@ -14,7 +14,7 @@ from tsn.models.bninception import BNInception
 from tsn.models.build import HEAD_TYPES, build_model
 from tsn.models.efficientnet_lite import EfficientNetLite0
 from tsn.models.features import FeatureExtractor
-from tsn.models.finetune import convert_sync_batchnorm, freeze_backbone, param_groups, unwrap
+from tsn.models.finetune import convert_sync_batchnorm, freeze_backbone, freeze_stages, param_groups, unwrap
 from tsn.models.heads import BilinearHead, GAPHead, bilinear_pool, init_new_layers
 from tsn.models.spec import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec
 from tsn.models.summary import LayerRow, ModelSummary, summarize
@@ -54,6 +54,7 @@ __all__ = [
     "convert_sync_batchnorm",
     "efficientnet_lite0_imagenet",
     "freeze_backbone",
+    "freeze_stages",
     "hub_checkpoint_path",
     "init_new_layers",
     "load_state_dict_flexible",

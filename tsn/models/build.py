@@ -6,6 +6,7 @@ import os
 
 from tsn.models.backbones import DEFAULT_BACKBONE, build_backbone
 from tsn.models.finetune import freeze_backbone as _freeze_backbone
+from tsn.models.finetune import freeze_stages
 from tsn.models.heads import BilinearHead, GAPHead
 from tsn.models.tsn import TSN
 
@@ -22,12 +23,15 @@ def build_model(
     consensus: str = "avg",
     dropout: float = 0.5,
     partial_bn: bool = False,
+    freeze_bn: bool = False,
     freeze_backbone: bool = False,
+    frozen_stages: int = 0,
     bilinear_dim: int | None = 256,
 ) -> TSN:
     """A TSN: ``build_backbone(backbone, pretrained)``, a "gap" or "bilinear" head (the bilinear
     one reduces the features to ``bilinear_dim`` channels first; None keeps all), the consensus,
-    partial BN and, with ``freeze_backbone``, only the head trainable."""
+    partial BN and, with ``freeze_backbone``, only the head trainable, or with ``frozen_stages`` the
+    backbone's first stages frozen (``tsn.models.finetune.freeze_stages``)."""
     if head not in HEAD_TYPES:
         raise ValueError(f"head {head!r} is not one of {', '.join(HEAD_TYPES)}")
     if num_classes < 1:
@@ -37,7 +41,10 @@ def build_model(
         head_module = GAPHead(spec.feature_dim, num_classes, dropout)
     else:
         head_module = BilinearHead(spec.feature_dim, num_classes, dropout, reduce_dim=bilinear_dim)
-    model = TSN(net, spec, head_module, num_segments, consensus=consensus, partial_bn=partial_bn)
+    model = TSN(net, spec, head_module, num_segments, consensus=consensus, partial_bn=partial_bn,
+                freeze_bn=freeze_bn)
     if freeze_backbone:
         _freeze_backbone(model)
+    elif frozen_stages:
+        freeze_stages(model, frozen_stages)
     return model

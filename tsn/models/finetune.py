@@ -29,6 +29,40 @@ def freeze_backbone(model: TSN) -> None:
     model.train(model.training)  # apply now, not only at the next train()
 
 
+def freeze_stages(model: TSN, stages: int) -> list[str]:
+    """Freeze the first ``stages`` of ``model.spec.feature_layers`` and every backbone parameter
+    registered before the last of them (the stem); returns the frozen parameter names.
+
+    Frozen parameters get requires_grad False, and every module all of whose parameters are frozen
+    stays in eval mode in ``train()`` (BatchNorm statistics fixed). Low layers hold generic edges
+    and textures that a few hundred clips cannot improve, and the high-resolution layers are
+    where most of a backward pass goes; mmaction2 calls this ``frozen_stages``.
+    """
+    model = unwrap(model)
+    layers = model.spec.feature_layers
+    if not 0 <= stages <= len(layers):
+        raise ValueError(f"frozen stages must be in [0, {len(layers)}] for backbone {model.spec.name!r} "
+                         f"(stages: {', '.join(layers)}), got {stages}")
+    if stages == 0:
+        return []
+    last = layers[stages - 1]
+    names = [name for name, _ in model.backbone.named_parameters()]
+    inside = [i for i, name in enumerate(names) if name.startswith(last + ".")]
+    if not inside:
+        raise ValueError(f"backbone {model.spec.name!r}: stage {last!r} has no parameters to freeze")
+    frozen = set(names[: inside[-1] + 1])
+    for name, param in model.backbone.named_parameters():
+        if name in frozen:
+            param.requires_grad_(False)
+    model.frozen_modules = [
+        module for module in model.backbone.modules()
+        if any(True for _ in module.parameters(recurse=False))
+        and all(not p.requires_grad for p in module.parameters(recurse=False))
+    ]
+    model.train(model.training)  # apply now, not only at the next train()
+    return [name for name in names if name in frozen]
+
+
 def param_groups(
     model: nn.Module,
     lr: float,

@@ -30,9 +30,11 @@ class TSN(nn.Module):
     the per-segment scores (B, K, num_classes).
     partial_bn: TSN's partial BatchNorm: every BatchNorm of the backbone but the first keeps its
     ImageNet statistics and affine parameters (requires_grad False, eval mode even in
-    ``train()``), which limits over-fitting on small data sets.
+    ``train()``), which limits over-fitting on small data sets. freeze_bn: every BatchNorm of
+    the backbone, the first too: the first layer's batch statistics of a few correlated clips
+    are far from ImageNet's, and using them shifts every feature the pretrained layers see.
     ``backbone_frozen`` (set by ``tsn.models.finetune.freeze_backbone``) keeps the whole backbone
-    in eval mode in ``train()``.
+    in eval mode in ``train()``, ``frozen_modules`` (set by ``freeze_stages``) those modules.
     """
 
     def __init__(
@@ -43,6 +45,7 @@ class TSN(nn.Module):
         num_segments: int,
         consensus: str = "avg",
         partial_bn: bool = False,
+        freeze_bn: bool = False,
     ) -> None:
         super().__init__()
         if consensus not in CONSENSUS_TYPES:
@@ -54,9 +57,12 @@ class TSN(nn.Module):
         self.spec = spec
         self.num_segments = num_segments
         self.consensus = consensus
-        self.partial_bn = partial_bn
+        self.partial_bn = partial_bn or freeze_bn
+        self.freeze_bn = freeze_bn
         self.backbone_frozen = False
-        if partial_bn:
+        # modules whose parameters ``tsn.models.finetune.freeze_stages`` froze: eval mode in train()
+        self.frozen_modules: list[nn.Module] = []
+        if self.partial_bn:
             for bn in self.partial_bn_layers():
                 for p in bn.parameters():
                     p.requires_grad_(False)
@@ -66,8 +72,9 @@ class TSN(nn.Module):
         return int(self.head.num_classes)
 
     def partial_bn_layers(self) -> list[nn.modules.batchnorm._BatchNorm]:
-        """The backbone's BatchNorm layers that partial BN freezes: all but the first."""
-        return batchnorm_layers(self.backbone)[1:]
+        """The backbone's BatchNorm layers that partial BN freezes: all but the first (all with ``freeze_bn``)."""
+        layers = batchnorm_layers(self.backbone)
+        return layers if self.freeze_bn else layers[1:]
 
     def train(self, mode: bool = True) -> TSN:
         """Like ``nn.Module.train``, but frozen BatchNorm layers stay in eval mode, so that their
@@ -75,9 +82,12 @@ class TSN(nn.Module):
         super().train(mode)
         if mode and self.backbone_frozen:
             self.backbone.eval()
-        elif mode and self.partial_bn:
-            for bn in self.partial_bn_layers():
-                bn.eval()
+        elif mode:
+            for module in self.frozen_modules:
+                module.eval()
+            if self.partial_bn:
+                for bn in self.partial_bn_layers():
+                    bn.eval()
         return self
 
     def _check_frames(self, num_frames: int) -> None:
