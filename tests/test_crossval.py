@@ -96,3 +96,12 @@ def test_cross_validate_tool_on_generated_data(tmp_path: Path) -> None:
         assert (fold_dir / "test" / "metrics.json").is_file() and (fold_dir / "latest.pth").is_file()
         records_ = [json.loads(line) for line in (fold_dir / "metrics.jsonl").read_text().splitlines()]
         assert records_[-1]["val_top1"] is not None  # validated once, after the last epoch
+
+
+def test_a_class_already_over_its_share_elsewhere_does_not_hide_the_one_added() -> None:
+    # labels 2, 2, 2, 1, 2 in 3 folds: a score over all classes put two class-2 videos in each of two
+    # folds and none in the third
+    items = [VideoRecord(f"v{i}.mp4", label) for i, label in enumerate([2, 2, 2, 1, 2])]
+    folds = assign_folds(items, 3, seed=0)
+    counts = np.bincount(folds[[0, 1, 2, 4]], minlength=3)
+    assert counts.max() - counts.min() <= 1

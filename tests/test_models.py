@@ -485,6 +485,10 @@ def test_frozen_stages_freeze_the_first_stages_and_keep_their_statistics() -> No
     assert frozen == {"stem", "blocks.0", "blocks.1", "blocks.2", "blocks.3", "blocks.4"}
     with pytest.raises(ValueError, match="frozen stages must be in"):
         build_model(backbone="resnet18", pretrained=False, num_classes=4, frozen_stages=5)
+    # SyncBatchNorm conversion (DDP on CUDA) replaces the layers: the new ones stay frozen too
+    synced = convert_sync_batchnorm(model)
+    synced.train()
+    assert not synced.backbone.bn1.training and synced.backbone.layer3[0].bn1.training
 
 
 def test_frozen_backbone_gets_no_gradient_and_keeps_statistics() -> None:

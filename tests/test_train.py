@@ -60,7 +60,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 STEP_OPTS = ["model.backbone=resnet18", "model.pretrained=false", "model.dropout=0.0", "data.num_segments=2",
              "train.momentum=0.0", "train.weight_decay=0.0", "train.backbone_lr_mult=1.0", "train.lr=0.5",
-             "train.label_smoothing=0.0"]
+             "train.label_smoothing=0.0", "train.optimizer=sgd"]
 
 
 @pytest.fixture(scope="module")
@@ -183,13 +183,13 @@ def test_work_dir_holds_checkpoints_logs_and_config(tiny_data: DemoData, straigh
         assert {"epoch", "train_loss", "val_loss", "val_top1", "lr"} <= record.keys()
         assert record["train_samples"] == 8 and record["val_samples"] == 4
         assert 0.0 <= record["val_top1"] <= 1.0 and record["val_top1"] * 4 == round(record["val_top1"] * 4)
-    # The rates the epochs' steps used (2 iterations each): warm-up over epoch 1 from 0.1 x 0.01
-    # (iteration 0: 0.001, 1: 0.001 + 0.009 / 2 = 0.0055), then cosine over iterations 2..5
-    # from 0.01: 0.01 * (1 + cos(pi * j / 4)) / 2 for j = 0, 1, 2, 3.
+    # The rates the epochs' steps used (2 iterations each) with the default lr 1e-4: warm-up over
+    # epoch 1 from 0.1 x 1e-4 (iteration 0: 1e-5, 1: 1e-5 + 9e-5 / 2 = 5.5e-5), then cosine over
+    # iterations 2..5 from 1e-4: 1e-4 * (1 + cos(pi * j / 4)) / 2 for j = 0, 1, 2, 3.
     # "lr" is the rate of an epoch's first step, "lr_last" of its last one.
-    cosine = [0.01 * (1 + math.cos(math.pi * j / 4)) / 2 for j in range(4)]
-    assert [r["lr"] for r in records] == pytest.approx([0.001, cosine[0], cosine[2]], abs=1e-12)
-    assert [r["lr_last"] for r in records] == pytest.approx([0.0055, cosine[1], cosine[3]], abs=1e-12)
+    cosine = [1e-4 * (1 + math.cos(math.pi * j / 4)) / 2 for j in range(4)]
+    assert [r["lr"] for r in records] == pytest.approx([1e-5, cosine[0], cosine[2]], abs=1e-14)
+    assert [r["lr_last"] for r in records] == pytest.approx([5.5e-5, cosine[1], cosine[3]], abs=1e-14)
     for record in records:  # mean class accuracy beside top-1 (2 classes, 2 val videos each: steps of 1/4)
         assert record["val_mean_class_accuracy"] * 4 == pytest.approx(round(record["val_mean_class_accuracy"] * 4))
         assert 0.0 <= record["train_mean_class_accuracy"] <= 1.0
@@ -289,3 +289,22 @@ def test_weight_average_follows_the_documented_update() -> None:
         assert ema.module[0].weight[0, 0].item() == pytest.approx(expected, rel=1e-6)
     assert int(ema.module[1].num_batches_tracked) == 30  # integer buffers are copied
     assert not any(p.requires_grad for p in ema.module.parameters()) and not ema.module.training
+
+
+def test_linear_probe_head_init_starts_training_from_the_probe(tiny_data: DemoData, tmp_path: Path) -> None:
+    """LP-FT (the default ``train.head_init``): before the first step the head is the probe fitted on
+    the training videos' cached features; with a learning rate of ~0 it is still that after an epoch."""
+    from tsn.engine.probe import fit_probe, load_cached
+
+    opts = [*tiny_overrides(tiny_data, 1), "train.lr=1e-12", "train.weight_decay=0"]
+    train(load_config(None, opts), tmp_path / "lp", device="cpu", progress=False)
+    cached = sorted((tmp_path / "lp" / "probe_cache").glob("*.npz"))
+    assert len(cached) == 1
+    features = load_cached(cached[0])
+    assert features.features.shape[:2] == (8, 2 * 3)  # 8 training videos, test.num_clips x test.crops views
+    fit = fit_probe(features, 2, seed=0)
+    head = load_checkpoint(tmp_path / "lp" / "latest.pth")["model"]["head.fc.weight"].numpy()
+    np.testing.assert_allclose(head, fit.classifier.weight, rtol=1e-4, atol=1e-5)
+    train(load_config(None, [*opts, "train.head_init=random"]), tmp_path / "random", device="cpu", progress=False)
+    random_head = load_checkpoint(tmp_path / "random" / "latest.pth")["model"]["head.fc.weight"].numpy()
+    assert not np.allclose(random_head, fit.classifier.weight, atol=1e-3)

@@ -50,9 +50,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    if not args.config.is_file():
-        raise FileNotFoundError(f"--config {args.config}: no such file")
-    cfg = load_config(args.config, args.opt)
+    cfg = load_config(args.config, args.opt)  # a missing file is a ConfigError naming it
     if args.fold is not None:
         folds = [(resolve_path(cfg.data, train), resolve_path(cfg.data, test)) for train, test in args.fold]
         if len(folds) < 2:

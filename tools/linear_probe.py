@@ -49,9 +49,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    if not args.config.is_file():
-        raise FileNotFoundError(f"--config {args.config}: no such file")
-    cfg = load_config(args.config, args.opt)
+    cfg = load_config(args.config, args.opt)  # a missing file is a ConfigError naming it
     setup_logging(None, True)
     result = run_linear_probe(cfg, args.out, train_list=args.train_list, test_list=args.test_list,
                               checkpoint=args.checkpoint, l2=args.l2, num_clips=args.num_clips, crops=args.crops,

@@ -102,8 +102,9 @@ def assign_folds(records: Sequence[VideoRecord], folds: int, seed: int = 0,
     for name in order:
         members = groups[name]
         adds = np.bincount(labels[members], minlength=num_classes)
-        # (folds,) largest excess over the ideal share of any class, if the group went to that fold
-        excess = ((counts + adds) - ideal).max(axis=1)
+        # (folds,) largest excess over the ideal share among the classes the group adds, if it went to
+        # that fold (classes it does not add must not hide the ones it does)
+        excess = np.where(adds > 0, (counts + adds) - ideal, -np.inf).max(axis=1)
         best = min(range(folds), key=lambda f: (excess[f], counts[f].sum(), f))
         counts[best] += adds
         assignment[members] = best

@@ -56,7 +56,8 @@ def chunked_forward(model: Callable[[torch.Tensor], torch.Tensor], clips: torch.
     """``model`` over clips ``(N, T, C, H, W)`` in chunks of at most ``clips_per_forward`` clips (None: all at
     once) -> ``(N, ...)``, each chunk laid out channels-last first when asked (``channels_last_clips``).
 
-    Eval mode has no cross-sample dependence, so the result equals one pass over all N clips."""
+    Eval mode has no cross-sample dependence, so the result equals one pass over all N clips (up to
+    floating-point rounding: kernels may sum in another order for another batch size)."""
     step = clips.shape[0] if clips_per_forward is None else max(1, clips_per_forward)
     outputs = []
     for start in range(0, clips.shape[0], step):

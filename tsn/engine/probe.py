@@ -2,9 +2,10 @@
 
 Features: for every video and every test view (``num_clips`` temporal clips x ``crops`` spatial
 crops, deterministic), the head's pooled vector (``TSN.segment_descriptors``, the input of the
-classifier) averaged over the K segments: ``(N, V, F)``. The head is linear and the consensus an
-average, so a classifier ``W x + b`` fitted on these vectors is exactly ``head.fc`` of the TSN
-(``init_head``), which is what LP-FT (Kumar et al., ICLR 2022) fine-tunes from.
+classifier) averaged over the K segments: ``(N, V, F)``. The classifier is linear and the
+consensus an average, so a classifier ``W x + b`` fitted on these vectors is what ``head.fc``
+computes in the TSN in eval mode with ``consensus: avg`` (``init_head``), which is what LP-FT
+(Kumar et al., ICLR 2022) fine-tunes from.
 
 Classifier: multinomial logistic regression, every view of a training video one sample,
 features centred and divided by their overall standard deviation (folded back into ``W`` and ``b``
@@ -34,7 +35,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from tsn.config import Config
+from tsn.config import Config, ConfigError, resolve_path
 from tsn.data.dataset import ClipDataset, SkippedVideo
 from tsn.engine.build import build_class_names, build_dataset, build_loader, list_path
 from tsn.engine.evaluate import autocast_context, batch_to_device, chunked_forward
@@ -138,8 +139,9 @@ def fit_logistic_regression(features: np.ndarray, labels: np.ndarray, num_classe
     """Multinomial logistic regression: ``features (N, F)``, int ``labels (N,)`` -> the minimiser of
     ``mean_i CE(W x_i + b, y_i) + l2 / 2 * ||W||^2`` (no penalty on ``b``), by L-BFGS in float64.
 
-    The objective is strictly convex for ``l2 > 0``, so the result does not depend on the start
-    (zeros, or ``start``: a nearby solution, e.g. for the next ``l2`` of a path, converges faster).
+    The objective is strictly convex in ``W`` for ``l2 > 0``, so the result does not depend on the
+    start (zeros, or ``start``: a nearby solution, e.g. for the next ``l2`` of a path, converges
+    faster); only the bias of a class absent from ``labels`` has no minimum and keeps falling.
     """
     if features.ndim != 2 or labels.shape != (features.shape[0],):
         raise ValueError(f"expected features (N, F) and labels (N,), got {features.shape} and {labels.shape}")
@@ -309,7 +311,8 @@ class ProbeResult:
     report: Report
 
 
-def probe_dataset(cfg: Config, list_file: Path, num_classes: int, num_clips: int | None, crops: int | None):
+def probe_dataset(cfg: Config, list_file: Path, num_classes: int, num_clips: int | None,
+                  crops: int | None) -> ClipDataset:
     """The deterministic multi-view dataset the probe's features come from (``tools/test.py``'s views)."""
     return build_dataset(cfg, "test", num_classes, list_file=list_file, num_clips=num_clips, crops=crops)
 
@@ -320,14 +323,16 @@ def probe_features(cfg: Config, model: TSN, dataset: ClipDataset, weights: str, 
     the cache key), read from / written to ``cache_dir`` when given. Under DDP each rank computes its share
     and every rank gets all of them."""
     parts = {"root": str(dataset.root.resolve()), "format": dataset.format, "backend": dataset.backend,
-             "backbone": cfg.model.backbone, "head": cfg.model.head, "weights": weights,
+             "backbone": cfg.model.backbone, "head": cfg.model.head, "bilinear_dim": cfg.model.bilinear_dim,
+             "amp": cfg.train.amp, "weights": weights,
              "segments": dataset.num_segments, "new_length": dataset.new_length, "clips": dataset.num_clips,
              "transform": repr(vars(dataset.transform)), "seed": dataset.seed}
     records = "\n".join(f"{r.path} {r.num_frames} {r.label}" for r in dataset.records).encode()
     key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode() + records).hexdigest()[:20]
     path = cache_dir / f"{key}.npz" if cache_dir is not None else None
     cached = load_cached(path) if path is not None else None
-    if cached is not None and cached.features.shape[0] == len(dataset):
+    width = model.head.descriptor_dim
+    if cached is not None and cached.features.shape[0] == len(dataset) and cached.features.shape[-1] == width:
         logger.info("probe features of %d videos from %s", len(dataset), path)
         return cached
     loader = build_loader(cfg, dataset, train=False, distributed=distributed)
@@ -342,17 +347,29 @@ def probe_features(cfg: Config, model: TSN, dataset: ClipDataset, weights: str, 
 
 def _gather_features(local: ViewFeatures) -> ViewFeatures:
     """Every rank's rows (the others are NaN) merged on every rank."""
-    gathered: list = [None] * torch.distributed.get_world_size()
+    gathered: list[ViewFeatures | None] = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(gathered, local)
     features = local.features.copy()
     labels = local.labels.copy()
     skipped = set(local.skipped)
     for part in gathered:
+        assert part is not None  # all_gather_object filled every slot
         rows = np.isfinite(part.features).all(axis=(1, 2))
         features[rows] = part.features[rows]
         labels[rows] = part.labels[rows]
         skipped.update(part.skipped)
     return ViewFeatures(features, labels, tuple(sorted(skipped)))
+
+
+def pretrained_name(cfg: Config) -> str:
+    """The backbone's initial weights for the cache key: the ImageNet file, a named file (with its size and
+    time), or random (``false``, seeded with ``train.seed``)."""
+    pretrained = cfg.model.pretrained
+    if isinstance(pretrained, str):
+        path = resolve_path(cfg.data, pretrained)
+        stat = path.stat() if path.exists() else None
+        return f"file:{path.resolve()}:{stat.st_size if stat else 0}:{stat.st_mtime_ns if stat else 0}"
+    return "imagenet" if pretrained else f"random:{cfg.train.seed}"
 
 
 def run_linear_probe(cfg: Config, out_dir: Path, train_list: Path | None = None, test_list: Path | None = None,
@@ -365,10 +382,12 @@ def run_linear_probe(cfg: Config, out_dir: Path, train_list: Path | None = None,
     torch_device = resolve_device(device)
     class_names = build_class_names(cfg)
     num_classes = len(class_names)
+    torch.manual_seed(cfg.train.seed)  # new head layers (the bilinear reduction) as the trainer draws them
     model = load_inference_model(cfg, num_classes, checkpoint).to(torch_device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
-    weights = str(checkpoint.resolve()) if checkpoint is not None else f"imagenet:{cfg.model.pretrained}"
+    weights = pretrained_name(cfg) if checkpoint is None else \
+        f"{checkpoint.resolve()}:{checkpoint.stat().st_size}:{checkpoint.stat().st_mtime_ns}"
     cache = cache_dir if cache_dir is not None else out_dir / "cache"
     train_set = probe_dataset(cfg, train_list or list_path(cfg, "train"), num_classes, num_clips, crops)
     test_set = probe_dataset(cfg, test_list or list_path(cfg, "test"), num_classes, num_clips, crops)
@@ -393,11 +412,13 @@ def probe_init_head(cfg: Config, model: TSN, num_classes: int, device: torch.dev
                     distributed: bool = False, progress: bool = True) -> ProbeFit:
     """LP-FT's first stage: fit the probe on the training list's features from ``model`` as it is now (its
     pretrained backbone) and copy it into ``model.head.fc``."""
+    if cfg.model.consensus != "avg":
+        raise ConfigError("train.head_init", "linear_probe needs model.consensus: avg (the probe is a classifier "
+                          "of segment-averaged features, which only the average consensus computes)")
     dataset = probe_dataset(cfg, list_path(cfg, "train"), num_classes, None, None)
     logger.info("linear probe for the head: %d train videos, %d view(s) each", len(dataset),
                 dataset.num_clips * cfg.test.crops)
-    weights = f"imagenet:{cfg.model.pretrained}"
-    features = probe_features(cfg, model, dataset, weights, device, cache_dir, progress, distributed)
+    features = probe_features(cfg, model, dataset, pretrained_name(cfg), device, cache_dir, progress, distributed)
     fit, _ = timed_fit(features, num_classes, None, cfg.train.seed)
     init_head(model, fit.classifier)
     return fit

@@ -159,7 +159,7 @@ def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 
 def _current_lr(optimizer: torch.optim.Optimizer) -> float:
-    """The head's learning rate (the largest of the groups; the backbone's is a fraction of it)."""
+    """The largest learning rate of the groups: the head's while ``train.backbone_lr_mult <= 1``."""
     return max(float(group["lr"]) for group in optimizer.param_groups)
 
 
@@ -218,7 +218,8 @@ def _train(cfg: Config, work_dir: Path, resume: bool, info: DistInfo, progress: 
         if info.is_main:
             _truncate_jsonl(work_dir / "metrics.jsonl", start_epoch)
     if start_epoch == 0 and tcfg.head_init == "linear_probe":
-        probe_init_head(cfg, model, num_classes, info.device, work_dir / "probe_cache", info.distributed, progress)
+        probe_init_head(cfg, model, num_classes, info.device, work_dir / "probe_cache", info.distributed,
+                        progress and info.is_main)
         if ema is not None:
             ema.module.load_state_dict(model.state_dict())  # the average starts from the probed head
 
@@ -415,8 +416,10 @@ def _summary_writer(work_dir: Path):
 def _log_scalars(writer, record: dict[str, Any], epoch: int) -> None:
     if writer is None:
         return
-    for key, tag in (("train_loss", "train/loss"), ("train_top1", "train/top1"), ("val_loss", "val/loss"),
-                     ("val_top1", "val/top1"), ("lr", "lr")):
+    for key, tag in (("train_loss", "train/loss"), ("train_top1", "train/top1"),
+                     ("train_mean_class_accuracy", "train/mean_class_accuracy"), ("val_loss", "val/loss"),
+                     ("val_top1", "val/top1"), ("val_mean_class_accuracy", "val/mean_class_accuracy"),
+                     ("lr", "lr")):
         value = record.get(key)
         if value is not None and math.isfinite(value):
             writer.add_scalar(tag, value, epoch)

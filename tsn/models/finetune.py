@@ -54,13 +54,16 @@ def freeze_stages(model: TSN, stages: int) -> list[str]:
     for name, param in model.backbone.named_parameters():
         if name in frozen:
             param.requires_grad_(False)
-    model.frozen_modules = [
-        module for module in model.backbone.modules()
-        if any(True for _ in module.parameters(recurse=False))
-        and all(not p.requires_grad for p in module.parameters(recurse=False))
-    ]
+    model.frozen_modules = frozen_modules(model.backbone)
     model.train(model.training)  # apply now, not only at the next train()
     return [name for name in names if name in frozen]
+
+
+def frozen_modules(backbone: nn.Module) -> list[nn.Module]:
+    """The modules of ``backbone`` that have parameters, all with requires_grad False."""
+    return [module for module in backbone.modules()
+            if any(True for _ in module.parameters(recurse=False))
+            and all(not p.requires_grad for p in module.parameters(recurse=False))]
 
 
 def param_groups(
@@ -111,6 +114,8 @@ def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
     TSN's partial-BN / frozen-backbone eval modes are applied again to the new layers.
     """
     converted = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if isinstance(converted, TSN) and converted.frozen_modules:
+        converted.frozen_modules = frozen_modules(converted.backbone)  # the new layers, not the replaced ones
     return converted.train(converted.training)
 
 

@@ -22,7 +22,7 @@ def batchnorm_layers(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]
 
 
 class TSN(nn.Module):
-    """TSN(backbone, spec, head, num_segments, consensus, partial_bn).
+    """TSN(backbone, spec, head, num_segments, consensus, partial_bn, freeze_bn).
 
     backbone: (N, 3, H, W) -> (N, D, h, w); head: (N, D, h, w) -> (N, num_classes) with a
     ``num_classes`` attribute and a ``pool`` method (see ``tsn.models.heads``).
