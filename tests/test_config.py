@@ -33,8 +33,12 @@ def test_minimal_config_takes_the_fine_tuning_defaults(tmp_path: Path) -> None:
     assert cfg.model.backbone == "resnet50"
     assert cfg.model.pretrained is True
     assert (cfg.data.num_segments, cfg.data.batch_size, cfg.data.format, cfg.data.on_error) == (3, 8, "video", "skip")
-    assert (cfg.train.optimizer, cfg.train.lr, cfg.train.momentum) == ("sgd", 0.01, 0.9)
-    assert (cfg.train.weight_decay, cfg.train.no_decay_bias_norm, cfg.train.label_smoothing) == (5e-4, True, 0.1)
+    # LP-FT for small data (README, Accuracy on small data sets)
+    assert (cfg.train.optimizer, cfg.train.lr, cfg.train.backbone_lr_mult) == ("adamw", 1e-4, 1.0)
+    assert (cfg.train.head_init, cfg.train.epochs, cfg.train.ema_decay) == ("linear_probe", 10, None)
+    assert (cfg.train.weight_decay, cfg.train.no_decay_bias_norm, cfg.train.label_smoothing) == (5e-4, True, 0.0)
+    assert (cfg.model.freeze_bn, cfg.model.dropout, cfg.model.frozen_stages) == (True, 0.0, 0)
+    assert (cfg.data.train_scales, cfg.data.train_sampling) == ((1.0, 0.875), "fractional")
     assert cfg.train.scheduler == SchedulerConfig(name="cosine", warmup_epochs=1)
     assert (cfg.test.num_clips, cfg.test.crops) == (2, 3)
 

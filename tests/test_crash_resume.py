@@ -74,10 +74,13 @@ def assert_same_state(work: Path, reference: Path) -> None:
     assert state["model"].keys() == expected["model"].keys()
     for name, tensor in expected["model"].items():
         assert torch.equal(state["model"][name], tensor), name
-    momentum = [group["momentum_buffer"] for group in state["optimizer"]["state"].values()]
-    expected_momentum = [group["momentum_buffer"] for group in expected["optimizer"]["state"].values()]
-    assert len(momentum) == len(expected_momentum) > 0
-    assert all(torch.equal(a, b) for a, b in zip(momentum, expected_momentum))
+    # every optimizer state tensor (AdamW's moments and step counts; SGD's momentum buffers)
+    moments, expected_moments = state["optimizer"]["state"], expected["optimizer"]["state"]
+    assert moments.keys() == expected_moments.keys() and len(moments) > 0
+    for index, slots in expected_moments.items():
+        assert slots.keys() == moments[index].keys()
+        for key, value in slots.items():
+            assert torch.equal(torch.as_tensor(moments[index][key]), torch.as_tensor(value)), (index, key)
 
 
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(config: Path, tmp_path: Path) -> None:
