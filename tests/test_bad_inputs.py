@@ -138,7 +138,8 @@ def test_training_config_backend_auto_falls_back_to_opencv(root: Path, backend: 
     write_list(root / "narrow.txt", [f"{entry} {label}" for entry, label in zip(entries, [0, 1, 1])])
     for mode in ("skip", "raise"):
         cfg = load_config(None, [f"data.root={root}", "data.val_list=narrow.txt", f"data.backend={backend}",
-                                 f"data.on_error={mode}", "data.input_size=48", "data.short_side=48"])
+                                 f"data.on_error={mode}", "data.input_size=48", "data.short_side=48",
+                                 "data.num_segments=3"])
         dataset = build_dataset(cfg, "val", 2)
         dataset.transform = squash  # the centre crop would cut the index cells of the 72 px video
         for i, entry in enumerate(entries[:2]):

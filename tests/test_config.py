@@ -32,7 +32,8 @@ def test_minimal_config_takes_the_fine_tuning_defaults(tmp_path: Path) -> None:
     assert cfg.data.root == "/data/x"
     assert cfg.model.backbone == "resnet50"
     assert cfg.model.pretrained is True
-    assert (cfg.data.num_segments, cfg.data.batch_size, cfg.data.format, cfg.data.on_error) == (3, 8, "video", "skip")
+    assert (cfg.data.num_segments, cfg.data.batch_size, cfg.data.format, cfg.data.on_error) == (8, 8, "video", "skip")
+    assert cfg.model.consensus == "feature_max"
     # LP-FT for small data (README, Accuracy on small data sets)
     assert (cfg.train.optimizer, cfg.train.lr, cfg.train.backbone_lr_mult) == ("adamw", 1e-4, 1.0)
     assert (cfg.train.head_init, cfg.train.epochs, cfg.train.ema_decay) == ("linear_probe", 10, None)

@@ -401,6 +401,23 @@ def test_consensus_equals_mean_and_max_of_segment_scores() -> None:
         assert torch.allclose(mx(x), per_segment.amax(1), atol=1e-6)
 
 
+def test_feature_max_consensus_classifies_the_segment_maximum_of_pooled_features() -> None:
+    x = torch.randn(2, 6, 3, 16, 16)  # B=2, K=3 segments, L=2 frames each
+    model = tiny_tsn(consensus="feature_max").eval()
+    with torch.no_grad():
+        maps = model.backbone(x.reshape(12, 3, 16, 16))  # (B*T, D, h, w)
+        frame_vectors = maps.mean(dim=(2, 3)).reshape(2, 3, 2, 16)  # (B, K, L, D)
+        expected_descriptor = frame_vectors.mean(2).amax(1)  # (B, D): segment means, max over segments
+        expected = model.head.fc(expected_descriptor)
+        assert torch.allclose(model.video_descriptor(x), expected_descriptor, atol=1e-6)
+        assert torch.allclose(model(x), expected, atol=1e-6)
+        # the maximum of the features is not the maximum of the scores
+        assert not torch.allclose(model(x), model.head(maps).reshape(2, 3, 2, 5).mean(2).amax(1), atol=1e-3)
+    avg = tiny_tsn(consensus="avg").eval()
+    with torch.no_grad():  # "avg": the descriptor is the segment mean, and its linear map the mean score
+        assert torch.allclose(avg.head.fc(avg.video_descriptor(x)), avg(x), atol=1e-5)
+
+
 def test_forward_features_and_head_compose() -> None:
     model = tiny_tsn().eval()
     x = torch.randn(2, 3, 3, 16, 16)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tiny_training import make_tiny_data, restored_global_state, run_tool, tiny_overrides, tool_env
-from tsn.config import load_config
+from tsn.config import ConfigError, load_config
 from tsn.engine import probe as P
 from tsn.models import build_model
 
@@ -98,12 +98,17 @@ def test_fit_probe_picks_the_lowest_cross_validated_log_loss() -> None:
     np.testing.assert_allclose(partial.classifier.weight, reference.weight, atol=1e-5)
 
 
-def test_init_head_makes_the_tsn_compute_the_probe() -> None:
+@pytest.mark.parametrize("consensus", ["avg", "feature_max"])
+def test_init_head_makes_the_tsn_compute_the_probe(consensus: str) -> None:
     torch.manual_seed(0)
-    model = build_model(backbone="resnet18", pretrained=False, num_classes=3, num_segments=2, dropout=0.5).eval()
+    model = build_model(backbone="resnet18", pretrained=False, num_classes=3, num_segments=2, dropout=0.5,
+                        consensus=consensus).eval()
     clips = torch.randn(4, 2, 3, 32, 32)  # (B, T, C, H, W)
     with torch.no_grad():
-        descriptors = model.segment_descriptors(clips).mean(dim=1).numpy()  # (B, F), as the probe sees them
+        segments = model.segment_descriptors(clips)  # (B, K, F)
+        pooled = segments.mean(dim=1) if consensus == "avg" else segments.amax(dim=1)  # (B, F)
+        np.testing.assert_allclose(model.video_descriptor(clips).numpy(), pooled.numpy(), atol=1e-6)
+        descriptors = pooled.numpy()  # as the probe sees them
     classifier = P.LinearClassifier(np.random.default_rng(0).normal(0, 1, (3, descriptors.shape[1])),
                                     np.array([0.1, -0.2, 0.3]))
     P.init_head(model, classifier)
@@ -141,3 +146,10 @@ def test_linear_probe_tool_writes_the_report_and_reuses_its_cache(tmp_path: Path
     assert cfg.data.test_list == "val.txt"
     scores = np.load(out / "scores.npy")
     assert scores.shape == (4, 2) and np.allclose(scores.sum(axis=1), 1.0)
+
+
+def test_lp_ft_refuses_the_maximum_of_scores_whose_classifier_no_probe_computes() -> None:
+    cfg = load_config(None, ["model.consensus=max"])
+    model = build_model(backbone="resnet18", pretrained=False, num_classes=3, num_segments=2, consensus="max")
+    with pytest.raises(ConfigError, match="train.head_init: linear_probe needs model.consensus: avg or feature_max"):
+        P.probe_init_head(cfg, model, 3, torch.device("cpu"), None)

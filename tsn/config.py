@@ -181,8 +181,10 @@ class DataConfig(_Section):
         format: ``video`` (files decoded on the fly) or ``rawframes`` (folders of JPEGs).
         backend: video decoder: ``auto`` (PyAV, OpenCV taking over the files PyAV cannot read,
             logged once per file), or ``pyav``, ``decord``, ``opencv`` alone; ignored for rawframes.
-        num_segments: K, segments per clip. 3 is the TSN paper's training setting and keeps a
-            first run cheap; 8 suits Kinetics-scale data (the dataset configs set it).
+        num_segments: K, segments per clip. 8: with ``model.consensus: feature_max`` the frame
+            where an action peaks has to be among the sampled ones (on UT-Interaction's frozen
+            features, the maximum of 3, 8, 16 and all frames gave 0.65, 0.68, 0.74 and 0.78 top-1).
+            The TSN paper trains with 3; the dataset configs keep their recipes' 3 or 8.
         new_length: L, consecutive frames per segment (1 for RGB).
         input_size: side of the square network input.
         short_side: frames are scaled so that their short side is this before cropping.
@@ -215,7 +217,7 @@ class DataConfig(_Section):
     classes: str = "classes.txt"
     format: Literal["video", "rawframes"] = "video"
     backend: Literal["auto", "pyav", "decord", "opencv"] = "auto"
-    num_segments: int = _bounded(3, ge=1)
+    num_segments: int = _bounded(8, ge=1)
     new_length: int = _bounded(1, ge=1)
     input_size: int = _bounded(224, ge=1)
     short_side: int = _bounded(256, ge=1)
@@ -243,7 +245,12 @@ class ModelConfig(_Section):
         pretrained: ``true`` (the backbone's ImageNet weights), ``false`` (random init) or a
             path to a weight file (relative to ``data.root`` unless absolute).
         head: ``gap`` (global average pool + dropout + linear) or ``bilinear`` pooling.
-        consensus: how per-segment logits become one per video: ``avg`` (TSN) or ``max``.
+        consensus: how the segments become one prediction per video: ``feature_max`` (default):
+            the element-wise maximum of the segments' pooled features goes through the
+            classifier (temporal max pooling; a feature that fires where the action peaks
+            survives); ``avg`` (TSN) or ``max`` of the segment scores. On UT-Interaction
+            ``feature_max`` with 8 segments gave 0.858 mean top-1 over the two folds where
+            ``avg`` with 3 gave 0.708 (README, Accuracy).
         dropout: before the classifier. 0 by default: the default recipe starts the classifier
             from a linear probe (``train.head_init``), fitted without dropout; dropout 0.5 under
             that head doubled the first epoch's loss. The TSN papers use 0.8 with random heads.
@@ -268,7 +275,7 @@ class ModelConfig(_Section):
     backbone: str = "efficientnet_lite0"
     pretrained: bool | str = True
     head: Literal["gap", "bilinear"] = "gap"
-    consensus: Literal["avg", "max"] = "avg"
+    consensus: Literal["avg", "max", "feature_max"] = "feature_max"
     dropout: float = _bounded(0.0, ge=0.0, lt=1.0)
     partial_bn: bool = True
     freeze_bn: bool = True

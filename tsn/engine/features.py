@@ -36,7 +36,7 @@ from tsn.config import Config
 from tsn.data.dataset import SkippedVideo
 from tsn.data.lists import VideoRecord
 from tsn.engine.build import build_class_names, build_dataset, build_loader, build_tsn
-from tsn.engine.checkpoint import inference_weights, load_checkpoint
+from tsn.engine.checkpoint import check_trained_with, inference_weights, load_checkpoint
 from tsn.engine.evaluate import autocast_context, batch_to_device
 from tsn.fileio import atomic_write, atomic_write_text
 from tsn.models import TSN, FeatureExtractor, load_state_dict_flexible
@@ -255,6 +255,7 @@ def load_model(cfg: Config, num_classes: int, checkpoint: Path | None) -> TSN:
     # the checkpoint replaces every backbone weight: skip reading the ImageNet file
     model = build_tsn(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=False)), num_classes)
     state = load_checkpoint(checkpoint)
+    check_trained_with(state, checkpoint, {"model.consensus": cfg.model.consensus})
     weights = inference_weights(state)
     report = load_state_dict_flexible(model, weights, strict=False)
     # a backbone tensor missing, extra or of another shape means another architecture: refuse

@@ -1,11 +1,11 @@
 """Linear probe: a logistic regression on frozen TSN features, as a baseline and as LP-FT's first stage.
 
 Features: for every video and every test view (``num_clips`` temporal clips x ``crops`` spatial
-crops, deterministic), the head's pooled vector (``TSN.segment_descriptors``, the input of the
-classifier) averaged over the K segments: ``(N, V, F)``. The classifier is linear and the
-consensus an average, so a classifier ``W x + b`` fitted on these vectors is what ``head.fc``
-computes in the TSN in eval mode with ``consensus: avg`` (``init_head``), which is what LP-FT
-(Kumar et al., ICLR 2022) fine-tunes from.
+crops, deterministic), the vector the classifier sees (``TSN.video_descriptor``: the head's
+pooled vectors of the K segments averaged, or their maximum with ``consensus: feature_max``):
+``(N, V, F)``. A classifier ``W x + b`` fitted on these vectors is what ``head.fc`` computes in
+the TSN in eval mode (``init_head``), which is what LP-FT (Kumar et al., ICLR 2022) fine-tunes
+from.
 
 Classifier: multinomial logistic regression, every view of a training video one sample,
 features centred and divided by their overall standard deviation (folded back into ``W`` and ``b``
@@ -16,8 +16,8 @@ one fold). Test
 scores are the softmax probabilities averaged over a video's views, as ``tools/test.py`` does.
 
 Features are cached per list and view set in ``<cache_dir>/<key>.npz``; the key hashes
-everything the features depend on (list contents and root, backbone and its weights, sizes,
-segments, views, reader).
+everything the features depend on (list contents and root, backbone and its weights, head and
+consensus, sizes, segments, views, reader).
 """
 
 from __future__ import annotations
@@ -117,10 +117,10 @@ def extract_view_features(model: TSN, loader: DataLoader, device: torch.device, 
             clips = clips.unsqueeze(1)  # (B, T, C, H, W) -> (B, 1, T, C, H, W)
         b, v = clips.shape[:2]
         with autocast_context(device, amp):
-            # (B*V, T, C, H, W) -> (B*V, K, F)
-            descriptors = chunked_forward(model.segment_descriptors, clips.flatten(0, 1), clips_per_forward,
+            # (B*V, T, C, H, W) -> (B*V, F)
+            descriptors = chunked_forward(model.video_descriptor, clips.flatten(0, 1), clips_per_forward,
                                           channels_last)
-        out = descriptors.float().mean(dim=1).reshape(b, v, -1).cpu().numpy()  # (B, V, F)
+        out = descriptors.float().reshape(b, v, -1).cpu().numpy()  # (B, V, F)
         if features is None:
             features = np.full((num_videos, v, out.shape[-1]), np.nan, dtype=np.float32)
         rows = batch.indices.numpy()
@@ -323,7 +323,7 @@ def probe_features(cfg: Config, model: TSN, dataset: ClipDataset, weights: str, 
     the cache key), read from / written to ``cache_dir`` when given. Under DDP each rank computes its share
     and every rank gets all of them."""
     parts = {"root": str(dataset.root.resolve()), "format": dataset.format, "backend": dataset.backend,
-             "backbone": cfg.model.backbone, "head": cfg.model.head, "bilinear_dim": cfg.model.bilinear_dim,
+             "backbone": cfg.model.backbone, "head": cfg.model.head, "consensus": cfg.model.consensus, "bilinear_dim": cfg.model.bilinear_dim,
              "amp": cfg.train.amp, "weights": weights,
              "segments": dataset.num_segments, "new_length": dataset.new_length, "clips": dataset.num_clips,
              "transform": repr(vars(dataset.transform)), "seed": dataset.seed}
@@ -412,9 +412,9 @@ def probe_init_head(cfg: Config, model: TSN, num_classes: int, device: torch.dev
                     distributed: bool = False, progress: bool = True) -> ProbeFit:
     """LP-FT's first stage: fit the probe on the training list's features from ``model`` as it is now (its
     pretrained backbone) and copy it into ``model.head.fc``."""
-    if cfg.model.consensus != "avg":
-        raise ConfigError("train.head_init", "linear_probe needs model.consensus: avg (the probe is a classifier "
-                          "of segment-averaged features, which only the average consensus computes)")
+    if cfg.model.consensus not in ("avg", "feature_max"):
+        raise ConfigError("train.head_init", "linear_probe needs model.consensus: avg or feature_max (the probe is "
+                          "a linear classifier of the pooled segment features, which max of scores does not compute)")
     dataset = probe_dataset(cfg, list_path(cfg, "train"), num_classes, None, None)
     logger.info("linear probe for the head: %d train videos, %d view(s) each", len(dataset),
                 dataset.num_clips * cfg.test.crops)

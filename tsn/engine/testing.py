@@ -20,7 +20,7 @@ import torch
 from tsn.config import Config
 from tsn.data.dataset import SkippedVideo
 from tsn.engine.build import build_class_names, build_dataset, build_loader, build_tsn, list_path
-from tsn.engine.checkpoint import inference_weights, load_checkpoint
+from tsn.engine.checkpoint import check_trained_with, inference_weights, load_checkpoint
 from tsn.engine.distributed import init_distributed
 from tsn.engine.evaluate import evaluate
 from tsn.engine.metrics import (
@@ -106,6 +106,7 @@ def run_test(cfg: Config, checkpoint: Path, out_dir: Path, list_file: Path | Non
     loader = build_loader(cfg, dataset, train=False, distributed=False)
     model = build_tsn(cfg, len(class_names)).to(info.device)
     state = load_checkpoint(checkpoint)
+    check_trained_with(state, checkpoint, {"model.consensus": cfg.model.consensus})
     load_state_dict_flexible(model, inference_weights(state), strict=True)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)

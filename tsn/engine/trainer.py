@@ -37,6 +37,7 @@ from tsn.engine.build import build_class_names, build_dataset, build_loader, bui
 from tsn.engine.checkpoint import (
     CheckpointError,
     capture_rng_state,
+    check_trained_with,
     generator_state,
     load_latest_good,
     restore_rng_state,
@@ -392,7 +393,9 @@ def _resume(work_dir: Path, model: nn.Module, optimizer, schedule, scaler, mix_r
         state, used = load_latest_good(work_dir, LATEST)
     except CheckpointError as err:
         raise CheckpointError(err.path, f"cannot resume: {err.reason}") from None
-    load_state_dict_flexible(unwrap(model), state["model"], strict=True)
+    net = unwrap(model)
+    check_trained_with(state, used, {"model.consensus": net.consensus, "data.num_segments": net.num_segments})
+    load_state_dict_flexible(net, state["model"], strict=True)
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])

@@ -1,7 +1,8 @@
 """Classification heads: feature map (N, D, h, w) -> logits (N, num_classes).
 
 Each head has ``pool(x) -> (N, descriptor_dim)`` (the vector before dropout and the classifier,
-used for feature extraction) and ``forward(x) = fc(dropout(pool(x)))``.
+used for feature extraction and for pooling over time before the classifier),
+``classify(descriptor) = fc(dropout(descriptor))`` and ``forward(x) = classify(pool(x))``.
 """
 
 from __future__ import annotations
@@ -44,8 +45,12 @@ class GAPHead(nn.Module):
         """(N, D, h, w) -> (N, D) spatial mean."""
         return self.avgpool(x).flatten(1)  # (N, D, 1, 1) -> (N, D)
 
+    def classify(self, descriptor: torch.Tensor) -> torch.Tensor:
+        """(N, descriptor_dim) -> (N, num_classes)."""
+        return self.fc(self.dropout(descriptor))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(self.pool(x)))
+        return self.classify(self.pool(x))
 
 
 def bilinear_pool(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -93,5 +98,9 @@ class BilinearHead(nn.Module):
         """(N, D, h, w) -> (N, d*d) unit-length bilinear descriptor."""
         return bilinear_pool(self.reduce(x))
 
+    def classify(self, descriptor: torch.Tensor) -> torch.Tensor:
+        """(N, descriptor_dim) -> (N, num_classes)."""
+        return self.fc(self.dropout(descriptor))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(self.pool(x)))
+        return self.classify(self.pool(x))

@@ -2,8 +2,13 @@
 
 Input ``(B, T, C, H, W)`` float, normalised with ``model.spec`` (see ``tsn.layout``), with
 T = K * L frames segment-major (K = ``num_segments``, L frames per segment). Each frame goes
-through backbone and head on its own; the L frame scores of a segment are averaged into the
-segment score, and the consensus combines the K segment scores.
+through the backbone on its own. With the score consensus ``avg`` or ``max`` each frame also
+goes through the head on its own, the L frame scores of a segment are averaged into the segment
+score, and the consensus combines the K segment scores. With ``feature_max`` the head's pooled
+vectors are combined instead: averaged over a segment's L frames, then the element-wise maximum
+over the K segments goes through the classifier once (temporal max pooling of frame features,
+"conv pooling" in Ng et al., CVPR 2015): a feature that fires in the one segment where the
+action peaks (the leg of a kick) survives, where an average over segments dilutes it.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from torch import nn
 
 from tsn.models.spec import BackboneSpec
 
-CONSENSUS_TYPES = ("avg", "max", "identity")
+CONSENSUS_TYPES = ("avg", "max", "feature_max", "identity")
 
 
 def batchnorm_layers(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -24,10 +29,12 @@ def batchnorm_layers(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]
 class TSN(nn.Module):
     """TSN(backbone, spec, head, num_segments, consensus, partial_bn, freeze_bn).
 
-    backbone: (N, 3, H, W) -> (N, D, h, w); head: (N, D, h, w) -> (N, num_classes) with a
-    ``num_classes`` attribute and a ``pool`` method (see ``tsn.models.heads``).
-    consensus: "avg" (default) or "max" over segments -> (B, num_classes); "identity" returns
-    the per-segment scores (B, K, num_classes).
+    backbone: (N, 3, H, W) -> (N, D, h, w); head: (N, D, h, w) -> (N, num_classes) with
+    ``num_classes`` and ``descriptor_dim`` attributes, ``pool`` and ``classify`` methods (see
+    ``tsn.models.heads``); with "feature_max" only ``pool`` and ``classify`` run, not ``head.forward``.
+    consensus: "avg" (default) or "max" of the segment scores -> (B, num_classes); "feature_max":
+    the classifier applied to the maximum of the segment descriptors -> (B, num_classes);
+    "identity" returns the per-segment scores (B, K, num_classes).
     partial_bn: TSN's partial BatchNorm: every BatchNorm of the backbone but the first keeps its
     ImageNet statistics and affine parameters (requires_grad False, eval mode even in
     ``train()``), which limits over-fitting on small data sets. freeze_bn: every BatchNorm of
@@ -104,6 +111,8 @@ class TSN(nn.Module):
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """(B, T, D, h, w) -> (B, num_classes), or (B, K, num_classes) with consensus "identity"."""
+        if self.consensus == "feature_max":
+            return self.head.classify(self._pooled_descriptor(features))
         b, t = features.shape[:2]
         self._check_frames(t)
         scores = self.head(features.reshape(b * t, *features.shape[2:]))  # (B*T, classes)
@@ -121,9 +130,27 @@ class TSN(nn.Module):
 
     def segment_descriptors(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, C, H, W) -> (B, K, F): the head's pooled vector (before dropout and classifier)
-        per segment, the L frames of a segment averaged. Mean over K gives one vector per video."""
-        features = self.forward_features(x)  # (B, T, D, h, w)
+        per segment, the L frames of a segment averaged."""
+        return self._segment_descriptors(self.forward_features(x))
+
+    def video_descriptor(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C, H, W) -> (B, F): the segment maximum with "feature_max", else the segment mean.
+        With "avg" and "feature_max" the classifier of this vector is the video's logits in eval mode
+        (a linear map of the mean is the mean of the segment scores), so it is what a linear probe
+        fits for LP-FT; with "max" and "identity" it is only a summary of the video."""
+        return self._pooled_descriptor(self.forward_features(x))
+
+    def _segment_descriptors(self, features: torch.Tensor) -> torch.Tensor:
+        """Backbone maps (B, T, D, h, w) -> pooled vectors (B, K, F), the L frames of a segment averaged."""
         b, t = features.shape[:2]
+        self._check_frames(t)
         pooled = self.head.pool(features.reshape(b * t, *features.shape[2:]))  # (B*T, F)
         pooled = pooled.reshape(b, self.num_segments, t // self.num_segments, -1)  # (B, K, L, F)
         return pooled.mean(dim=2)  # (B, K, F)
+
+    def _pooled_descriptor(self, features: torch.Tensor) -> torch.Tensor:
+        """Backbone maps (B, T, D, h, w) -> (B, F): segment maximum ("feature_max") or mean (otherwise)."""
+        segments = self._segment_descriptors(features)  # (B, K, F)
+        if self.consensus == "feature_max":
+            return segments.amax(dim=1)  # (B, F)
+        return segments.mean(dim=1)  # (B, F)
