@@ -548,6 +548,29 @@ def test_param_groups_hold_every_trainable_parameter_once_with_its_lr_and_decay(
     assert [len(g["params"]) for g in wrapped] == [len(g["params"]) for g in groups]
 
 
+class _LayerScaleBlock(nn.Module):
+    """A ConvNeXt-style block: a convolution, a LayerNorm over channels and a 1-D layer scale ``gamma``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.norm = nn.GroupNorm(1, 4)
+        self.gamma = nn.Parameter(torch.full((4,), 1e-6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gamma.view(1, -1, 1, 1) * self.norm(self.conv(x))
+
+
+def test_param_groups_exempt_every_one_dimensional_parameter_from_weight_decay() -> None:
+    model = TSN(_LayerScaleBlock(), TINY_SPEC, GAPHead(4, 3, dropout=0.0), num_segments=1)
+    settings = {id(p): g["weight_decay"] for g in param_groups(model, lr=0.1, weight_decay=0.05) for p in g["params"]}
+    block = model.backbone
+    assert settings[id(block.gamma)] == 0.0  # layer scale: 1-D, as timm exempts it
+    assert settings[id(block.norm.weight)] == 0.0 and settings[id(block.conv.bias)] == 0.0
+    assert settings[id(block.conv.weight)] == 0.05 and settings[id(model.head.fc.weight)] == 0.05
+    assert all(p.ndim > 1 for p in model.parameters() if settings[id(p)] > 0)
+
+
 def test_sync_batchnorm_conversion_keeps_partial_bn() -> None:
     model = convert_sync_batchnorm(tiny_tsn(partial_bn=True))
     bns = batchnorm_layers(model.backbone)

@@ -204,6 +204,53 @@ def test_work_dir_holds_checkpoints_logs_and_config(tiny_data: DemoData, straigh
     assert best["epoch"] == next(r["epoch"] for r in records if r["val_top1"] == best["best_top1"])
 
 
+def test_a_checkpoint_is_refused_under_another_consensus_or_segment_count(tiny_data: DemoData, straight_run: Path,
+                                                                          tmp_path: Path) -> None:
+    """The weights of an ``avg`` and a ``feature_max`` TSN are the same tensors, so a config whose defaults
+    changed since training would load them silently and compute something else: refused, naming the key."""
+    from tsn.engine.checkpoint import CheckpointError
+    from tsn.engine.testing import run_test
+
+    trained = load_config(straight_run / "config.yaml")
+    assert trained.model.consensus == "feature_max"
+    other = load_config(None, [*tiny_overrides(tiny_data, EPOCHS), *RESUME_OPTS, "model.consensus=avg"])
+    with pytest.raises(CheckpointError, match=r"trained with model.consensus: feature_max, but the config says avg"):
+        run_test(other, straight_run / "latest.pth", tmp_path / "test", device="cpu", progress=False)
+    work = tmp_path / "resumed"
+    work.mkdir()
+    (work / "latest.pth").write_bytes((straight_run / "latest.pth").read_bytes())
+    more = load_config(None, [*tiny_overrides(tiny_data, EPOCHS + 1), *RESUME_OPTS, "data.num_segments=3"])
+    with pytest.raises(CheckpointError, match=r"trained with data.num_segments: 2, but the config says 3"):
+        train(more, work, resume=True, device="cpu", progress=False)
+
+
+class _Killed(Exception):
+    """Stands for a SIGKILL between two checkpoint writes."""
+
+
+def test_best_checkpoint_is_written_before_the_latest(tiny_data: DemoData, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Epoch 1 is a new best, so it writes both files; killed between the two writes, the run must leave
+    ``best.pth`` of epoch 1 (the resumed epoch writes both again), never a ``latest.pth`` that records a best
+    which no ``best.pth`` holds."""
+    import tsn.engine.trainer as trainer
+
+    writes: list[str] = []
+    real_save = trainer.save_checkpoint
+
+    def save_then_die(state: dict, path: Path, keep_previous: bool = True) -> None:
+        if writes:
+            raise _Killed
+        writes.append(Path(path).name)
+        real_save(state, path, keep_previous=keep_previous)
+
+    monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
+    with pytest.raises(_Killed):
+        train(load_config(None, tiny_overrides(tiny_data, 1)), tmp_path, device="cpu", progress=False)
+    assert writes == ["best.pth"] and not (tmp_path / "latest.pth").exists()
+    assert load_checkpoint(tmp_path / "best.pth")["epoch"] == 1
+
+
 # ---------------------------------------------------------------- command line
 
 

@@ -347,7 +347,8 @@ class TrainConfig(_Section):
             with the total batch size.
         momentum: SGD momentum (0.9, as TSN and mmaction2).
         weight_decay: 5e-4, the TSN paper's value (AdamW applies it decoupled, times lr).
-        no_decay_bias_norm: no weight decay on biases and normalisation parameters.
+        no_decay_bias_norm: no weight decay on any 1-D parameter (biases, normalisation weights,
+            layer scales) nor on normalisation layers, as timm.
         backbone_lr_mult: see ``lr``. 1.0: after a probed head the backbone and the head move
             at the same small rate; use 0.1 with a random head.
         label_smoothing: 0 by default: the probed head is fitted to plain labels.

@@ -8,20 +8,15 @@ from the labels has recall 0.0 and support 0, and F1 is 0.0 when precision + rec
 
 from __future__ import annotations
 
-import functools
-import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from tsn.engine.distributed import all_reduce_sum
-from tsn.fileio import atomic_write_csv
-
-logger = logging.getLogger(__name__)
+from tsn.fileio import atomic_write, atomic_write_csv
 
 
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -149,7 +144,7 @@ def write_confusion_csv(
 
 def _confusion_figure(cm: np.ndarray, class_names: Sequence[str]):  # -> matplotlib Figure
     """Row-normalised heat map (colour = fraction of the true class), counts written in small matrices."""
-    from matplotlib.figure import Figure  # lazy: matplotlib is an optional extra
+    from matplotlib.figure import Figure  # imported when drawn: it costs a second at start-up
 
     num = cm.shape[0]
     side = min(max(4.0, 0.4 * num + 2.5), 40.0)
@@ -175,21 +170,8 @@ def _confusion_figure(cm: np.ndarray, class_names: Sequence[str]):  # -> matplot
     return fig
 
 
-@functools.lru_cache(maxsize=1)
-def _have_matplotlib() -> bool:
-    """True when matplotlib imports; otherwise logs one line (once per process)."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        logger.warning("matplotlib is not installed: no confusion-matrix image (pip install 'tsn[plot]')")
-        return False
-    return True
-
-
-def confusion_matrix_image(cm: torch.Tensor | np.ndarray, class_names: Sequence[str]) -> np.ndarray | None:
-    """The confusion-matrix plot as uint8 RGB ``(H, W, 3)`` (for TensorBoard), or None without matplotlib."""
-    if not _have_matplotlib():
-        return None
+def confusion_matrix_image(cm: torch.Tensor | np.ndarray, class_names: Sequence[str]) -> np.ndarray:
+    """The confusion-matrix plot as uint8 RGB ``(H, W, 3)`` (for TensorBoard)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     fig = _confusion_figure(_as_numpy(cm), class_names)
@@ -199,15 +181,12 @@ def confusion_matrix_image(cm: torch.Tensor | np.ndarray, class_names: Sequence[
     return np.ascontiguousarray(rgba[:, :, :3])  # (H, W, 3)
 
 
-def plot_confusion_matrix(cm: torch.Tensor | np.ndarray, class_names: Sequence[str], path: str | os.PathLike[str]) -> bool:
-    """Write the confusion-matrix plot as a PNG; returns False (one log line) without matplotlib."""
-    if not _have_matplotlib():
-        return False
+def plot_confusion_matrix(cm: torch.Tensor | np.ndarray, class_names: Sequence[str], path: str | os.PathLike[str]) -> None:
+    """Write the confusion-matrix plot as a PNG, atomically."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    fig = _confusion_figure(_as_numpy(cm), class_names)
-    FigureCanvasAgg(fig).print_png(str(Path(path)))
-    return True
+    canvas = FigureCanvasAgg(_confusion_figure(_as_numpy(cm), class_names))
+    atomic_write(path, canvas.print_png)
 
 
 @dataclass(frozen=True)

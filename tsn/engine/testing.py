@@ -1,6 +1,8 @@
 """Evaluation reports: multi-view testing of a checkpoint, score fusion, and the files they write.
 
-``O/metrics.json`` (top1, top5, mean_class_accuracy as fractions, num_videos), ``O/per_class.csv``,
+``O/metrics.json`` (top1, top5, mean_class_accuracy as fractions, num_videos; mean class accuracy
+is the recall averaged over the classes present in the labels, as scikit-learn's balanced
+accuracy), ``O/per_class.csv``,
 ``O/confusion_matrix.csv`` and ``.png``, ``O/scores.npy`` (video-level scores in list order; the
 rows of videos that could not be read are NaN, left out of the metrics and listed in
 ``O/skipped.csv``).
@@ -74,11 +76,13 @@ def write_report(report: Report, class_names: Sequence[str], out_dir: Path, scor
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_per_class_csv(out_dir / "per_class.csv", class_names, report.per_class)
     write_confusion_csv(out_dir / "confusion_matrix.csv", report.confusion, class_names)
-    plot_confusion_matrix(report.confusion, class_names, out_dir / "confusion_matrix.png")
     if scores is not None:
         atomic_write(out_dir / "scores.npy", lambda handle: np.save(handle, scores))
     if skipped:
         atomic_write_csv(out_dir / "skipped.csv", ["path", "reason"], sorted(set(skipped)))
+    # last: the data files are written even where the drawing fails (an environment from before
+    # matplotlib became a requirement)
+    plot_confusion_matrix(report.confusion, class_names, out_dir / "confusion_matrix.png")
 
 
 def format_per_class_table(report: Report, class_names: Sequence[str]) -> str:

@@ -2,7 +2,7 @@
 
 Per epoch: train with the configured recipe (mixup, label smoothing, L1, gradient clipping,
 AMP), step the schedule per iteration, validate every ``train.val_every`` epochs (and after the
-last), then write ``latest.pth`` (and ``best.pth`` on a new best val top-1) atomically, one line
+last), then write ``best.pth`` on a new best val top-1 and ``latest.pth``, atomically, one line
 of ``metrics.jsonl`` and the TensorBoard scalars. Only rank 0 writes files.
 
 Resume: ``latest.pth`` holds the model, optimizer, schedule, scaler, epoch, best metric,
@@ -269,9 +269,11 @@ def _train(cfg: Config, work_dir: Path, resume: bool, info: DistInfo, progress: 
             _append_jsonl(work_dir / "metrics.jsonl", record)
             _log_scalars(writer, record, epoch + 1)
             state = _checkpoint_state(cfg, model, optimizer, schedule, scaler, mix_rng, ema, epoch + 1, best_top1)
-            save_checkpoint(state, work_dir / LATEST)
+            # best first: latest.pth records the new best, so a kill between the two writes must leave
+            # best.pth ahead of it (the resumed epoch writes both again), never behind it for good
             if is_best:
                 save_checkpoint(state, work_dir / BEST, keep_previous=False)
+            save_checkpoint(state, work_dir / LATEST)
             val_text = (f"val loss {val_metrics.loss:.4f} top1 {val_metrics.top1:.4f} "
                         f"mca {val_metrics.mean_class_accuracy:.4f}") if val_metrics else "no val"
             logger.info("epoch %d/%d: train loss %.4f top1 %.4f mca %.4f, %s, lr %.3g to %.3g, %.1fs", epoch + 1,
@@ -281,8 +283,7 @@ def _train(cfg: Config, work_dir: Path, resume: bool, info: DistInfo, progress: 
     if writer is not None:
         if last_val is not None:
             image = confusion_matrix_image(last_val.confusion, class_names)
-            if image is not None:
-                writer.add_image("val/confusion_matrix", image, end_epoch, dataformats="HWC")
+            writer.add_image("val/confusion_matrix", image, end_epoch, dataformats="HWC")
         writer.close()
     if skip_log.count:
         logger.warning("%d unreadable sample(s) were replaced; see %s", skip_log.count, work_dir / "skipped.csv")

@@ -76,7 +76,10 @@ def param_groups(
     """Optimizer parameter groups, each ``{"params", "lr", "weight_decay", "name"}``.
 
     Parameters under ``model.backbone`` get ``lr * backbone_lr_mult``, the rest (head) ``lr``.
-    With ``no_decay_bias_norm`` biases and the weights of normalisation layers get weight decay 0.
+    With ``no_decay_bias_norm`` every 1-D parameter (biases, normalisation weights, layer scales
+    such as ConvNeXt's ``gamma``) and every parameter of a normalisation layer get weight decay 0,
+    as timm does: decay pulls such scales and offsets towards 0, which changes what the layer
+    computes instead of regularising it.
     Frozen parameters (requires_grad False) are left out; every other parameter appears exactly
     once. Empty groups are dropped. Works on a DataParallel/DDP-wrapped model.
     """
@@ -89,7 +92,8 @@ def param_groups(
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
-            decay = not (no_decay_bias_norm and (param_name == "bias" or isinstance(module, _NORM_TYPES)))
+            exempt = param.ndim <= 1 or param_name == "bias" or isinstance(module, _NORM_TYPES)
+            decay = not (no_decay_bias_norm and exempt)
             groups.setdefault((part, decay), []).append(param)
     result = []
     for part in ("backbone", "head"):

