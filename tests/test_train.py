@@ -224,6 +224,21 @@ def test_a_checkpoint_is_refused_under_another_consensus_or_segment_count(tiny_d
         train(more, work, resume=True, device="cpu", progress=False)
 
 
+def test_testing_a_checkpoint_needs_no_imagenet_weights(tiny_data: DemoData, straight_run: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checkpoint replaces every weight, so ``tools/test.py`` must not read the ImageNet file (an empty torch
+    cache here), and scores what the run's own config scores."""
+    from tsn.engine.testing import run_test
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    cfg = load_config(None, [*tiny_overrides(tiny_data, EPOCHS), *RESUME_OPTS, "model.pretrained=true"])
+    report = run_test(cfg, straight_run / "best.pth", tmp_path / "test", device="cpu", progress=False)
+    trained = run_test(load_config(straight_run / "config.yaml"), straight_run / "best.pth", tmp_path / "own",
+                       device="cpu", progress=False)
+    assert report.num_videos == 4 and report.top1 == trained.top1
+    np.testing.assert_array_equal(np.load(tmp_path / "test" / "scores.npy"), np.load(tmp_path / "own" / "scores.npy"))
+
+
 class _Killed(Exception):
     """Stands for a SIGKILL between two checkpoint writes."""
 

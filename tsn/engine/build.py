@@ -30,9 +30,11 @@ def build_class_names(cfg: Config) -> list[str]:
     return read_class_names(path)
 
 
-def build_tsn(cfg: Config, num_classes: int) -> TSN:
-    """The TSN that ``cfg.model`` describes, with ``data.num_segments`` segments."""
-    pretrained: bool | str | Path = cfg.model.pretrained
+def build_tsn(cfg: Config, num_classes: int, load_pretrained: bool = True) -> TSN:
+    """The TSN that ``cfg.model`` describes, with ``data.num_segments`` segments. ``load_pretrained=False``:
+    random initial weights whatever ``model.pretrained`` says, for a model that a checkpoint fills in
+    (no ImageNet file is read, so testing works with an empty torch cache)."""
+    pretrained: bool | str | Path = cfg.model.pretrained if load_pretrained else False
     if isinstance(pretrained, str):
         pretrained = resolve_path(cfg.data, pretrained)
     if cfg.data.new_length != 1:

@@ -20,7 +20,6 @@ Files under the output folder:
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import logging
@@ -253,7 +252,7 @@ def load_model(cfg: Config, num_classes: int, checkpoint: Path | None) -> TSN:
     if checkpoint is None:
         return build_tsn(cfg, num_classes)
     # the checkpoint replaces every backbone weight: skip reading the ImageNet file
-    model = build_tsn(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=False)), num_classes)
+    model = build_tsn(cfg, num_classes, load_pretrained=False)
     state = load_checkpoint(checkpoint)
     check_trained_with(state, checkpoint, {"model.consensus": cfg.model.consensus})
     weights = inference_weights(state)

@@ -108,7 +108,7 @@ def run_test(cfg: Config, checkpoint: Path, out_dir: Path, list_file: Path | Non
     class_names = build_class_names(cfg)
     dataset = build_dataset(cfg, "test", len(class_names), list_file=list_file, num_clips=num_clips, crops=crops)
     loader = build_loader(cfg, dataset, train=False, distributed=False)
-    model = build_tsn(cfg, len(class_names)).to(info.device)
+    model = build_tsn(cfg, len(class_names), load_pretrained=False).to(info.device)
     state = load_checkpoint(checkpoint)
     check_trained_with(state, checkpoint, {"model.consensus": cfg.model.consensus})
     load_state_dict_flexible(model, inference_weights(state), strict=True)
