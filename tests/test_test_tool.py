@@ -147,6 +147,14 @@ def test_test_tool_scores_every_view_and_writes_the_report(setup: tuple[Config, 
             np.testing.assert_allclose(scores[i], expected.double().numpy(), rtol=0, atol=1e-5)
     np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=1e-6)
     check_report(out, scores, np.array(LABELS), CLASSES, top5=1.0)
+    # --batch-size 1: one video's views at a time in the loader, the same scores
+    assert cfg.data.batch_size > 1
+    one = tmp_path / "one_at_a_time"
+    done = run_tool("test.py", ["--config", str(config), "--checkpoint", str(checkpoint), "--out", str(one),
+                                "--list", str(Path(cfg.data.root) / "val.txt"), "--num-clips", str(CLIPS),
+                                "--crops", str(CROPS), "--device", "cpu", "--batch-size", "1"], env=tool_env())
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_allclose(np.load(one / "scores.npy"), scores, rtol=0, atol=1e-6)
 
 
 # ---------------------------------------------------------------- score fusion

@@ -1,6 +1,6 @@
 """Test a trained TSN with multi-view testing (temporal clips x spatial crops) and write the report.
 
-    python tools/test.py --config C --checkpoint P --out O [--list L] [--num-clips N] [--crops 1|3|10]
+    python tools/test.py --config C --checkpoint P --out O [--list L] [--num-clips N] [--crops 1|3|10] [--batch-size B]
 
 Writes O/metrics.json, O/per_class.csv, O/confusion_matrix.csv, O/confusion_matrix.png, O/scores.npy.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tsn.cli import run_main
+from tsn.cli import int_at_least, run_main
 from tsn.config import load_config
 from tsn.engine.build import build_class_names
 from tsn.engine.testing import format_per_class_table, run_test
@@ -25,6 +25,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--list", type=Path, help="list to test (default: data.test_list)")
     parser.add_argument("--num-clips", type=int, help="temporal clips per video (default: test.num_clips)")
     parser.add_argument("--crops", type=int, choices=(1, 3, 10), help="spatial crops (default: test.crops)")
+    parser.add_argument("--batch-size", type=int_at_least(1),
+                        help="videos per loader batch (default: data.batch_size); each brings all its views, so "
+                             "1 keeps the loader's memory lowest with many views")
     parser.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     args = parser.parse_args()
@@ -37,7 +40,8 @@ def main() -> None:
     args = parse_args()
     if not args.config.is_file():
         raise FileNotFoundError(f"--config {args.config}: no such file")
-    cfg = load_config(args.config, args.opt)
+    overrides = [*args.opt, *([f"data.batch_size={args.batch_size}"] if args.batch_size else [])]
+    cfg = load_config(args.config, overrides)
     setup_logging(None, True)
     report = run_test(cfg, args.checkpoint, args.out, list_file=args.list, num_clips=args.num_clips,
                       crops=args.crops, device=args.device)
