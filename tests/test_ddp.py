@@ -44,7 +44,11 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def test_two_process_gloo_ddp_matches_one_process_on_the_same_global_batch(tmp_path: Path) -> None:
     data = make_tiny_data(tmp_path / "data")  # 8 training videos, 4 validation videos
-    cfg = load_config(None, [*tiny_overrides(data), *DDP_OPTS])
+    # 5 validation videos on 2 ranks: DistributedSampler pads rank 1 with video 0 again, which must
+    # not count twice
+    lines = (data.root / "val.txt").read_text().splitlines() + (data.root / "train.txt").read_text().splitlines()[:1]
+    (data.root / "val5.txt").write_text("\n".join(lines) + "\n")
+    cfg = load_config(None, [*tiny_overrides(data), *DDP_OPTS, "data.val_list=val5.txt"])
     single = tmp_path / "single"
     train(cfg, single, device="cpu", progress=False)
 
@@ -56,14 +60,14 @@ def test_two_process_gloo_ddp_matches_one_process_on_the_same_global_batch(tmp_p
                "--device", "cpu", "--no-progress", "--opt", "data.batch_size=2"]
     done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=tool_env())
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "8 train and 4 val videos; 2 steps per epoch on 2 process(es)" in (ddp / "train.log").read_text()
+    assert "8 train and 5 val videos; 2 steps per epoch on 2 process(es)" in (ddp / "train.log").read_text()
 
     # Metrics reduced over both ranks: every video counted once, losses those of one process.
     got, want = read_jsonl(ddp / "metrics.jsonl"), read_jsonl(single / "metrics.jsonl")
     assert [r["epoch"] for r in got] == [1, 2]  # one line per epoch: only rank 0 wrote
     for g, w in zip(got, want):
         assert g["train_samples"] == w["train_samples"] == 8
-        assert g["val_samples"] == w["val_samples"] == 4
+        assert g["val_samples"] == w["val_samples"] == 5  # each video once, the padding repeat left out
         assert g["train_loss"] == pytest.approx(w["train_loss"], rel=RTOL)
         assert g["val_loss"] == pytest.approx(w["val_loss"], rel=RTOL)
         assert g["train_top1"] == w["train_top1"] and g["val_top1"] == w["val_top1"]

@@ -12,7 +12,8 @@ Shuffling: the order of epoch e is ``torch.randperm`` from a generator seeded wi
 ``seed + e`` (what ``DistributedSampler`` does), so it does not depend on earlier epochs
 and a resumed run sees the same order. With ``distributed=True`` torch's
 ``DistributedSampler`` splits that order between ranks (padding with repeats so that every
-rank gets the same number of samples; the batch's ``indices`` tell the repeats apart).
+rank gets the same number of samples; ``EpochSampler.is_padding`` tells the repeats apart, and
+evaluation leaves them out).
 """
 
 from __future__ import annotations
@@ -76,6 +77,15 @@ class EpochSampler(Sampler[ClipKey]):
 
     def __len__(self) -> int:
         return len(self.order)
+
+    def is_padding(self, position: int) -> bool:
+        """Whether this rank's ``position``-th sample of an epoch is one of the repeats that
+        ``DistributedSampler`` adds so that every rank gets as many samples: rank r takes positions
+        r, r + world, ... of the padded order, whose positions from the dataset's length on repeat its
+        start. Never with a single process. Evaluation leaves them out, so that every video counts once."""
+        if not isinstance(self.order, DistributedSampler):
+            return False
+        return self.order.rank + position * self.order.num_replicas >= len(self.order.dataset)
 
 
 def seed_worker(worker_id: int, base_seed: int) -> None:

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tsn.data.dataset import ClipBatch, SkippedVideo
+from tsn.data.loader import EpochSampler
 from tsn.engine.metrics import EpochMetrics, MetricAccumulator
 from tsn.engine.prefetch import channels_last_clips
 from tsn.layout import normalize_clips
@@ -79,12 +80,22 @@ def view_scores(model: nn.Module, clips: torch.Tensor, clips_per_forward: int | 
     return probs.mean(dim=1)
 
 
+def _counted(loader: DataLoader, start: int, count: int) -> torch.Tensor:
+    """Bool ``(count,)``: which of this rank's samples ``start .. start + count - 1`` count in the metrics
+    (all but ``DistributedSampler``'s padding repeats, so that every video counts once across ranks)."""
+    sampler = loader.sampler
+    if not isinstance(sampler, EpochSampler):
+        return torch.ones(count, dtype=torch.bool)
+    return torch.tensor([not sampler.is_padding(start + i) for i in range(count)], dtype=torch.bool)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_classes: int,
              mean: tuple[float, ...], std: tuple[float, ...], amp: str = "none",
              progress: bool = False, channels_last: bool = False,
              clips_per_forward: int | None = None) -> tuple[EpochMetrics, Predictions]:
-    """Run ``model`` in eval mode over ``loader``: metrics (synced across ranks) and this rank's scores.
+    """Run ``model`` in eval mode over ``loader``: metrics (synced across ranks, each video counted once:
+    ``DistributedSampler``'s padding repeats are left out) and this rank's scores.
 
     The loss is the cross-entropy of the scores (of the logits for one view, of the averaged
     probabilities for several). ``channels_last`` and ``clips_per_forward``: see ``chunked_forward``.
@@ -94,17 +105,24 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_cla
     model.eval()
     meter = MetricAccumulator(num_classes, device)
     scores, labels, indices, skipped = [], [], [], []
+    seen = 0  # this rank's samples so far, to tell DistributedSampler's padding repeats apart
     for batch in tqdm(loader, desc="eval", leave=False, disable=not progress, dynamic_ncols=True):
         clips, target = batch_to_device(batch, device, mean, std)
+        is_prob = clips.dim() == 6  # several views: their probabilities were averaged
         with autocast_context(device, amp):
             out = view_scores(model, clips, clips_per_forward, channels_last).float()
-        is_prob = clips.dim() == 6
-        loss = nn.functional.nll_loss(out.clamp_min(1e-12).log(), target) if is_prob else \
-            nn.functional.cross_entropy(out, target)
-        meter.update(out, target, loss)
+        # the model runs on the repeats too (every rank makes as many forwards); only the counting skips them
+        keep = _counted(loader, seen, len(batch.indices))
+        seen += len(batch.indices)
+        if not keep.all():  # a CPU check: no device sync in the common case
+            out, target = out[keep.to(out.device)], target[keep.to(target.device)]
+        if out.shape[0]:
+            loss = nn.functional.nll_loss(out.clamp_min(1e-12).log(), target) if is_prob else \
+                nn.functional.cross_entropy(out, target)
+            meter.update(out, target, loss)
         scores.append(out.double().cpu())
-        labels.append(batch.labels)
-        indices.append(batch.indices)
+        labels.append(batch.labels[keep])
+        indices.append(batch.indices[keep])
         skipped.extend(batch.skipped)
     predictions = Predictions(
         scores=torch.cat(scores).numpy() if scores else np.zeros((0, num_classes)),

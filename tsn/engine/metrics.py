@@ -210,8 +210,8 @@ class MetricAccumulator:
 
     ``update`` never syncs with the host; ``compute`` reduces once across ranks (one
     ``all_reduce`` when torch.distributed is initialised) and copies to the host once. Under
-    DDP every rank must call ``compute``. A DistributedSampler that pads the last batch counts
-    the padding samples too.
+    DDP every rank must call ``compute``. It counts what it is given: ``tsn.engine.evaluate``
+    leaves out the repeats that a DistributedSampler pads the last batch with.
     """
 
     def __init__(self, num_classes: int, device: torch.device | str) -> None:
