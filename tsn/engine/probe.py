@@ -323,7 +323,8 @@ def probe_features(cfg: Config, model: TSN, dataset: ClipDataset, weights: str, 
     the cache key), read from / written to ``cache_dir`` when given. Under DDP each rank computes its share
     and every rank gets all of them."""
     parts = {"root": str(dataset.root.resolve()), "format": dataset.format, "backend": dataset.backend,
-             "backbone": cfg.model.backbone, "head": cfg.model.head, "consensus": cfg.model.consensus, "bilinear_dim": cfg.model.bilinear_dim,
+             "backbone": cfg.model.backbone, "head": cfg.model.head, "consensus": cfg.model.consensus,
+             "bilinear_dim": cfg.model.bilinear_dim,
              "amp": cfg.train.amp, "weights": weights,
              "segments": dataset.num_segments, "new_length": dataset.new_length, "clips": dataset.num_clips,
              "transform": repr(vars(dataset.transform)), "seed": dataset.seed}

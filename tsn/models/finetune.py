@@ -88,11 +88,11 @@ def param_groups(
     seen: set[int] = set()
     for module_name, module in net.named_modules():
         part = "backbone" if module_name == "backbone" or module_name.startswith("backbone.") else "head"
-        for param_name, param in module.named_parameters(recurse=False):
+        for param in module.parameters(recurse=False):
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
-            exempt = param.ndim <= 1 or param_name == "bias" or isinstance(module, _NORM_TYPES)
+            exempt = param.ndim <= 1 or isinstance(module, _NORM_TYPES)  # biases are 1-D
             decay = not (no_decay_bias_norm and exempt)
             groups.setdefault((part, decay), []).append(param)
     result = []
