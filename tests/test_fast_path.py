@@ -4,6 +4,7 @@ the device prefetcher, and the benchmark functions (shapes and fields only: no t
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -15,7 +16,8 @@ from tsn.data import transforms as T
 from tsn.data.dataset import ClipBatch, ClipDataset, ClipKey, decoder_threads
 from tsn.data.lists import VideoRecord
 from tsn.io import VideoReadError, opencv_backend, probe, read
-from tsn.io.opencv_backend import FrameTable, PlanMismatch, frame_table, plan, read_planned, seek_start
+from tsn.io.base import FrameIndex
+from tsn.io.opencv_backend import PlanMismatch, frame_table, plan, read_planned, seek_start
 from tsn.engine.prefetch import DevicePrefetcher, channels_last_clips
 from tsn.layout import normalize_clips
 from videos import frame_index, index_frame, make_index_video
@@ -46,13 +48,14 @@ def indices_of(frames: np.ndarray) -> list[int]:
 def test_frame_table_holds_every_frame_timestamp_and_the_keyframes(videos: dict[str, Path]) -> None:
     table = frame_table(str(videos["mp4"]), NUM_FRAMES)
     assert table is not None
-    assert table.keyframes.tolist() == list(range(0, NUM_FRAMES, GOP))
-    np.testing.assert_allclose(table.stamps, np.arange(NUM_FRAMES) * 40.0)  # 25 fps
+    np.testing.assert_allclose(table.keyframes, np.arange(0, NUM_FRAMES, GOP) * 40.0)
+    np.testing.assert_allclose(table.stamps(), np.arange(NUM_FRAMES) * 40.0)  # 25 fps
+    assert probe(videos["mp4"], "opencv").index.count == NUM_FRAMES  # probe builds it, reads keep it
     assert frame_table(str(videos["mp4"]), NUM_FRAMES - 1) is None  # a count that disagrees: no plan
 
 
 def test_plan_seeks_only_when_the_seek_starts_after_the_current_position() -> None:
-    table = FrameTable(np.arange(NUM_FRAMES) * 40.0, np.arange(0, NUM_FRAMES, GOP))
+    table = FrameIndex.of(np.arange(NUM_FRAMES) * 40.0, np.arange(0, NUM_FRAMES, GOP) * 40.0, 1e-3)
     # OpenCV's seek to frame i decodes from the last keyframe at or before i - 16.
     assert [seek_start(table, i) for i in (0, 16, 27, 28, 199)] == [0, 0, 0, 12, 180]
     assert plan(table, np.array([5, 60, 130, 131, 170, 199])) == [False, True, True, False, True, True]
@@ -76,11 +79,11 @@ def test_a_frame_that_is_not_where_the_table_says_stops_the_plan(videos: dict[st
     info = probe(path, "opencv")
     table = frame_table(path, info.num_frames)
     assert table is not None
-    shifted = FrameTable(table.stamps + 40.0, table.keyframes)  # every frame claimed one later
+    shifted = FrameIndex.of(table.stamps() + 40.0, table.keyframes + 40.0, 1e-3)  # every frame claimed one later
     with pytest.raises(PlanMismatch, match="frame 60 should be at 2440.0 ms, got 2400.0 ms"):
         read_planned(path, np.array([60, 130]), info, shifted)
     # read_sorted falls back to the sequential pass (exact by construction) on a mismatch.
-    assert indices_of(opencv_backend.read_sorted(path, np.array([60, 130]), info)) == [60, 130]
+    assert indices_of(opencv_backend.read_sorted(path, np.array([60, 130]), replace(info, index=shifted))) == [60, 130]
 
 
 def test_decord_decodes_at_the_asked_size(videos: dict[str, Path]) -> None:

@@ -7,7 +7,7 @@ What is checked, per list:
 - with a class count, every label is one of the classes (reported with the line number);
 - every entry is read through ``ClipDataset``, so with the same probe, frame count rule (the
   list's count for frame folders, the verified decodable count for video files), reader and
-  backend fallback as in training: ``probe`` and then one read of the frames of ``num_clips``
+  backend choice as in training: ``probe`` and then one read of the frames of ``num_clips``
   temporal clips of ``num_segments`` segments (TSN's test sampling; ``num_clips=1`` gives the
   validation frames, the middle of each segment). No transform: frames stay at full size.
 - frame folders: also the list's frame count against the folder's (a folder with fewer frames

@@ -25,6 +25,7 @@ from typing import Iterator
 import decord
 import numpy as np
 
+from tsn.io import pyav_backend
 from tsn.io.base import VideoInfo, VideoReadError
 
 NAME = "decord"
@@ -75,42 +76,55 @@ def timestamps_usable(starts: np.ndarray) -> bool:
 
 
 def _checked_header(path: str, reader: decord.VideoReader) -> tuple[int, float]:
-    """(frames in decord's index, fps) of an open reader; VideoReadError for no frames or unusable timestamps."""
+    """(frames in decord's index, fps) of an open reader; VideoReadError for no frames, unusable
+    timestamps, or an index that is not the frames the video shows (``matches_shown_frames``)."""
     claimed = len(reader)
     fps = float(reader.get_avg_fps())
     if claimed < 1:
         raise VideoReadError(path, f"{NAME}: no video frames")
-    if not timestamps_usable(reader.get_frame_timestamp(np.arange(claimed))[:, 0]):
+    starts = reader.get_frame_timestamp(np.arange(claimed))[:, 0]  # (claimed,) seconds
+    if not timestamps_usable(starts):
         raise VideoReadError(path, f"{NAME}: its frame index lacks increasing timestamps (seeks could "
                                    f"return the wrong frame)")
+    matches_shown_frames(path, starts)
     return claimed, fps if np.isfinite(fps) and fps > 0 else 0.0
 
 
-def claimed_info(path: str) -> VideoInfo:
-    """``probe`` without its check of the frame count: the count decord's index claims, size from frame 0.
+def matches_shown_frames(path: str, starts: np.ndarray) -> None:
+    """Refuse a file whose decord index (frame start times in seconds, (n,)) is not the frames it shows.
 
-    Costs one open and one keyframe (12 + 22 ms for the 720p-1080p clips here, against 210 ms
-    for ``probe``, which decodes the last GOP). The caller must verify the count by decoding
-    frame ``num_frames - 1`` (``tsn.io.reader.read_first`` does, in the same pass as its frames).
+    decord numbers every packet, also those an MP4 edit list marks to be discarded (clips cut with
+    ``ffmpeg -ss T -c copy``): there its frame 0 is a frame no player shows, and its reads return
+    yet other frames. The reference is PyAV's verified index (``tsn.io.pyav_backend.probe``: the
+    shown packets' timestamps, the last frame decoded): the same count and the same timestamps
+    (to 0.1 ms), or ``VideoReadError``. A file PyAV cannot verify is refused too, and so are open
+    GOPs: decord's seek for a frame shown just before a keyframe starts at that keyframe and
+    returns a later frame (frame 12 for frame 9 of a generated H.264 clip).
     """
-    reader = _open(path)
     try:
-        claimed, fps = _checked_header(path, reader)
-        try:
-            shape = _batch(reader, [0]).shape  # (1, H, W, 3)
-        except _ERRORS as error:
-            raise VideoReadError(path, f"{NAME}: frame 0 does not decode: {_reason(error)}") from None
-    finally:
-        del reader
-    return VideoInfo(height=int(shape[1]), width=int(shape[2]), num_frames=claimed, fps=fps, backend=NAME)
+        shown = pyav_backend.probe(path).index
+    except VideoReadError as error:
+        raise VideoReadError(path, f"{NAME}: its frame numbers cannot be checked against the frames the video "
+                                   f"shows ({error.reason})") from None
+    assert shown is not None  # PyAV's probe always returns its index
+    if shown.count != starts.size:
+        raise VideoReadError(path, f"{NAME}: its index has {starts.size} frames where the video shows {shown.count} "
+                                   f"(an edit list, or packets marked to be discarded): its frame numbers would "
+                                   f"not be the shown frames")
+    if np.abs(shown.stamps() * shown.seconds_per_unit - starts).max() > 1e-4:
+        raise VideoReadError(path, f"{NAME}: its frame timestamps are not those of the frames the video shows")
+    if shown.open_gop:
+        raise VideoReadError(path, f"{NAME}: open GOPs (frames shown before the keyframe they are decoded after): "
+                                   f"its seeks would return other frames")
 
 
 def probe(path: str) -> VideoInfo:
     """Size, verified frame count and fps of a video file, by decord.
 
     How ``num_frames`` is verified, and the cost: decord counts the video packets when it opens
-    the file (it reads the whole file once to build its index, no decoding), and the claimed last
-    frame is decoded: a seek to the keyframe before it and decoding from there, at most one GOP
+    the file (it reads the whole file once to build its index, no decoding, and again at every
+    read: its readers cannot be kept), its index must be the frames the video shows
+    (``matches_shown_frames``: one PyAV probe), and the claimed last frame is decoded: a seek to the keyframe before it and decoding from there, at most one GOP
     (x264's default is 250 frames; 0.1 to 0.5 s for the 720p-1080p clips here). Files whose index
     lacks increasing timestamps are refused first (``timestamps_usable``). A last frame that
     does not decode means a truncated or damaged file (or one of decord's failures, such as frames

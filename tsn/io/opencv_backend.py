@@ -4,9 +4,10 @@ Frames are read by ``grab()`` going forward, ``retrieve()`` (colour conversion) 
 ones. OpenCV's ``CAP_PROP_POS_FRAMES`` seek alone is not trusted: it maps a timestamp to a frame
 number and can land on the wrong frame for variable frame rates, missing timestamps or some codecs.
 
-Decode plan (``read_sorted``): one demux pass without decoding (OpenCV's raw-stream mode, 20-40 ms
-for the 5-30 s clips here) gives every packet's timestamp and keyframe flag, hence the timestamp
-of each frame in display order and the keyframe positions. Reading sorted frames, the reader
+Decode plan (``read_sorted``): one demux pass without decoding when ``probe`` runs (OpenCV's
+raw-stream mode, 20-40 ms for the 5-30 s clips here, kept in the ``VideoInfo`` as its ``index``)
+gives every packet's timestamp and keyframe flag, hence the timestamp of each frame in display
+order and the keyframe positions. Reading sorted frames, the reader
 seeks only when OpenCV's seek to the next wanted frame would start decoding at a keyframe after
 the current position (so it skips frames), and otherwise decodes on. Every wanted frame's
 timestamp is checked against that table; a mismatch (or a table that does not hold one strictly
@@ -25,12 +26,12 @@ gives the same picture for the same video.
 
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple
+from typing import Iterator
 
 import cv2
 import numpy as np
 
-from tsn.io.base import VideoInfo, VideoReadError
+from tsn.io.base import FrameIndex, VideoInfo, VideoReadError
 
 NAME = "opencv"
 # OpenCV's POS_FRAMES seek starts decoding this many frames before the target (its seek() in
@@ -112,19 +113,15 @@ def probe(path: str) -> VideoInfo:
     if frame is None:
         raise VideoReadError(path, f"{NAME}: no frame decodes")
     return VideoInfo(height=int(frame.shape[0]), width=int(frame.shape[1]), num_frames=num_frames,
-                     fps=fps if np.isfinite(fps) and fps > 0 else 0.0, backend=NAME)
+                     fps=fps if np.isfinite(fps) and fps > 0 else 0.0, backend=NAME,
+                     index=frame_table(path, num_frames))
 
 
-class FrameTable(NamedTuple):
-    """From one demux pass: each frame's timestamp (ms, display order) and the keyframes' frame numbers."""
-
-    stamps: np.ndarray
-    keyframes: np.ndarray
-
-
-def frame_table(path: str, num_frames: int) -> FrameTable | None:
-    """The ``FrameTable`` of ``path`` from its packets (no decoding), or None when it cannot be trusted:
-    not exactly ``num_frames`` packets, timestamps missing or not all distinct, or no keyframe at frame 0."""
+def frame_table(path: str, num_frames: int) -> FrameIndex | None:
+    """The ``FrameIndex`` of ``path`` from its packets (no decoding; timestamps in ms), or None when
+    it cannot be trusted: not exactly ``num_frames`` packets (packets that are never shown, as
+    before an MP4 edit list, give more), timestamps missing or not all distinct, or no keyframe at
+    frame 0. ``probe`` builds it once and keeps it in its ``VideoInfo``; None means sequential reads."""
     try:
         capture = cv2.VideoCapture(path, cv2.CAP_FFMPEG, [cv2.CAP_PROP_FORMAT, -1])
     except cv2.error:
@@ -144,28 +141,37 @@ def frame_table(path: str, num_frames: int) -> FrameTable | None:
     ordered = np.sort(packet_stamps)  # (num_frames,) display order
     if not (np.isfinite(ordered).all() and (np.diff(ordered) > 0).all()):
         return None
-    keyframes = np.searchsorted(ordered, packet_stamps[np.asarray(keys, dtype=bool)])
-    keyframes = np.unique(keyframes)
-    if keyframes.size == 0 or keyframes[0] != 0:
+    key_stamps = packet_stamps[np.asarray(keys, dtype=bool)]
+    if key_stamps.size == 0 or key_stamps.min() != ordered[0]:
         return None
-    return FrameTable(ordered, keyframes)
+    return FrameIndex.of(ordered, key_stamps, 1e-3)
 
 
-def seek_start(table: FrameTable, index: int) -> int:
-    """The keyframe that OpenCV's seek to frame ``index`` starts decoding from."""
+def _keyframe_numbers(table: FrameIndex) -> np.ndarray:
+    """The keyframes' frame numbers, (K,) increasing (every packet is a frame where a table exists)."""
+    return np.searchsorted(table.stamps(), table.keyframes)
+
+
+def _seek_start(keyframes: np.ndarray, index: int) -> int:
     target = max(index - _SEEK_LOOKBACK, 0)
-    return int(table.keyframes[np.searchsorted(table.keyframes, target, side="right") - 1])
+    return int(keyframes[np.searchsorted(keyframes, target, side="right") - 1])
 
 
-def plan(table: FrameTable, indices: np.ndarray) -> list[bool]:
+def seek_start(table: FrameIndex, index: int) -> int:
+    """The keyframe (frame number) that OpenCV's seek to frame ``index`` starts decoding from."""
+    return _seek_start(_keyframe_numbers(table), index)
+
+
+def plan(table: FrameIndex, indices: np.ndarray) -> list[bool]:
     """For sorted, unique ``indices``: whether to seek before each one (True) or decode on to it.
 
     A seek pays when it starts decoding after the current position (the frame after the last
     wanted one), since everything from there to the keyframe is skipped.
     """
+    keyframes = _keyframe_numbers(table)
     seeks, position = [], 0
     for index in indices.tolist():
-        seeks.append(seek_start(table, index) > position)
+        seeks.append(_seek_start(keyframes, index) > position)
         position = index + 1
     return seeks
 
@@ -177,13 +183,12 @@ class PlanMismatch(Exception):
 def read_sorted(path: str, indices: np.ndarray, info: VideoInfo, threads: int | None = None) -> np.ndarray:
     """Frames at sorted, unique, in-range ``indices`` -> uint8 (T, H, W, 3) RGB.
 
-    With a usable ``frame_table`` and at least one seek that pays, by the decode plan (module
-    docstring), every frame's timestamp verified; otherwise, or when a check fails, by one
-    sequential pass from frame 0.
+    With a usable ``frame_table`` (``info.index``, built by ``probe``) and at least one seek that
+    pays, by the decode plan (module docstring), every frame's timestamp verified; otherwise, or
+    when a check fails, by one sequential pass from frame 0.
     """
-    # No seek can skip anything before frame _SEEK_LOOKBACK + 1: spare the demux pass then.
-    table = frame_table(path, info.num_frames) if indices[-1] > _SEEK_LOOKBACK else None
-    if table is not None and any(plan(table, indices)):
+    table = info.index
+    if table is not None and table.count == info.num_frames and any(plan(table, indices)):
         try:
             return read_planned(path, indices, info, table, threads)
         except PlanMismatch:
@@ -191,12 +196,13 @@ def read_sorted(path: str, indices: np.ndarray, info: VideoInfo, threads: int | 
     return _read_sequential(path, indices, info, threads)
 
 
-def read_planned(path: str, indices: np.ndarray, info: VideoInfo, table: FrameTable,
+def read_planned(path: str, indices: np.ndarray, info: VideoInfo, table: FrameIndex,
                  threads: int | None = None) -> np.ndarray:
     """Frames at sorted, unique, in-range ``indices`` -> uint8 (T, H, W, 3) RGB by the decode plan of
     ``table``; raises ``PlanMismatch`` when a frame's timestamp is not the table's for its index."""
     out = np.empty((len(indices), info.height, info.width, 3), dtype=np.uint8)  # (T, H, W, 3)
     seeks = plan(table, indices)
+    stamps = table.stamps()  # (num_frames,) ms
     capture = _open(path, threads)
     try:
         position = 0  # the frame that the next grab() returns
@@ -211,8 +217,8 @@ def read_planned(path: str, indices: np.ndarray, info: VideoInfo, table: FrameTa
             # Two timestamps of one frame agree exactly (same packet, same arithmetic); the
             # tolerance only guards against float noise and stays far below one frame interval.
             stamp = capture.get(cv2.CAP_PROP_POS_MSEC)
-            if abs(stamp - table.stamps[index]) > 1e-3:
-                raise PlanMismatch(f"frame {index} should be at {table.stamps[index]} ms, got {stamp} ms")
+            if abs(stamp - stamps[index]) > 1e-3:
+                raise PlanMismatch(f"frame {index} should be at {stamps[index]} ms, got {stamp} ms")
             _retrieve_rgb(capture, path, index, out[slot])
     finally:
         capture.release()

@@ -1,10 +1,13 @@
 """PyAV backend (FFmpeg through the ``av`` package): frames found by their timestamps, non-reference frames skipped.
 
-Index: one demux pass without decoding gives every video packet's timestamp and keyframe flag
-(opening and indexing took 13 ms of CPU per actrecog2 clip, 3 ms per 100 packets). Frame ``i``
-is the packet with the ``i``-th smallest timestamp (the display order, what decord and a
-sequential OpenCV decode count); a stream whose packets lack timestamps or repeat one is
-refused (``"auto"`` then reads it with OpenCV).
+Index (``build_index``): one demux pass without decoding gives every video packet's timestamp,
+keyframe and discard flags (opening and indexing took 13 ms of CPU per actrecog2 clip, 3 ms per
+100 packets). It is built once, by ``probe``, and kept in the ``VideoInfo``: reads given that info
+do not index the file again. Frame ``i`` is the packet with the ``i``-th smallest timestamp among
+those the container does not mark to be discarded (the display order: what a player shows and
+``ffmpeg -fps_mode passthrough`` decodes; the packets before an MP4 edit list's start are
+decoded when needed, never numbered). A stream whose packets lack timestamps or repeat one is
+refused (``"auto"`` then reads it with OpenCV, whose sequential decode counts the same frames).
 
 Decode plan (``read_sorted``): for sorted frames, seek to the keyframe before the next wanted frame
 only when that keyframe has not been fed to the decoder yet (everything between is skipped), and
@@ -27,13 +30,12 @@ Frames come in the coded orientation, as with the other backends (no rotation by
 
 from __future__ import annotations
 
-import bisect
 from typing import Iterator
 
 import av
 import numpy as np
 
-from tsn.io.base import VideoInfo, VideoReadError
+from tsn.io.base import FrameIndex, VideoInfo, VideoReadError
 
 NAME = "pyav"
 # Codecs whose unwanted non-reference frames are skipped. Elsewhere every frame is decoded: MPEG-4
@@ -48,14 +50,46 @@ def _reason(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-class _Video:
-    """An open container with its video stream's index: timestamps in display order and keyframe positions.
+def build_index(container: av.container.InputContainer, stream: av.video.stream.VideoStream, path: str) -> FrameIndex:
+    """One demux pass (no decoding) -> the ``FrameIndex`` of ``stream``: the shown frames' timestamps, the keyframes'.
 
-    ``pts``: int64 (n,), frame ``i``'s timestamp; ``keyframes``: sorted list of the keyframes' frame numbers.
+    Packets the container marks to be discarded (``is_discard``: those before the start of an MP4
+    edit list, as in clips cut by ``ffmpeg -ss T -c copy``) are decoded when a frame needs them
+    but never shown, so they get no frame number; their keyframes are still where seeks start.
+    """
+    shown, keys = [], []
+    open_gop = False  # a packet after a keyframe (decoding order) shown before it
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue  # the end-of-stream marker
+            if packet.pts is None:
+                raise VideoReadError(path, f"{NAME}: video packets without timestamps (frames cannot be told apart)")
+            open_gop = open_gop or bool(keys and packet.pts < keys[-1])
+            if packet.is_keyframe:
+                keys.append(packet.pts)
+            if not packet.is_discard:
+                shown.append(packet.pts)
+    except av.FFmpegError as error:
+        raise VideoReadError(path, f"{NAME}: demuxing fails after {len(shown)} packets: {_reason(error)}") from None
+    if not shown:
+        raise VideoReadError(path, f"{NAME}: no video frames")
+    stamps = np.sort(np.asarray(shown, dtype=np.int64))  # (n,) display order
+    if (np.diff(stamps) <= 0).any():
+        raise VideoReadError(path, f"{NAME}: two video packets share a timestamp")
+    if not keys or min(keys) > stamps[0]:
+        raise VideoReadError(path, f"{NAME}: no keyframe at or before the first frame")
+    return FrameIndex.of(stamps, np.asarray(keys, dtype=np.int64), float(stream.time_base or 0), open_gop)
+
+
+class _Video:
+    """An open container, its video stream and the stream's ``FrameIndex`` (built here unless given).
+
+    ``pts``: int64 (n,), frame ``i``'s timestamp; ``key_pts``: int64 (K,), the keyframes' timestamps.
     Close with ``close()``; nothing outlives a call of this module's functions.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, index: FrameIndex | None = None) -> None:
         self.path = path
         try:
             self.container = av.open(path)
@@ -69,60 +103,37 @@ class _Video:
             self.codec = self.stream.codec_context
             self.codec.thread_type = "NONE"
             self.codec.thread_count = 1
-            self.pts, self.keyframes = self._index()
-            self.frame_of = {int(pts): frame for frame, pts in enumerate(self.pts)}
+            self.index = index if index is not None else build_index(self.container, self.stream, path)
+            self.pts = self.index.stamps()
+            self.key_pts = self.index.keyframes
         except BaseException:
             self.container.close()
             raise
 
-    def _index(self) -> tuple[np.ndarray, list[int]]:
-        stamps, keys = [], []
-        try:
-            for packet in self.container.demux(self.stream):
-                if packet.size == 0:
-                    continue  # the end-of-stream marker
-                if packet.pts is None:
-                    raise VideoReadError(self.path, f"{NAME}: video packets without timestamps "
-                                                    f"(frames cannot be told apart)")
-                stamps.append(packet.pts)
-                keys.append(packet.is_keyframe)
-        except av.FFmpegError as error:
-            raise VideoReadError(self.path, f"{NAME}: demuxing fails after {len(stamps)} packets: "
-                                            f"{_reason(error)}") from None
-        if not stamps:
-            raise VideoReadError(self.path, f"{NAME}: no video frames")
-        order = np.argsort(np.asarray(stamps, dtype=np.int64), kind="stable")
-        pts = np.asarray(stamps, dtype=np.int64)[order]  # (n,) display order
-        if (np.diff(pts) <= 0).any():
-            raise VideoReadError(self.path, f"{NAME}: two video packets share a timestamp")
-        keyframes = np.flatnonzero(np.asarray(keys)[order]).tolist()
-        if not keyframes or keyframes[0] != 0:
-            raise VideoReadError(self.path, f"{NAME}: the first frame is not a keyframe")
-        return pts, keyframes
-
     def info(self) -> VideoInfo:
-        """Size from the stream's header, the index's frame count (not verified here), fps."""
+        """Size from the stream's header, the index's frame count (not verified here), fps, the index."""
         rate = self.stream.average_rate or self.stream.guessed_rate
         fps = float(rate) if rate else 0.0
         height, width = int(self.codec.height), int(self.codec.width)
         if height < 1 or width < 1:
             raise VideoReadError(self.path, f"{NAME}: the stream declares no frame size")
         return VideoInfo(height=height, width=width, num_frames=int(self.pts.size),
-                         fps=fps if np.isfinite(fps) and fps > 0 else 0.0, backend=NAME)
+                         fps=fps if np.isfinite(fps) and fps > 0 else 0.0, backend=NAME, index=self.index)
 
     def _keyframe_before(self, frame: int) -> int:
-        return self.keyframes[bisect.bisect_right(self.keyframes, frame) - 1]
+        """The timestamp of the last keyframe at or before frame ``frame``."""
+        return int(self.key_pts[np.searchsorted(self.key_pts, self.pts[frame], side="right") - 1])
 
     def seek_start(self) -> None:
-        """Back to the first frame (indexing read the whole file)."""
-        self._seek(0)
+        """Back to the first keyframe (indexing read the whole file)."""
+        self._seek(int(self.key_pts[0]))
 
-    def _seek(self, frame: int) -> None:
-        """Position the demuxer on keyframe ``frame`` and empty the decoder."""
+    def _seek(self, key_pts: int) -> None:
+        """Position the demuxer on the keyframe at timestamp ``key_pts`` and empty the decoder."""
         try:
-            self.container.seek(int(self.pts[frame]), stream=self.stream, backward=True, any_frame=False)
+            self.container.seek(key_pts, stream=self.stream, backward=True, any_frame=False)
         except av.FFmpegError as error:
-            raise VideoReadError(self.path, f"{NAME}: cannot seek to frame {frame}: {_reason(error)}") from None
+            raise VideoReadError(self.path, f"{NAME}: cannot seek to timestamp {key_pts}: {_reason(error)}") from None
         self.codec.flush_buffers()
 
     def decode(self, frames: np.ndarray, height: int, width: int, size: tuple[int, int] | None) -> np.ndarray:
@@ -136,12 +147,12 @@ class _Video:
         while next_slot < len(frames):
             key = self._keyframe_before(int(frames[next_slot]))
             self._seek(key)
-            fed = -1  # highest frame number whose packet went to the decoder since the seek
+            fed = key  # highest timestamp whose packet went to the decoder since the seek
             shown = None  # timestamp of the last frame out of the decoder since the seek
             try:
                 for packet in self.container.demux(self.stream):
                     if packet.size:
-                        fed = max(fed, self.frame_of.get(int(packet.pts), fed))
+                        fed = max(fed, int(packet.pts))
                         if skipping:
                             self.codec.skip_frame = "DEFAULT" if packet.pts in slot_of else "NONREF"
                     for decoded in self.codec.decode(packet if packet.size else None):
@@ -164,7 +175,7 @@ class _Video:
                     if next_slot == len(frames):
                         break
                     # The next wanted frame lies behind a keyframe not fed yet: seek there instead.
-                    if self._keyframe_before(int(frames[next_slot])) > max(fed, key):
+                    if self._keyframe_before(int(frames[next_slot])) > fed:
                         break
                 else:
                     break  # end of stream
@@ -228,7 +239,7 @@ def read_sorted(path: str, indices: np.ndarray, info: VideoInfo, size: tuple[int
     ``threads`` is accepted for the common interface; decoding uses one thread (module docstring).
     """
     del threads
-    video = _Video(path)
+    video = _Video(path, info.index)
     try:
         if video.pts.size != info.num_frames:
             raise VideoReadError(path, f"{NAME}: {video.pts.size} packets, probe said {info.num_frames}")
@@ -239,7 +250,7 @@ def read_sorted(path: str, indices: np.ndarray, info: VideoInfo, size: tuple[int
 
 def iter_frames(path: str, info: VideoInfo) -> Iterator[np.ndarray]:
     """Frames 0 .. info.num_frames - 1 in order, uint8 (H, W, 3) RGB, by one sequential decode."""
-    video = _Video(path)
+    video = _Video(path, info.index)
     try:
         video.seek_start()
         expected = 0
@@ -247,7 +258,7 @@ def iter_frames(path: str, info: VideoInfo) -> Iterator[np.ndarray]:
             for decoded in video.container.decode(video.stream):
                 if expected == info.num_frames:
                     break
-                if video.frame_of.get(decoded.pts) != expected:
+                if decoded.pts != video.pts[expected]:
                     raise VideoReadError(path, f"{NAME}: frame {expected} does not decode (got timestamp "
                                                f"{decoded.pts} instead)")
                 yield decoded.to_ndarray(format="rgb24", threads=1)

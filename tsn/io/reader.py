@@ -1,10 +1,12 @@
-"""One interface over the backends: ``probe``, ``read`` and ``iter_frames`` with backend choice and fallback.
+"""One interface over the backends: ``probe``, ``read`` and ``iter_frames``, the backend chosen once per video.
 
 ``backend`` is one of ``"auto"``, ``"pyav"``, ``"decord"``, ``"opencv"``, ``"rawframes"``. A folder is
-always a frame folder (``"auto"`` or ``"rawframes"``). On a file, ``"auto"`` tries PyAV, then OpenCV
-(for ``iter_frames``: OpenCV, then PyAV, see there); a named backend is used alone. When the first backend fails and the second
-works, one warning on the logger ``"tsn.io"`` says so, once per file in each process. When none
-works, one ``VideoReadError`` names the file and every backend's reason.
+always a frame folder (``"auto"`` or ``"rawframes"``). On a file, ``"auto"``'s probe tries PyAV, then
+OpenCV (for ``iter_frames``: OpenCV, then PyAV, see there); a named backend is used alone. When the
+first backend fails and the second works, one warning on the logger ``"tsn.io"`` says so, once per
+file in each process. When none works, one ``VideoReadError`` names the file and every backend's
+reason. The backend that probed (``VideoInfo.backend``) then reads every frame of that video, with
+the ``FrameIndex`` it built: frame ``i`` is the ``i``-th frame a player shows, whichever backend.
 """
 
 from __future__ import annotations
@@ -30,8 +32,6 @@ _PROBE_ORDER = (pyav_backend.NAME, opencv_backend.NAME)
 # Whole-video decoding: OpenCV first, it decodes with several threads and was 2 to 3 times faster
 # than decord over a 1080p clip here (2.1 s against 4.6 s with next(), 7.3 s with get_batch chunks).
 _ITER_ORDER = (opencv_backend.NAME, pyav_backend.NAME)
-# Backends that can verify a claimed frame count in the same pass as a read (``read_first``).
-_CLAIMS = {pyav_backend.NAME: pyav_backend, decord_backend.NAME: decord_backend}
 
 logger = logging.getLogger("tsn.io")
 # Files whose fallback was already logged by this process (absolute paths, not readers).
@@ -146,17 +146,18 @@ def read(path: str | os.PathLike, indices: Sequence[int] | np.ndarray, backend: 
          threads: int | None = None) -> np.ndarray:
     """Frames ``indices`` (0-based, any order, repeats allowed) -> uint8 ``(T, H, W, 3)`` RGB, in that order.
 
-    ``info`` is this path's ``probe`` result: pass it to skip probing again (the Dataset does).
-    With ``backend="auto"`` its backend is used; an ``info`` from another backend than the one
-    asked for is ignored and that backend probes. A folder of frames needs no ``info``: its frames
-    are counted by one directory listing.
+    ``info`` is this path's ``probe`` result: pass it to skip probing and indexing again (the
+    Dataset does). With ``backend="auto"`` its backend reads the frames, and no other: there is no
+    fallback per read, which could number the frames differently from one call to the next (a
+    read that fails raises). An ``info`` from another backend than the one asked for is ignored
+    and that backend probes. A folder of frames needs no ``info``: its frames are counted by one
+    directory listing.
 
     Each distinct frame is decoded once, in increasing order (PyAV: identified by timestamp, seeking
     to a keyframe only when that skips frames, see ``tsn.io.pyav_backend``; decord: one ``get_batch``, which seeks
     to a keyframe only when that skips frames; OpenCV: one forward pass that seeks to a keyframe
     when that skips frames and every landing is verified, see ``tsn.io.opencv_backend``; frame
-    folders: one decode per frame). With ``"auto"``, a PyAV failure on these frames falls back to
-    OpenCV (logged once per file). An index outside ``[0, num_frames)`` raises ``VideoReadError``
+    folders: one decode per frame). An index outside ``[0, num_frames)`` raises ``VideoReadError``
     naming it, as does a video that cannot be read; indices that are not a 1-D sequence of
     integers raise TypeError/ValueError.
 
@@ -177,25 +178,10 @@ def read(path: str | os.PathLike, indices: Sequence[int] | np.ndarray, backend: 
         _check_range(path, wanted, known.num_frames if known is not None else rawframes.count_frames(path))
         return _gather(wanted, lambda unique: rawframes.read_sorted(path, unique, known, threads or 1))
 
-    if info is None or info.backend not in (_PROBE_ORDER if kind == "auto" else (kind,)):
+    if info is None or (kind != "auto" and info.backend != kind):
         info = probe(path, kind)
     _check_range(path, wanted, info.num_frames)
-    try:
-        return _read_video(path, wanted, info, size, threads)
-    except VideoReadError as error:
-        if kind != "auto":
-            raise
-        first_reason = error.reason
-    # "auto": the backend that probed fine failed on these frames; the other one tries.
-    other = _PROBE_ORDER[1] if info.backend == _PROBE_ORDER[0] else _PROBE_ORDER[0]
-    try:
-        other_info = _MODULES[other].probe(path)
-        _check_range(path, wanted, other_info.num_frames)
-        frames = _read_video(path, wanted, other_info, size, threads)
-    except VideoReadError as error:
-        raise VideoReadError(path, f"no backend can read these frames: {first_reason}; {error.reason}") from None
-    _log_fallback(path, first_reason, other)
-    return frames
+    return _read_video(path, wanted, info, size, threads)
 
 
 def read_first(path: str | os.PathLike, choose: Callable[[int], np.ndarray], backend: str = "auto",
@@ -211,18 +197,19 @@ def read_first(path: str | os.PathLike, choose: Callable[[int], np.ndarray], bac
     give, frames uint8 ``(indices.size, H, W, 3)``.
 
     Why: ``probe`` verifies the frame count by decoding the last GOP on its own (about a third
-    of an 8-frame read on the clips here). With PyAV (``"auto"`` on a file, or ``"pyav"``) or
-    decord this takes the count the container claims (the backend's ``claimed_info``) and
-    decodes the last frame in the same sorted pass as the chosen ones, which usually ends in the
-    last GOP anyway. Any failure on that path, a wrong count included, falls back to the
-    separate probe and read, which then report or recover exactly as they would have.
+    of an 8-frame read on the clips here). With PyAV (``"auto"`` on a file, or ``"pyav"``) this
+    takes the count of its index (``claimed_info``) and decodes the last frame in the same sorted
+    pass as the chosen ones, which usually ends in the last GOP anyway. Any failure on that path,
+    a wrong count included, falls back to the separate probe (which chooses the backend, for
+    ``"auto"``) and read, which then report exactly as they would have.
     """
     path = os.fspath(path)
     kind = _kind(path, backend)
-    module = _CLAIMS.get(_PROBE_ORDER[0] if kind == "auto" else kind)
-    if module is not None:
+    # Only PyAV verifies a claimed count in the same pass as a read: decord's frame numbers are
+    # checked against PyAV's verified index by its probe (tsn.io.decord_backend.matches_shown_frames).
+    if kind in ("auto", pyav_backend.NAME):
         try:
-            return _read_first_claimed(module, path, choose, size_for, threads)
+            return _read_first_claimed(path, choose, size_for, threads)
         except VideoReadError:
             pass  # probe, below, tells what is wrong (and "auto" tries OpenCV)
     info = probe(path, backend)
@@ -231,11 +218,11 @@ def read_first(path: str | os.PathLike, choose: Callable[[int], np.ndarray], bac
     return info, indices, read(path, indices.reshape(-1), backend, info, size, threads)
 
 
-def _read_first_claimed(module: ModuleType, path: str, choose: Callable[[int], np.ndarray],
+def _read_first_claimed(path: str, choose: Callable[[int], np.ndarray],
                         size_for: Callable[[int, int], tuple[int, int] | None] | None,
                         threads: int | None) -> tuple[VideoInfo, np.ndarray, np.ndarray]:
-    """``read_first`` by ``module`` alone, its claimed count verified by decoding the last frame; VideoReadError otherwise."""
-    info = module.claimed_info(path)
+    """``read_first`` by PyAV alone, its index's count verified by decoding the last frame; VideoReadError otherwise."""
+    info = pyav_backend.claimed_info(path)
     indices = np.asarray(choose(info.num_frames))
     wanted = _as_indices(indices.reshape(-1))
     _check_range(path, wanted, info.num_frames)
@@ -246,7 +233,7 @@ def _read_first_claimed(module: ModuleType, path: str, choose: Callable[[int], n
 
     def read_sorted(unique: np.ndarray) -> np.ndarray:
         with_last = unique if unique[-1] == last else np.append(unique, last)
-        frames = module.read_sorted(path, with_last, info, size, threads or 1)  # (U or U+1, H, W, 3)
+        frames = pyav_backend.read_sorted(path, with_last, info, size, threads or 1)  # (U or U+1, H, W, 3)
         return frames[:unique.size]
 
     return info, indices, _gather(wanted, read_sorted)
@@ -255,10 +242,12 @@ def _read_first_claimed(module: ModuleType, path: str, choose: Callable[[int], n
 def _read_video(path: str, wanted: np.ndarray, info: VideoInfo, size: tuple[int, int] | None,
                 threads: int | None) -> np.ndarray:
     """Frames ``wanted`` (checked in range) of a video file by the backend that produced ``info``."""
-    if info.backend in _CLAIMS:
-        module = _CLAIMS[info.backend]
+    if info.backend in (pyav_backend.NAME, decord_backend.NAME):
+        module = _MODULES[info.backend]
         return _gather(wanted, lambda unique: module.read_sorted(path, unique, info, size, threads or 1))
-    return _gather(wanted, lambda unique: opencv_backend.read_sorted(path, unique, info, threads))
+    if info.backend == opencv_backend.NAME:
+        return _gather(wanted, lambda unique: opencv_backend.read_sorted(path, unique, info, threads))
+    raise ValueError(f"{path}: an info from backend {info.backend!r} cannot read a video file")
 
 
 def iter_frames(path: str | os.PathLike, backend: str = "auto") -> Iterator[np.ndarray]:
