@@ -85,3 +85,35 @@ def test_two_process_gloo_ddp_matches_one_process_on_the_same_global_batch(tmp_p
     # Only rank 0 wrote files: the same files as the single run, one TensorBoard event file.
     assert sorted(p.name for p in ddp.iterdir()) == sorted(p.name for p in single.iterdir())
     assert len(list((ddp / "tb").iterdir())) == 1
+
+
+def torchrun(script: Path, *args: str) -> None:
+    """``script`` on 2 CPU processes (gloo); fails the test with its stderr when it fails."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+               *args]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=tool_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_ddp_resume_gives_the_weights_of_an_uninterrupted_ddp_run(tmp_path: Path) -> None:
+    # Dropout and mixup draw on every rank: each rank must draw its own numbers (seed + rank) and,
+    # after a resume, go on from its own states, not from rank 0's.
+    data = make_tiny_data(tmp_path / "data")
+    cfg = load_config(None, [*tiny_overrides(data), *DDP_OPTS, "model.dropout=0.5", "train.mixup_alpha=0.4",
+                             "data.batch_size=2"])
+    config = tmp_path / "ddp.yaml"
+    save_config(cfg, config)
+    until = REPO_ROOT / "tests" / "train_until.py"
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    torchrun(until, str(config), str(straight), "2")
+    torchrun(until, str(config), str(resumed), "1")
+    torchrun(until, str(config), str(resumed), "2", "--resume")
+
+    final, expected = load_checkpoint(resumed / "latest.pth"), load_checkpoint(straight / "latest.pth")
+    assert final["epoch"] == expected["epoch"] == 2
+    for name, tensor in expected["model"].items():
+        assert torch.equal(final["model"][name], tensor), name
+    # One random state per rank, and the ranks' differ (they were seeded seed + rank).
+    assert len(expected["rng"]) == len(expected["mixup_rng"]) == 2
+    assert not torch.equal(expected["rng"][0]["torch"], expected["rng"][1]["torch"])
+    assert expected["mixup_rng"][0] != expected["mixup_rng"][1]

@@ -92,11 +92,16 @@ def setup_logging(work_dir: Path | None, is_main: bool) -> None:
     root.propagate = False
 
 
+def seed_random_generators(seed: int) -> None:
+    """Seed Python's ``random``, numpy's global generator and torch's (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     """Seed torch, numpy and random; deterministic kernels, or cudnn autotuning for speed."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    seed_random_generators(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -134,13 +139,20 @@ class SkipLog:
                         writer.writerow([item.path, split, item.reason])
 
 
+def gather_objects(value: Any, info: DistInfo) -> list[Any]:
+    """``[value of rank 0, value of rank 1, ...]`` on every rank (``[value]`` in a single process)."""
+    if not info.distributed:
+        return [value]
+    gathered: list[Any] = [None] * info.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 def gather_skipped(skipped: list[SkippedVideo], info: DistInfo) -> list[SkippedVideo]:
     """All ranks' skips on every rank (unchanged in a single process)."""
     if not info.distributed:
         return skipped
-    gathered: list[Any] = [None] * info.world_size
-    dist.all_gather_object(gathered, [tuple(s) for s in skipped])
-    return [SkippedVideo(*item) for part in gathered for item in part]
+    return [SkippedVideo(*item) for part in gather_objects([tuple(s) for s in skipped], info) for item in part]
 
 
 def _truncate_jsonl(path: Path, last_epoch: int) -> None:
@@ -215,7 +227,8 @@ def _train(cfg: Config, work_dir: Path, resume: bool, info: DistInfo, progress: 
     ema = WeightAverage(model, tcfg.ema_decay) if tcfg.ema_decay is not None else None
     start_epoch, best_top1 = 0, -1.0
     if resume:
-        start_epoch, best_top1 = _resume(work_dir, model, optimizer, schedule, scaler, mix_rng, ema, info)
+        start_epoch, best_top1 = _resume(work_dir, model, optimizer, schedule, scaler, mix_rng, ema, info,
+                                         tcfg.seed)
         if info.is_main:
             _truncate_jsonl(work_dir / "metrics.jsonl", start_epoch)
     if start_epoch == 0 and tcfg.head_init == "linear_probe":
@@ -229,6 +242,11 @@ def _train(cfg: Config, work_dir: Path, resume: bool, info: DistInfo, progress: 
         net = DistributedDataParallel(model, device_ids=[info.local_rank] if use_cuda else None)
     if tcfg.compile:
         net = torch.compile(net)
+    if start_epoch == 0:
+        # The model, its probed head and the average above came from the shared seed, the same on
+        # every rank; from here each rank draws its own dropout masks (a resumed run restored the
+        # states each rank had instead, in _resume).
+        seed_random_generators(tcfg.seed + info.rank)
 
     writer = _summary_writer(work_dir) if info.is_main else None
     skip_log = SkipLog(work_dir / "skipped.csv" if info.is_main else None)
@@ -268,7 +286,10 @@ def _train(cfg: Config, work_dir: Path, resume: bool, info: DistInfo, progress: 
                       "seconds": round(time.time() - started, 2)}
             _append_jsonl(work_dir / "metrics.jsonl", record)
             _log_scalars(writer, record, epoch + 1)
-            state = _checkpoint_state(cfg, model, optimizer, schedule, scaler, mix_rng, ema, epoch + 1, best_top1)
+        random_states = gather_objects((capture_rng_state(), generator_state(mix_rng)), info)  # every rank's
+        if info.is_main:
+            state = _checkpoint_state(cfg, model, optimizer, schedule, scaler, random_states, ema, epoch + 1,
+                                      best_top1)
             # best first: latest.pth records the new best, so a kill between the two writes must leave
             # best.pth ahead of it (the resumed epoch writes both again), never behind it for good
             if is_best:
@@ -366,10 +387,12 @@ def optimizer_step(loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.
     return norm
 
 
-def _checkpoint_state(cfg: Config, model: nn.Module, optimizer, schedule, scaler, mix_rng,
-                      ema: WeightAverage | None, epoch: int, best_top1: float) -> dict[str, Any]:
+def _checkpoint_state(cfg: Config, model: nn.Module, optimizer, schedule, scaler,
+                      random_states: list[tuple[dict[str, Any], dict[str, Any]]], ema: WeightAverage | None,
+                      epoch: int, best_top1: float) -> dict[str, Any]:
     """What ``latest.pth`` and ``best.pth`` hold; ``ema`` (the averaged weights, with
-    ``train.ema_decay``) is what ``tsn.engine.checkpoint.inference_weights`` gives for testing."""
+    ``train.ema_decay``) is what ``tsn.engine.checkpoint.inference_weights`` gives for testing.
+    ``random_states``: per rank, (``capture_rng_state()``, the mixup generator's state)."""
     extra = {"ema": ema.state_dict()} if ema is not None else {}
     return {**extra,
         "model": unwrap(model).state_dict(),
@@ -379,14 +402,16 @@ def _checkpoint_state(cfg: Config, model: nn.Module, optimizer, schedule, scaler
         "epoch": epoch,
         "best_top1": best_top1,
         "config": cfg.to_dict(),
-        "rng": capture_rng_state(),
-        "mixup_rng": generator_state(mix_rng),
+        "rng": [global_state for global_state, _ in random_states],  # one per rank
+        "mixup_rng": [mixup_state for _, mixup_state in random_states],
     }
 
 
 def _resume(work_dir: Path, model: nn.Module, optimizer, schedule, scaler, mix_rng,
-            ema: WeightAverage | None, info: DistInfo) -> tuple[int, float]:
-    """Load ``latest.pth`` (or its previous copy when it is corrupt); returns (next epoch, best top-1)."""
+            ema: WeightAverage | None, info: DistInfo, seed: int) -> tuple[int, float]:
+    """Load ``latest.pth`` (or its previous copy when it is corrupt); returns (next epoch, best top-1).
+
+    Each rank restores its own random states (``_restore_random_states``)."""
     if not (work_dir / LATEST).exists() and not any(work_dir.glob("latest*.pth")):
         logger.warning("--resume: no checkpoint in %s, starting from scratch", work_dir)
         return 0, -1.0
@@ -400,14 +425,36 @@ def _resume(work_dir: Path, model: nn.Module, optimizer, schedule, scaler, mix_r
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
-    restore_rng_state(state["rng"])
-    set_generator_state(mix_rng, state["mixup_rng"])
+    _restore_random_states(state, used, mix_rng, info, seed)
     if ema is not None:
         if "ema" not in state:
             raise CheckpointError(used, "cannot resume with train.ema_decay: the checkpoint has no weight average")
         ema.load_state_dict(state["ema"])
     logger.info("resumed from %s at epoch %d (best val top1 %.4f)", used, state["epoch"], state["best_top1"])
     return int(state["epoch"]), float(state["best_top1"])
+
+
+def _restore_random_states(state: dict[str, Any], used: Path, mix_rng: np.random.Generator, info: DistInfo,
+                           seed: int) -> None:
+    """This rank's global and mixup random states from the checkpoint (one per rank, or one dict from
+    a single-process checkpoint), so that the resumed run draws what the uninterrupted one would.
+
+    Resumed on another number of processes, there is no such state: each rank is seeded anew
+    from (seed, rank, epoch), with a warning, and the draws differ from an uninterrupted run."""
+    global_states, mixup_states = state["rng"], state["mixup_rng"]
+    if isinstance(global_states, dict):
+        global_states, mixup_states = [global_states], [mixup_states]
+    if len(global_states) == info.world_size:
+        restore_rng_state(global_states[info.rank])
+        set_generator_state(mix_rng, mixup_states[info.rank])
+        return
+    if info.is_main:
+        logger.warning("%s was saved by %d process(es), resuming on %d: random states start anew from the seed "
+                       "(dropout and mixup draws differ from an uninterrupted run)", used, len(global_states),
+                       info.world_size)
+    epoch = int(state["epoch"])
+    seed_random_generators(seed + info.rank + 1_000_003 * epoch)
+    set_generator_state(mix_rng, generator_state(np.random.default_rng([seed, info.rank, 7, epoch])))
 
 
 def _summary_writer(work_dir: Path):
