@@ -21,6 +21,7 @@ import torch
 
 from tsn.config import load_config
 from tsn.data.synthetic import make_demo_dataset
+from tsn.engine.checkpoint import CheckpointError
 from tsn.engine.features import knn_search, nearest_neighbours, precision_at_k, run_extract, video_features
 from tsn.layout import normalize_clips
 from tsn.models import build_model
@@ -219,7 +220,8 @@ def test_bad_inputs_give_one_line_errors(duplicated_list, tmp_path: Path, capsys
     other = build_model(backbone="resnet34", pretrained=False, num_classes=3, num_segments=3)
     checkpoint = tmp_path / "r34.pth"
     torch.save(other.state_dict(), checkpoint)  # a raw state dict of another architecture
-    with pytest.raises(ValueError, match=rf"{checkpoint}: does not fit backbone 'resnet18': \d+ backbone tensors"):
+    with pytest.raises(CheckpointError, match=rf"{checkpoint}: does not fit backbone 'resnet18' with 3 classes: \d+ "
+                                              rf"tensors missing, extra or of another shape \(first: backbone\."):
         run_extract(cfg, list_file, tmp_path / "x", checkpoint=checkpoint, device="cpu", progress=False)
     assert not (tmp_path / "x").exists()
     with pytest.raises(ValueError, match=rf"--knn 18 needs 1 <= K < 18, the number of videos in {list_file}"):

@@ -239,6 +239,69 @@ def test_testing_a_checkpoint_needs_no_imagenet_weights(tiny_data: DemoData, str
     np.testing.assert_array_equal(np.load(tmp_path / "test" / "scores.npy"), np.load(tmp_path / "own" / "scores.npy"))
 
 
+def test_load_trained_gives_the_run_model_in_eval_mode_with_its_classes(straight_run: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """One function from checkpoint to inference model: the run's config and class names from the file alone,
+    the weight average loaded strictly, eval mode, no ImageNet weight file read."""
+    from tsn.engine.inference import load_trained
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    state = load_checkpoint(straight_run / "best.pth")
+    assert state["class_names"] == ["ball_bouncing", "square_rotating"]
+    state["config"]["model"]["pretrained"] = str(tmp_path / "no_such_imagenet_file.pth")  # never read
+    torch.save(state, tmp_path / "moved.pth")
+    trained = load_trained(tmp_path / "moved.pth")
+    assert trained.class_names == ["ball_bouncing", "square_rotating"] and not trained.model.training
+    assert trained.config.data.num_segments == 2 and trained.config.model.backbone == "resnet18"
+    for name, tensor in trained.model.state_dict().items():
+        assert torch.equal(tensor, state["ema"]["model"][name]), name  # the average, not the last weights
+
+
+def test_load_trained_refuses_what_does_not_fit(straight_run: Path, tmp_path: Path) -> None:
+    from tsn.engine.checkpoint import CheckpointError
+    from tsn.engine.inference import load_trained
+
+    state = load_checkpoint(straight_run / "best.pth")
+    cfg = load_config(straight_run / "config.yaml")
+    bare = tmp_path / "bare.pth"
+    torch.save(state["model"], bare)
+    with pytest.raises(CheckpointError, match=r"bare.pth: holds no config \(a bare state dict\): pass the run's config"):
+        load_trained(bare)
+    assert load_trained(bare, cfg).class_names == ["ball_bouncing", "square_rotating"]  # the config's data.classes
+
+    extra = dict(state["model"], **{"head.extra": torch.zeros(1)})
+    torch.save({"model": extra, "config": state["config"], "class_names": state["class_names"]}, tmp_path / "x.pth")
+    with pytest.raises(CheckpointError, match=r"x.pth: does not fit backbone 'resnet18' with 2 classes: 1 tensors missing, extra or "
+                                              r"of another shape \(first: head.extra\)"):
+        load_trained(tmp_path / "x.pth")
+    three = dict(state, class_names=["a", "b", "c"])
+    three.pop("ema")
+    torch.save(three, tmp_path / "three.pth")
+    with pytest.raises(CheckpointError, match=r"three.pth: does not fit backbone 'resnet18' with 3 classes"):
+        load_trained(tmp_path / "three.pth")
+
+
+def test_test_tool_refuses_a_class_list_other_than_the_checkpoint_s(tiny_data: DemoData, straight_run: Path,
+                                                                    tmp_path: Path) -> None:
+    from tsn.engine.checkpoint import CheckpointError
+    from tsn.engine.testing import run_test
+
+    classes = tmp_path / "classes.txt"
+    classes.write_text("square_rotating\nball_bouncing\n")  # the same classes reordered: every label would shift
+    cfg = load_config(None, [*tiny_overrides(tiny_data, EPOCHS), *RESUME_OPTS, f"data.classes={classes}"])
+    with pytest.raises(CheckpointError, match=r"trained on 2 classes \(ball_bouncing, square_rotating\), "
+                                              r"but data.classes lists 2 \(square_rotating, ball_bouncing\)"):
+        run_test(cfg, straight_run / "best.pth", tmp_path / "test", device="cpu", progress=False)
+
+
+def test_benchmark_infer_times_a_trained_checkpoint(straight_run: Path) -> None:
+    from tsn.engine.benchmark import inference_benchmark
+
+    result = inference_benchmark(straight_run / "best.pth", batch=2, steps=1, warmup=0)
+    assert result["mode"] == "infer" and result["backbone"] == "resnet18"
+    assert result["segments"] == 2 and result["input_size"] == 64 and result["images_per_s"] > 0
+
+
 class _Killed(Exception):
     """Stands for a SIGKILL between two checkpoint writes."""
 

@@ -1,8 +1,10 @@
-"""Measure throughput: the data loader, a model's train step, or end-to-end training. One JSON line.
+"""Measure throughput: the data loader, a model's train step, a trained model's inference, or end-to-end
+training. One JSON line.
 
     python tools/benchmark.py loader --config C [--opt KEY=VALUE ...] [--split train|val] [--clips N] [--workers W]
     python tools/benchmark.py model --backbone resnet50 [--batch 32] [--segments 8] [--amp none|bf16|fp16]
                                     [--channels-last] [--compile] [--steps N] [--input-size 224]
+    python tools/benchmark.py infer --checkpoint P [--batch 8] [--segments K] [--amp ...] [--channels-last] [--steps N]
     python tools/benchmark.py train --config C [--opt ...] [--steps N] [--workers W] [--profile DIR]
 
 Add --pretty for a readable table instead of JSON. See tsn/engine/benchmark.py for what is timed.
@@ -14,9 +16,9 @@ import argparse
 import json
 from pathlib import Path
 
-from tsn.cli import run_main
+from tsn.cli import int_at_least, run_main
 from tsn.config import load_config
-from tsn.engine.benchmark import (AMP_CHOICES, format_table, loader_benchmark, model_benchmark,
+from tsn.engine.benchmark import (AMP_CHOICES, format_table, inference_benchmark, loader_benchmark, model_benchmark,
                                   train_benchmark)
 
 
@@ -47,6 +49,13 @@ def parse_args() -> argparse.Namespace:
     model.add_argument("--compile", action="store_true")
     model.add_argument("--steps", type=int, default=10)
     model.add_argument("--input-size", type=int, default=224)
+    infer = modes.add_parser("infer", parents=[common], help="forward-only images/s of a trained checkpoint")
+    infer.add_argument("--checkpoint", type=Path, required=True, help="latest.pth/best.pth of tools/train.py")
+    infer.add_argument("--batch", type=int_at_least(1), default=8)
+    infer.add_argument("--segments", type=int_at_least(1), help="frames per clip (default: the run's num_segments)")
+    infer.add_argument("--amp", choices=AMP_CHOICES, default="none")
+    infer.add_argument("--channels-last", action="store_true")
+    infer.add_argument("--steps", type=int_at_least(1), default=10)
     return parser.parse_args()
 
 
@@ -55,6 +64,9 @@ def main() -> None:
     if args.mode == "model":
         result = model_benchmark(args.backbone, args.batch, args.segments, args.amp, args.channels_last,
                                  args.compile, args.steps, args.input_size)
+    elif args.mode == "infer":
+        result = inference_benchmark(args.checkpoint, args.batch, args.segments, args.amp, args.channels_last,
+                                     args.steps)
     else:
         overrides = list(args.opt)
         if args.workers is not None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -36,6 +37,8 @@ from torch import nn
 from tsn.config import Config, TrainConfig
 from tsn.data.loader import set_loader_epoch
 from tsn.engine.build import build_class_names, build_dataset, build_loader, build_optimizer, build_tsn
+from tsn.engine.evaluate import autocast_context
+from tsn.engine.inference import load_trained
 from tsn.engine.prefetch import DeviceBatch, DevicePrefetcher, channels_last_clips
 from tsn.engine.trainer import compute_loss, optimizer_step
 from tsn.models import build_model
@@ -150,6 +153,38 @@ def model_benchmark(backbone: str, batch: int = 32, segments: int = 8, amp: str 
         "mode": "model", "backbone": backbone, "device": _device_name(device), "batch": batch,
         "segments": segments, "input_size": input_size, "amp": amp if on_cuda else "none",
         "channels_last": channels_last, "compile": compile_model, "steps": steps,
+        "seconds": round(seconds, 3), "images_per_s": round(steps * batch * segments / seconds, 2),
+        "clips_per_s": round(steps * batch / seconds, 2),
+    }
+
+
+def inference_benchmark(checkpoint: str | Path, batch: int = 8, segments: int | None = None, amp: str = "none",
+                        channels_last: bool = False, steps: int = 10, warmup: int = 3,
+                        device: torch.device | None = None) -> dict[str, Any]:
+    """Forward-only throughput of a trained TSN (``tsn.engine.inference.load_trained``, eval mode, no
+    gradients) on random clips of its own input size, ``segments`` frames each (default: the run's
+    ``data.num_segments``). ``amp`` acts on CUDA only."""
+    if amp not in AMP_CHOICES:
+        raise ValueError(f"amp must be one of {AMP_CHOICES}, got {amp!r}")
+    device = device or default_device()
+    trained = load_trained(checkpoint, device=device)
+    segments = segments or trained.config.data.num_segments
+    size = trained.config.data.input_size
+    net = _prepare(trained.model, device, channels_last, compile_model=False)
+    generator = torch.Generator().manual_seed(0)
+    clips = torch.randn((batch, segments, 3, size, size), generator=generator).to(device)  # (B, T, C, H, W)
+    if channels_last:
+        clips = channels_last_clips(clips)
+
+    def step(_: int) -> None:
+        with torch.inference_mode(), autocast_context(device, amp):
+            net(clips)
+
+    seconds = _time_steps(step, steps, warmup, device)
+    return {
+        "mode": "infer", "checkpoint": str(checkpoint), "backbone": trained.config.model.backbone,
+        "device": _device_name(device), "batch": batch, "segments": segments, "input_size": size,
+        "amp": amp if device.type == "cuda" else "none", "channels_last": channels_last, "steps": steps,
         "seconds": round(seconds, 3), "images_per_s": round(steps * batch * segments / seconds, 2),
         "clips_per_s": round(steps * batch / seconds, 2),
     }

@@ -35,10 +35,10 @@ from tsn.config import Config
 from tsn.data.dataset import SkippedVideo
 from tsn.data.lists import VideoRecord
 from tsn.engine.build import build_class_names, build_dataset, build_loader, build_tsn
-from tsn.engine.checkpoint import check_trained_with, inference_weights, load_checkpoint
+from tsn.engine.inference import load_trained
 from tsn.engine.evaluate import autocast_context, batch_to_device
 from tsn.fileio import atomic_write, atomic_write_text
-from tsn.models import TSN, FeatureExtractor, load_state_dict_flexible
+from tsn.models import TSN, FeatureExtractor
 
 logger = logging.getLogger("tsn.features")
 
@@ -245,24 +245,12 @@ def write_knn(out_dir: Path, knn: KnnResult, records: Sequence[VideoRecord]) -> 
 
 
 def load_model(cfg: Config, num_classes: int, checkpoint: Path | None) -> TSN:
-    """The config's TSN: ImageNet backbone (``model.pretrained``) without ``checkpoint``; else the
-    checkpoint's weights (``tsn.engine.checkpoint.inference_weights``: the weight average, the model or a raw
-    state dict). Backbone tensors that do not
-    load are an error naming the checkpoint; head mismatches (another class count) only a warning."""
+    """The config's TSN: with ``checkpoint``, its trained weights (``tsn.engine.inference.load_trained``,
+    strict, its own classes, in eval mode); without, the ImageNet backbone (``model.pretrained``)
+    and a new head for ``num_classes`` classes."""
     if checkpoint is None:
         return build_tsn(cfg, num_classes)
-    # the checkpoint replaces every backbone weight: skip reading the ImageNet file
-    model = build_tsn(cfg, num_classes, load_pretrained=False)
-    state = load_checkpoint(checkpoint)
-    check_trained_with(state, checkpoint, {"model.consensus": cfg.model.consensus})
-    weights = inference_weights(state)
-    report = load_state_dict_flexible(model, weights, strict=False)
-    # a backbone tensor missing, extra or of another shape means another architecture: refuse
-    bad = [key for key in (*report.missing, *report.unexpected, *report.mismatched) if key.startswith("backbone.")]
-    if bad:
-        raise ValueError(f"{checkpoint}: does not fit backbone {cfg.model.backbone!r}: {len(bad)} backbone "
-                         f"tensors missing, extra or of another shape (first: {bad[0]})")
-    return model
+    return load_trained(checkpoint, cfg).model
 
 
 def run_extract(cfg: Config, list_file: Path, out_dir: Path, checkpoint: Path | None = None,

@@ -21,8 +21,9 @@ import torch
 
 from tsn.config import Config
 from tsn.data.dataset import SkippedVideo
-from tsn.engine.build import build_class_names, build_dataset, build_loader, build_tsn, list_path
-from tsn.engine.checkpoint import check_trained_with, inference_weights, load_checkpoint
+from tsn.engine.build import build_class_names, build_dataset, build_loader, list_path
+from tsn.engine.checkpoint import CheckpointError
+from tsn.engine.inference import load_trained
 from tsn.engine.distributed import init_distributed
 from tsn.engine.evaluate import evaluate
 from tsn.engine.metrics import (
@@ -36,7 +37,6 @@ from tsn.engine.metrics import (
     write_per_class_csv,
 )
 from tsn.fileio import atomic_write, atomic_write_csv, atomic_write_text
-from tsn.models import load_state_dict_flexible
 
 logger = logging.getLogger("tsn.test")
 
@@ -105,13 +105,15 @@ def run_test(cfg: Config, checkpoint: Path, out_dir: Path, list_file: Path | Non
     info = init_distributed(device)
     if info.distributed:
         raise RuntimeError("tools/test.py runs in one process; launch it without torchrun")
-    class_names = build_class_names(cfg)
+    trained = load_trained(checkpoint, cfg, info.device)
+    class_names = trained.class_names
+    listed = build_class_names(cfg)  # what the list's labels mean
+    if listed != class_names:
+        raise CheckpointError(checkpoint, f"trained on {len(class_names)} classes ({_names(class_names)}), but "
+                                          f"data.classes lists {len(listed)} ({_names(listed)})")
     dataset = build_dataset(cfg, "test", len(class_names), list_file=list_file, num_clips=num_clips, crops=crops)
     loader = build_loader(cfg, dataset, train=False, distributed=False)
-    model = build_tsn(cfg, len(class_names), load_pretrained=False).to(info.device)
-    state = load_checkpoint(checkpoint)
-    check_trained_with(state, checkpoint, {"model.consensus": cfg.model.consensus})
-    load_state_dict_flexible(model, inference_weights(state), strict=True)
+    model = trained.model
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
     spec = model.spec
@@ -129,6 +131,10 @@ def run_test(cfg: Config, checkpoint: Path, out_dir: Path, list_file: Path | Non
     for item in sorted(set(predictions.skipped)):
         logger.warning("not scored: %s: %s", item.path, item.reason)
     return report
+
+
+def _names(names: Sequence[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
 def fuse_scores(score_files: Sequence[Path], weights: Sequence[float]) -> np.ndarray:

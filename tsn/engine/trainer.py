@@ -288,8 +288,8 @@ def _train(cfg: Config, work_dir: Path, resume: bool, info: DistInfo, progress: 
             _log_scalars(writer, record, epoch + 1)
         random_states = gather_objects((capture_rng_state(), generator_state(mix_rng)), info)  # every rank's
         if info.is_main:
-            state = _checkpoint_state(cfg, model, optimizer, schedule, scaler, random_states, ema, epoch + 1,
-                                      best_top1)
+            state = _checkpoint_state(cfg, class_names, model, optimizer, schedule, scaler, random_states, ema,
+                                      epoch + 1, best_top1)
             # best first: latest.pth records the new best, so a kill between the two writes must leave
             # best.pth ahead of it (the resumed epoch writes both again), never behind it for good
             if is_best:
@@ -387,12 +387,13 @@ def optimizer_step(loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.
     return norm
 
 
-def _checkpoint_state(cfg: Config, model: nn.Module, optimizer, schedule, scaler,
+def _checkpoint_state(cfg: Config, class_names: list[str], model: nn.Module, optimizer, schedule, scaler,
                       random_states: list[tuple[dict[str, Any], dict[str, Any]]], ema: WeightAverage | None,
                       epoch: int, best_top1: float) -> dict[str, Any]:
     """What ``latest.pth`` and ``best.pth`` hold; ``ema`` (the averaged weights, with
     ``train.ema_decay``) is what ``tsn.engine.checkpoint.inference_weights`` gives for testing.
-    ``random_states``: per rank, (``capture_rng_state()``, the mixup generator's state)."""
+    ``random_states``: per rank, (``capture_rng_state()``, the mixup generator's state). The config
+    and ``class_names`` make the file enough to infer with (``tsn.engine.inference.load_trained``)."""
     extra = {"ema": ema.state_dict()} if ema is not None else {}
     return {**extra,
         "model": unwrap(model).state_dict(),
@@ -402,6 +403,7 @@ def _checkpoint_state(cfg: Config, model: nn.Module, optimizer, schedule, scaler
         "epoch": epoch,
         "best_top1": best_top1,
         "config": cfg.to_dict(),
+        "class_names": list(class_names),
         "rng": [global_state for global_state, _ in random_states],  # one per rank
         "mixup_rng": [mixup_state for _, mixup_state in random_states],
     }
