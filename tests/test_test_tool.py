@@ -157,6 +157,17 @@ def test_test_tool_scores_every_view_and_writes_the_report(setup: tuple[Config, 
     np.testing.assert_allclose(np.load(one / "scores.npy"), scores, rtol=0, atol=1e-6)
 
 
+def test_a_test_batch_holds_at_most_clips_per_forward_clips() -> None:
+    from tsn.engine.testing import videos_per_test_batch
+
+    # (data.batch_size, views per video, test.clips_per_forward) -> videos per loader batch
+    assert videos_per_test_batch(4, 250, 16) == 1  # 25 clips x 10 crops: one video at a time
+    assert videos_per_test_batch(4, 6, 16) == 2
+    assert videos_per_test_batch(32, 1, 16) == 16
+    assert videos_per_test_batch(4, 1, 16) == 4
+    assert videos_per_test_batch(4, 17, 16) == 1
+
+
 # ---------------------------------------------------------------- score fusion
 
 FUSE_NAMES = ["a", "b", "c", "d"]
@@ -258,3 +269,25 @@ def test_chunked_view_scores_equal_one_pass(clips_per_forward: int, channels_las
         single_whole = view_scores(model, clips[:, 0])
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(single, single_whole, rtol=1e-4, atol=1e-5)
+
+
+def test_uint8_views_are_normalised_chunk_by_chunk_with_the_same_scores() -> None:
+    # Only one chunk is ever float (a video's 250 views of 8 frames are 1.2 GB as float32 at 224 px).
+    from tsn.engine.evaluate import view_scores
+    from tsn.layout import normalize_clips
+    from tsn.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(backbone="resnet18", pretrained=False, num_classes=4, num_segments=2).eval()
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    clips = torch.randint(0, 256, (2, 5, 2, 3, 32, 32), dtype=torch.uint8)  # (B, V, T, C, H, W)
+    seen: list[int] = []  # clips per forward
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    with torch.no_grad():
+        whole = view_scores(model, normalize_clips(clips, mean, std))
+        seen.clear()
+        chunked = view_scores(model, clips, 3, False, mean, std)
+    assert seen == [3, 3, 3, 1]
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="uint8 clips need the mean and std"):
+        view_scores(model, clips, 3)

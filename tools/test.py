@@ -26,8 +26,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--num-clips", type=int, help="temporal clips per video (default: test.num_clips)")
     parser.add_argument("--crops", type=int, choices=(1, 3, 10), help="spatial crops (default: test.crops)")
     parser.add_argument("--batch-size", type=int_at_least(1),
-                        help="videos per loader batch (default: data.batch_size); each brings all its views, so "
-                             "1 keeps the loader's memory lowest with many views")
+                        help="videos per loader batch, each with all its views (default: data.batch_size, "
+                             "but at most test.clips_per_forward clips in all, at least one video)")
     parser.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     args = parser.parse_args()
@@ -40,11 +40,10 @@ def main() -> None:
     args = parse_args()
     if not args.config.is_file():
         raise FileNotFoundError(f"--config {args.config}: no such file")
-    overrides = [*args.opt, *([f"data.batch_size={args.batch_size}"] if args.batch_size else [])]
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, args.opt)
     setup_logging(None, True)
     report = run_test(cfg, args.checkpoint, args.out, list_file=args.list, num_clips=args.num_clips,
-                      crops=args.crops, device=args.device)
+                      crops=args.crops, device=args.device, batch_size=args.batch_size)
     print(format_per_class_table(report, build_class_names(cfg)))
     print(f"report written to {args.out}")
 

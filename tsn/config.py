@@ -415,6 +415,9 @@ class TestConfig(_Section):
             model at once in validation and testing, so that memory stays bounded with many
             views (25 clips x 10 crops x 8 segments would be 2,000 frames per video); the scores
             are the same as in one pass. Small chunks are also faster on a CPU (its caches).
+            Clips are normalised to float one chunk at a time, and ``tools/test.py`` loads at most
+            ``max(1, clips_per_forward // views)`` videos per batch (``data.batch_size`` at most;
+            ``--batch-size`` sets it), so the loader's memory stays bounded too.
     """
 
     __test__: ClassVar[bool] = False  # not a pytest test class despite its name

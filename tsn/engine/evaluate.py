@@ -52,30 +52,37 @@ def batch_to_device(batch: ClipBatch, device: torch.device, mean: tuple[float, .
 
 
 def chunked_forward(model: Callable[[torch.Tensor], torch.Tensor], clips: torch.Tensor,
-                    clips_per_forward: int | None = None,
-                    channels_last: bool = False) -> torch.Tensor:
+                    clips_per_forward: int | None = None, channels_last: bool = False,
+                    mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None) -> torch.Tensor:
     """``model`` over clips ``(N, T, C, H, W)`` in chunks of at most ``clips_per_forward`` clips (None: all at
     once) -> ``(N, ...)``, each chunk laid out channels-last first when asked (``channels_last_clips``).
 
-    Eval mode has no cross-sample dependence, so the result equals one pass over all N clips (up to
-    floating-point rounding: kernels may sum in another order for another batch size)."""
+    uint8 clips are normalised with ``mean`` and ``std`` one chunk at a time, so that only one chunk
+    is ever float: the 250 views of 8 frames of one video at 224 px are 301 MB as uint8 and 1.2 GB
+    as float32. Eval mode has no cross-sample dependence, so the result equals one pass over all N
+    clips (up to floating-point rounding: kernels may sum in another order for another batch size)."""
+    if not clips.is_floating_point() and (mean is None or std is None):
+        raise ValueError("uint8 clips need the mean and std to normalise them with")
     step = clips.shape[0] if clips_per_forward is None else max(1, clips_per_forward)
     outputs = []
     for start in range(0, clips.shape[0], step):
         chunk = clips[start:start + step]  # (n, T, C, H, W)
+        if not chunk.is_floating_point():
+            chunk = normalize_clips(chunk, mean, std)
         outputs.append(model(channels_last_clips(chunk) if channels_last else chunk))
     return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
 
 def view_scores(model: nn.Module, clips: torch.Tensor, clips_per_forward: int | None = None,
-                channels_last: bool = False) -> torch.Tensor:
+                channels_last: bool = False, mean: tuple[float, ...] | None = None,
+                std: tuple[float, ...] | None = None) -> torch.Tensor:
     """Video scores from ``clips`` (B, T, C, H, W) -> logits (B, classes), or from several views
     (B, V, T, C, H, W) -> mean softmax probability over the V views (B, classes); the model sees at
-    most ``clips_per_forward`` clips at once (``chunked_forward``)."""
+    most ``clips_per_forward`` clips at once, normalised chunk by chunk when uint8 (``chunked_forward``)."""
     if clips.dim() == 5:
-        return chunked_forward(model, clips, clips_per_forward, channels_last)
+        return chunked_forward(model, clips, clips_per_forward, channels_last, mean, std)
     batch, views = clips.shape[:2]
-    logits = chunked_forward(model, clips.flatten(0, 1), clips_per_forward, channels_last)  # (B*V, classes)
+    logits = chunked_forward(model, clips.flatten(0, 1), clips_per_forward, channels_last, mean, std)  # (B*V, classes)
     probs = logits.float().softmax(dim=1).view(batch, views, -1)  # (B, V, classes)
     return probs.mean(dim=1)
 
@@ -107,10 +114,11 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_cla
     scores, labels, indices, skipped = [], [], [], []
     seen = 0  # this rank's samples so far, to tell DistributedSampler's padding repeats apart
     for batch in tqdm(loader, desc="eval", leave=False, disable=not progress, dynamic_ncols=True):
-        clips, target = batch_to_device(batch, device, mean, std)
+        clips = batch.clips.to(device, non_blocking=True)  # uint8: normalised chunk by chunk
+        target = batch.labels.to(device, non_blocking=True)
         is_prob = clips.dim() == 6  # several views: their probabilities were averaged
         with autocast_context(device, amp):
-            out = view_scores(model, clips, clips_per_forward, channels_last).float()
+            out = view_scores(model, clips, clips_per_forward, channels_last, mean, std).float()
         # the model runs on the repeats too (every rank makes as many forwards); only the counting skips them
         keep = _counted(loader, seen, len(batch.indices))
         seen += len(batch.indices)

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 from tsn.config import Config, ConfigError, resolve_path
 from tsn.data.dataset import ClipDataset, SkippedVideo
 from tsn.engine.build import build_class_names, build_dataset, build_loader, list_path
-from tsn.engine.evaluate import autocast_context, batch_to_device, chunked_forward
+from tsn.engine.evaluate import autocast_context, chunked_forward
 from tsn.engine.features import load_model as load_inference_model
 from tsn.engine.features import resolve_device
 from tsn.engine.testing import Report, score_report, write_report
@@ -112,14 +112,14 @@ def extract_view_features(model: TSN, loader: DataLoader, device: torch.device, 
     labels = np.full(num_videos, -1, dtype=np.int64)
     skipped: list[SkippedVideo] = []
     for batch in tqdm(loader, desc="probe features", leave=False, disable=not progress, dynamic_ncols=True):
-        clips, _ = batch_to_device(batch, device, model.spec.mean, model.spec.std)
+        clips = batch.clips.to(device, non_blocking=True)  # uint8: normalised chunk by chunk
         if clips.dim() == 5:
             clips = clips.unsqueeze(1)  # (B, T, C, H, W) -> (B, 1, T, C, H, W)
         b, v = clips.shape[:2]
         with autocast_context(device, amp):
             # (B*V, T, C, H, W) -> (B*V, F)
             descriptors = chunked_forward(model.video_descriptor, clips.flatten(0, 1), clips_per_forward,
-                                          channels_last)
+                                          channels_last, tuple(model.spec.mean), tuple(model.spec.std))
         out = descriptors.float().reshape(b, v, -1).cpu().numpy()  # (B, V, F)
         if features is None:
             features = np.full((num_videos, v, out.shape[-1]), np.nan, dtype=np.float32)

@@ -98,10 +98,19 @@ def format_per_class_table(report: Report, class_names: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def videos_per_test_batch(batch_size: int, views: int, clips_per_forward: int) -> int:
+    """Videos per test batch: ``batch_size`` at most, and no more than ``clips_per_forward`` clips in
+    all (at least one video): a loader batch holds every view of its videos, and with 25 clips x 10
+    crops a batch of 4 videos of 8 frames at 224 px is 1.2 GB as uint8, times the batches in flight."""
+    return max(1, min(batch_size, clips_per_forward // views))
+
+
 def run_test(cfg: Config, checkpoint: Path, out_dir: Path, list_file: Path | None = None,
              num_clips: int | None = None, crops: int | None = None, device: str = "auto",
-             progress: bool = True) -> Report:
-    """Test ``checkpoint`` on ``list_file`` (default ``data.test_list``) with clips x crops views; writes the files."""
+             progress: bool = True, batch_size: int | None = None) -> Report:
+    """Test ``checkpoint`` on ``list_file`` (default ``data.test_list``) with clips x crops views; writes the files.
+
+    ``batch_size``: videos per loader batch (default: ``videos_per_test_batch`` of ``data.batch_size``)."""
     info = init_distributed(device)
     if info.distributed:
         raise RuntimeError("tools/test.py runs in one process; launch it without torchrun")
@@ -112,14 +121,15 @@ def run_test(cfg: Config, checkpoint: Path, out_dir: Path, list_file: Path | Non
         raise CheckpointError(checkpoint, f"trained on {len(class_names)} classes ({_names(class_names)}), but "
                                           f"data.classes lists {len(listed)} ({_names(listed)})")
     dataset = build_dataset(cfg, "test", len(class_names), list_file=list_file, num_clips=num_clips, crops=crops)
-    loader = build_loader(cfg, dataset, train=False, distributed=False)
+    views = dataset.num_clips * (crops if crops is not None else cfg.test.crops)
+    batch_size = batch_size or videos_per_test_batch(cfg.data.batch_size, views, cfg.test.clips_per_forward)
+    loader = build_loader(cfg, dataset, train=False, distributed=False, batch_size=batch_size)
     model = trained.model
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
     spec = model.spec
-    views = dataset.num_clips * (crops if crops is not None else cfg.test.crops)
-    logger.info("testing %s on %d videos of %s, %d view(s) each", checkpoint, len(dataset),
-                list_file or list_path(cfg, "test"), views)
+    logger.info("testing %s on %d videos of %s, %d view(s) each, %d video(s) per batch", checkpoint, len(dataset),
+                list_file or list_path(cfg, "test"), views, batch_size)
     _, predictions = evaluate(model, loader, info.device, len(class_names), tuple(spec.mean), tuple(spec.std),
                               cfg.train.amp, progress=progress, channels_last=cfg.train.channels_last,
                               clips_per_forward=cfg.test.clips_per_forward)
