@@ -1,8 +1,8 @@
 """Evaluation reports: multi-view testing of a checkpoint, score fusion, and the files they write.
 
-``O/metrics.json`` (top1, top5, mean_class_accuracy as fractions, num_videos; mean class accuracy
-is the recall averaged over the classes present in the labels, as scikit-learn's balanced
-accuracy), ``O/per_class.csv``,
+``O/metrics.json`` (top1, top5, mean_class_accuracy as fractions, num_videos, and the
+``conventions`` behind them: mean class accuracy is the recall averaged over the classes present
+in the labels, as scikit-learn's balanced accuracy), ``O/per_class.csv``,
 ``O/confusion_matrix.csv`` and ``.png``, ``O/scores.npy`` (video-level scores in list order; the
 rows of videos that could not be read are NaN, left out of the metrics and listed in
 ``O/skipped.csv``).
@@ -67,12 +67,22 @@ def score_report(scores: np.ndarray, labels: np.ndarray, num_classes: int) -> Re
                   per_class=per_class_metrics(cm), confusion=cm)
 
 
+# Written into metrics.json, so that its numbers can be compared with papers' without the README.
+METRIC_CONVENTIONS = {
+    "top_k": "a video is a hit when its label is among its k highest scores; exact ties go to the lower class id",
+    "mean_class_accuracy": "recall averaged over the classes present in the labels (scikit-learn's "
+                           "balanced_accuracy_score; mmaction2 also counts predicted but absent classes, as 0)",
+    "views": "softmax probabilities averaged over a video's clips x crops",
+    "skipped": "unreadable videos are left out of every metric and listed in skipped.csv",
+}
+
+
 def write_report(report: Report, class_names: Sequence[str], out_dir: Path, scores: np.ndarray | None = None,
                  skipped: Sequence[SkippedVideo] = ()) -> None:
     """Write the report files under ``out_dir`` (see the module docstring)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = {"top1": report.top1, "top5": report.top5, "mean_class_accuracy": report.mean_class_accuracy,
-               "num_videos": report.num_videos}
+               "num_videos": report.num_videos, "conventions": METRIC_CONVENTIONS}
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_per_class_csv(out_dir / "per_class.csv", class_names, report.per_class)
     write_confusion_csv(out_dir / "confusion_matrix.csv", report.confusion, class_names)
