@@ -9,6 +9,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	# opencv-contrib-python-headless replaced opencv-python-headless: both install cv2, never keep both
+	$(PY) -m pip uninstall --quiet --yes opencv-python-headless
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 

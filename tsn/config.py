@@ -178,14 +178,22 @@ class DataConfig(_Section):
             ``dir num_frames label`` for ``rawframes``). Defaults match the common
             ``train.txt``/``val.txt``/``test.txt`` next to ``classes.txt`` layout.
         classes: file of class names, one a line, line i = label i.
-        format: ``video`` (files decoded on the fly) or ``rawframes`` (folders of JPEGs).
+        format: ``video`` (files decoded on the fly) or ``rawframes`` (folders of JPEGs; with
+            ``modality: flow`` the flow folders of ``tools/extract_flow.py``, always rawframes).
+        modality: (added key) the TSN stream: ``rgb`` (frames), ``flow`` (stacks of ``new_length``
+            optical-flow pairs, 2 x new_length input channels, from flow folders) or ``rgbdiff``
+            (``new_length`` differences of ``new_length + 1`` consecutive frames, 3 x new_length
+            channels, computed on the fly from videos or frame folders). Flow and RGB difference
+            start from the ImageNet weights by TSN's cross-modality initialisation
+            (``tsn.models.modality``).
         backend: video decoder: ``auto`` (PyAV, OpenCV taking over the files PyAV cannot read,
             logged once per file), or ``pyav``, ``decord``, ``opencv`` alone; ignored for rawframes.
         num_segments: K, segments per clip. 8: with ``model.consensus: feature_max`` the frame
             where an action peaks has to be among the sampled ones (on UT-Interaction's frozen
             features, the maximum of 3, 8, 16 and all frames gave 0.65, 0.68, 0.74 and 0.78 top-1).
             The TSN paper trains with 3; the dataset configs keep their recipes' 3 or 8.
-        new_length: L, consecutive frames per segment (1 for RGB).
+        new_length: L, consecutive frames per segment; empty (the default) for the modality's:
+            1 for ``rgb``, 5 for ``flow`` and ``rgbdiff`` (TSN's).
         input_size: side of the square network input.
         short_side: frames are scaled so that their short side is this before cropping.
         batch_size: clips per step and per process (8 fits a ResNet-50 with K=3 on any GPU).
@@ -216,9 +224,10 @@ class DataConfig(_Section):
     test_list: str = "test.txt"
     classes: str = "classes.txt"
     format: Literal["video", "rawframes"] = "video"
+    modality: Literal["rgb", "flow", "rgbdiff"] = "rgb"
     backend: Literal["auto", "pyav", "decord", "opencv"] = "auto"
     num_segments: int = _bounded(8, ge=1)
-    new_length: int = _bounded(1, ge=1)
+    new_length: int | None = _bounded(None, ge=1)
     input_size: int = _bounded(224, ge=1)
     short_side: int = _bounded(256, ge=1)
     batch_size: int = _bounded(8, ge=1)
@@ -232,6 +241,18 @@ class DataConfig(_Section):
     def _check(self) -> None:
         if not self.train_scales or any(not 0 < scale <= 1 for scale in self.train_scales):
             raise ConfigError("data.train_scales", f"expected scales in (0, 1], got {list(self.train_scales)}")
+        if self.modality == "flow" and self.format != "rawframes":
+            raise ConfigError("data.format", "modality flow reads flow folders (tools/extract_flow.py): "
+                                             "set data.format: rawframes")
+        if self.modality == "rgb" and self.new_length not in (None, 1):
+            raise ConfigError("data.new_length", "the RGB stream takes one frame per segment (new_length: 1)")
+
+    @property
+    def frames_per_segment(self) -> int:
+        """L: ``new_length``, or the modality's default (1 for rgb, 5 for flow and rgbdiff)."""
+        if self.new_length is not None:
+            return self.new_length
+        return 1 if self.modality == "rgb" else 5
 
 
 @dataclass(frozen=True)

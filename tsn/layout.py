@@ -5,9 +5,10 @@ Symbols:
     V  views of one video at test time: num_clips temporal clips x num_crops spatial crops,
        clip-major (view v = clip * num_crops + crop)
     K  segments (``num_segments``)
-    L  consecutive frames per segment (``new_length``)
-    T  frames of one clip, T = K * L, segment-major: frame t belongs to segment t // L
-    C  channels, 3, RGB order
+    L  consecutive frames per segment (``new_length``; RGB difference reads L + 1 to make L differences)
+    T  frames of one clip, T = K * L (K * (L + 1) for RGB difference), segment-major: frame t
+       belongs to segment t // (T / K)
+    C  channels: 3, RGB order; 2 for optical flow, the quantised (x, y) flow of ``tsn.io.flow``
     H, W  height and width
 
 Frames as decoded by ``tsn.io``: numpy uint8 ``(T, H, W, C)``, RGB.
@@ -16,7 +17,10 @@ One training or validation sample: torch ``(T, C, H, W)``, uint8 out of the Data
 to normalise.
 One test sample with several views: ``(V, T, C, H, W)``.
 A batch prepends B: ``(B, T, C, H, W)`` or ``(B, V, T, C, H, W)``.
-The model takes ``(B, T, C, H, W)`` float and returns logits ``(B, num_classes)``.
+The model takes ``(B, T, C, H, W)`` float and returns logits ``(B, num_classes)``. Flow and RGB
+difference models first stack each segment's frames into one input of ``2 L`` or ``3 L`` channels,
+``(B, K, 2L or 3L, H, W)`` (``tsn.models.modality.stack_segments``), the only place where a clip
+changes layout.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 One sample is ``ClipSample(clip, label, index, skipped)``:
 
-- ``clip``: torch uint8 ``(T, 3, H, W)`` in train/val mode, ``(V, T, 3, H, W)`` in test mode
-  (V = num_clips temporal clips x crops of the transform, clip-major); float32 normalised
+- ``clip``: torch uint8 ``(T, C, H, W)`` in train/val mode, ``(V, T, C, H, W)`` in test mode
+  (V = num_clips temporal clips x crops of the transform, clip-major; C = 3 for RGB frames, 2 for
+  the quantised (x, y) optical flow of a ``"flow"`` list); float32 normalised
   with ``tsn.layout.normalize_clips`` when ``mean`` and ``std`` are given. uint8 is the
   default because it moves a quarter of the bytes through the loader; the engine normalises
   on the device.
@@ -38,11 +39,14 @@ import torch
 from tsn.data.lists import LIST_FORMATS, VideoRecord
 from tsn.data.sampling import TRAIN_BOUNDS, test_indices, train_indices, val_indices
 from tsn.data.transforms import DecodesResized, FrameTransform, to_tensor_clip
-from tsn.io import VideoInfo, VideoReadError, probe, read, read_first
+from tsn.io import VideoInfo, VideoReadError, count_flow_frames, probe, read, read_first, read_flow
 from tsn.layout import normalize_clips
 from tsn.pools import thread_pool
 
 MODES = ("train", "val", "test")
+# What a Dataset reads: the list formats, and "flow": a rawframes list of flow folders (tools/extract_flow.py),
+# whose frame counts count flow pairs.
+FORMATS = LIST_FORMATS + ("flow",)
 ON_ERROR = ("skip", "raise")
 
 
@@ -106,7 +110,8 @@ def decoder_threads() -> int:
 
 
 class ClipDataset(torch.utils.data.Dataset):
-    """TSN clips from a list of videos (``format="video"``) or of frame folders (``"rawframes"``).
+    """TSN clips from a list of videos (``format="video"``), of frame folders (``"rawframes"``) or of
+    flow folders (``"flow"``).
 
     In: list records (paths relative to ``root``), the reader ``backend`` for videos
     (``"auto"``, ``"pyav"``, ``"decord"``, ``"opencv"``; frame folders always use ``"rawframes"``),
@@ -130,8 +135,8 @@ class ClipDataset(torch.utils.data.Dataset):
                  mode: str, num_segments: int, new_length: int, transform: FrameTransform, num_clips: int = 1,
                  on_error: str = "skip", seed: int = 0, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, train_bounds: str = "fractional") -> None:
-        if format not in LIST_FORMATS:
-            raise ValueError(f"format must be one of {LIST_FORMATS}, got {format!r}")
+        if format not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if on_error not in ON_ERROR:
@@ -150,7 +155,7 @@ class ClipDataset(torch.utils.data.Dataset):
         self.records = list(records)
         self.root = Path(root)
         self.format = format
-        self.backend = "rawframes" if format == "rawframes" else backend
+        self.backend = "rawframes" if format in ("rawframes", "flow") else backend
         self.mode = mode
         self.num_segments = num_segments
         self.new_length = new_length
@@ -178,10 +183,12 @@ class ClipDataset(torch.utils.data.Dataset):
         return str(self.root / self.records[index].path)
 
     def num_frames(self, index: int) -> int:
-        """Frames of record ``index``: the list's count for frame folders, else the (cached) probe's."""
+        """Frames of record ``index``: the list's count for frame and flow folders, else the (cached) probe's."""
         record = self.records[index]
-        if self.format == "rawframes" and record.num_frames is not None:
+        if self.format in ("rawframes", "flow") and record.num_frames is not None:
             return record.num_frames
+        if self.format == "flow":
+            return count_flow_frames(self.path(index))
         info = self._infos.get(index)
         if info is None:
             info = probe(self.path(index), self.backend)
@@ -212,7 +219,10 @@ class ClipDataset(torch.utils.data.Dataset):
         # Frames at the size the transform scales to anyway, where the backend can decode at it.
         size_for = self.transform.decode_size if isinstance(self.transform, DecodesResized) else None
         info = self._infos.get(index)
-        if info is None and self.format == "video":
+        if self.format == "flow":
+            indices = self._indices(index, self.num_frames(index), rng)
+            frames = read_flow(path, indices.reshape(-1), threads)  # (C*T, H, W, 2)
+        elif info is None and self.format == "video":
             # First read of this video in this process: probed and read in one pass (tsn.io.read_first).
             # ``choose`` rewinds the generator so that a second call, after a failed first
             # attempt, draws the same indices and leaves ``rng`` where a plain read would.
@@ -237,17 +247,17 @@ class ClipDataset(torch.utils.data.Dataset):
         out = self.transform(frames, rng)
         if self.mode != "test":
             if out.ndim != 4:
-                raise ValueError(f"mode {self.mode!r} needs a transform returning (T, h, w, 3), got {out.shape}")
-            clip = to_tensor_clip(out)  # (T, 3, h, w)
+                raise ValueError(f"mode {self.mode!r} needs a transform returning (T, h, w, C), got {out.shape}")
+            clip = to_tensor_clip(out)  # (T, C, h, w)
         else:
             if out.ndim == 4:
-                out = out[None]  # a single-view transform: (1, C*T, h, w, 3)
-            crops, _, height, width, _ = out.shape
+                out = out[None]  # a single-view transform: (1, C*T, h, w, channels)
+            crops, _, height, width, channels = out.shape
             steps = indices.shape[1]
             views = torch.from_numpy(np.ascontiguousarray(out))
-            views = views.reshape(crops, self.num_clips, steps, height, width, 3)
-            # (crops, C, T, h, w, 3) -> (C, crops, T, 3, h, w) -> (V, T, 3, h, w), clip-major views
-            clip = views.permute(1, 0, 2, 5, 3, 4).reshape(self.num_clips * crops, steps, 3, height, width)
+            views = views.reshape(crops, self.num_clips, steps, height, width, channels)
+            # (crops, C, T, h, w, ch) -> (C, crops, T, ch, h, w) -> (V, T, ch, h, w), clip-major views
+            clip = views.permute(1, 0, 2, 5, 3, 4).reshape(self.num_clips * crops, steps, channels, height, width)
         if self.mean is not None and self.std is not None:
             clip = normalize_clips(clip, self.mean, self.std)
         return clip

@@ -37,8 +37,6 @@ def build_tsn(cfg: Config, num_classes: int, load_pretrained: bool = True) -> TS
     pretrained: bool | str | Path = cfg.model.pretrained if load_pretrained else False
     if isinstance(pretrained, str):
         pretrained = resolve_path(cfg.data, pretrained)
-    if cfg.data.new_length != 1:
-        raise ConfigError("data.new_length", "the RGB TSN takes one frame per segment (new_length: 1)")
     model = build_model(
         backbone=cfg.model.backbone,
         pretrained=pretrained,
@@ -51,6 +49,8 @@ def build_tsn(cfg: Config, num_classes: int, load_pretrained: bool = True) -> TS
         freeze_bn=cfg.model.freeze_bn,
         freeze_backbone=cfg.model.freeze_backbone,
         bilinear_dim=cfg.model.bilinear_dim,
+        modality=cfg.data.modality,
+        new_length=cfg.data.frames_per_segment,
     )
     if cfg.model.frozen_stages and not cfg.model.freeze_backbone:
         try:
@@ -89,9 +89,11 @@ def build_dataset(cfg: Config, split: Split, num_classes: int, list_file: Path |
     else:
         transform = test_transform(crops if crops is not None else cfg.test.crops, data.input_size, data.short_side)
         mode, clips = "test", num_clips if num_clips is not None else cfg.test.num_clips
-    return ClipDataset(records, resolve_path(data, "."), data.format, data.backend, mode, data.num_segments,
-                       data.new_length, transform, num_clips=clips, on_error=data.on_error, seed=cfg.train.seed,
-                       train_bounds=data.train_sampling)
+    # RGB difference needs one frame more than the differences it makes of each segment's stack
+    frames_per_segment = data.frames_per_segment + (1 if data.modality == "rgbdiff" else 0)
+    return ClipDataset(records, resolve_path(data, "."), "flow" if data.modality == "flow" else data.format,
+                       data.backend, mode, data.num_segments, frames_per_segment, transform, num_clips=clips,
+                       on_error=data.on_error, seed=cfg.train.seed, train_bounds=data.train_sampling)
 
 
 def build_loader(cfg: Config, dataset: ClipDataset, train: bool, distributed: bool,

@@ -324,7 +324,7 @@ def probe_features(cfg: Config, model: TSN, dataset: ClipDataset, weights: str, 
     and every rank gets all of them."""
     parts = {"root": str(dataset.root.resolve()), "format": dataset.format, "backend": dataset.backend,
              "backbone": cfg.model.backbone, "head": cfg.model.head, "consensus": cfg.model.consensus,
-             "bilinear_dim": cfg.model.bilinear_dim,
+             "bilinear_dim": cfg.model.bilinear_dim, "modality": model.modality,
              "amp": cfg.train.amp, "weights": weights,
              "segments": dataset.num_segments, "new_length": dataset.new_length, "clips": dataset.num_clips,
              "transform": repr(vars(dataset.transform)), "seed": dataset.seed}

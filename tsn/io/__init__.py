@@ -8,6 +8,8 @@
 - ``read_first(path, choose, backend="auto")`` -> ``probe`` and ``read`` in one pass (the Dataset's
   first read of a video: with PyAV or decord the frame count is verified in the same decode);
 - ``iter_frames(path, backend="auto")`` -> every frame in order (for frame extraction);
+- ``read_flow(folder, indices)`` -> uint8 ``(T, H, W, 2)`` quantised (x, y) optical flow from a flow folder
+  (``x_00001.jpg``/``y_00001.jpg``, or TSN's ``flow_x_``/``flow_y_``), ``count_flow_frames(folder)``;
 - ``VideoReadError(path, reason)`` for anything that cannot be read, ``str()`` = ``"path: reason"``.
 
 Backends: ``BACKENDS`` = pyav, decord, opencv, rawframes (a folder ``img_00001.jpg ...``,
@@ -17,7 +19,9 @@ readers leak memory when kept, decord issues 157 and 208). Frames are in the cod
 (OpenCV's automatic rotation is off), the same for every backend.
 """
 
-from tsn.io.base import RAWFRAME_TEMPLATE, VideoInfo, VideoReadError
+from tsn.io.base import FLOW_TEMPLATES, RAWFRAME_TEMPLATE, FrameIndex, VideoInfo, VideoReadError
+from tsn.io.rawframes import count_flow_frames, read_flow
 from tsn.io.reader import BACKENDS, iter_frames, probe, read, read_first
 
-__all__ = ["BACKENDS", "RAWFRAME_TEMPLATE", "VideoInfo", "VideoReadError", "iter_frames", "probe", "read", "read_first"]
+__all__ = ["BACKENDS", "FLOW_TEMPLATES", "RAWFRAME_TEMPLATE", "FrameIndex", "VideoInfo", "VideoReadError",
+           "count_flow_frames", "iter_frames", "probe", "read", "read_first", "read_flow"]

@@ -9,6 +9,10 @@ import numpy as np
 # Frame folders as written by tools/extract_frames.py: 1-based names, so 0-based frame i is
 # RAWFRAME_TEMPLATE.format(i + 1).
 RAWFRAME_TEMPLATE = "img_{:05d}.jpg"
+# Optical flow (x, y) of pair i (0-based: frame i to i + 1) as written by tools/extract_flow.py, the
+# mmaction2 layout; the original TSN's extractor wrote ``flow_x_00001.jpg`` / ``flow_y_00001.jpg``.
+FLOW_TEMPLATES = ("x_{:05d}.jpg", "y_{:05d}.jpg")
+TSN_FLOW_TEMPLATES = ("flow_x_{:05d}.jpg", "flow_y_{:05d}.jpg")
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,7 +1,10 @@
-"""Videos -> folders of JPEG frames (``img_00001.jpg`` ...), resumable and safe to kill at any moment.
+"""Videos -> folders of JPEG frames (``img_00001.jpg`` ...) or of optical flow, resumable and safe to kill at any moment.
 
 Layout: the video ``SRC/<rel>.<ext>`` becomes ``OUT/<rel>/img_00001.jpg ...`` (``RAWFRAME_TEMPLATE``), RGB frames
-resized so that their short side is ``short_side`` (0 keeps the size) and written as JPEG with OpenCV.
+resized so that their short side is ``short_side`` (0 keeps the size) and written as JPEG with OpenCV. With
+``FlowSettings`` it becomes ``OUT/<rel>/x_00001.jpg``, ``y_00001.jpg`` ... (``FLOW_TEMPLATES``, mmaction2's
+layout): the flow of each pair of consecutive frames, computed on the resized frames and quantised by
+``tsn.io.flow``, as grayscale JPEGs (and the RGB frames too with ``with_rgb``).
 
 Crash safety (SIGKILL, power aside): a video is decoded in one sequential pass into the hidden sibling folder
 ``OUT/<parent>/.<name>.partial-<pid>``; when every frame is written, a completion marker ``.done`` (JSON: frame
@@ -30,13 +33,15 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
 from tsn.io import RAWFRAME_TEMPLATE, VideoReadError, iter_frames
+from tsn.io.base import FLOW_TEMPLATES
+from tsn.io.flow import DEFAULT_BOUND, video_flow
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv",
                               ".3gp", ".ogv"})
@@ -44,7 +49,7 @@ MARKER_NAME = ".done"
 # Hidden work folders next to the frame folders: ".<name>.partial-<pid>" (being written) and
 # ".<name>.stale-<pid>" (an old folder moved aside before being deleted).
 _WORK_DIR_RE = re.compile(r"^\..+\.(partial|stale)-\d+$")
-_FRAME_RE = re.compile(r"^img_\d{5,}\.jpg$")
+_ANY_FRAME_RE = re.compile(r"^(img|x|y)_\d{5,}\.jpg$")
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,7 @@ class _Task:
     short_side: int
     quality: int
     backend: str
+    flow: FlowSettings | None
 
 
 def find_videos(root: str | os.PathLike) -> tuple[list[ExtractJob], list[str]]:
@@ -141,6 +147,14 @@ def resize_short_side(frame: np.ndarray, short_side: int) -> np.ndarray:
     return cv2.resize(frame, size, interpolation=interpolation)
 
 
+def encode_gray_jpeg(image: np.ndarray, quality: int) -> bytes:
+    """Grayscale uint8 (H,W) -> JPEG bytes (one channel)."""
+    ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError(f"OpenCV failed to encode a {image.shape} image as JPEG")
+    return buffer.tobytes()
+
+
 def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
     """RGB uint8 (H,W,3) -> JPEG bytes (OpenCV encodes BGR, so the channels are swapped first)."""
     ok, buffer = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
@@ -149,39 +163,93 @@ def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
     return buffer.tobytes()
 
 
-def _marker(num_frames: int, short_side: int, quality: int, source_size: int) -> dict[str, int]:
-    return {"num_frames": num_frames, "short_side": short_side, "quality": quality, "source_size": source_size}
+@dataclass(frozen=True)
+class FlowSettings:
+    """Optical flow instead of (or beside, ``with_rgb``) the RGB frames: ``tsn.io.flow``'s ``method`` and ``bound``."""
+    method: str = "dis"
+    bound: float = DEFAULT_BOUND
+    with_rgb: bool = False
 
 
-def completed_frames(frame_dir: str | os.PathLike, short_side: int, quality: int, source_size: int) -> int | None:
-    """Frame count of a finished folder made with these settings from a source of this size, else None.
+def _marker(num_frames: int, short_side: int, quality: int, source_size: int,
+            flow: FlowSettings | None = None) -> dict[str, object]:
+    """What ``.done`` records. With ``flow``, ``num_frames`` counts the flow pairs (one fewer than the frames)."""
+    marker: dict[str, object] = {"num_frames": num_frames, "short_side": short_side, "quality": quality,
+                                 "source_size": source_size}
+    if flow is not None:
+        marker.update(flow=flow.method, bound=flow.bound, rgb=flow.with_rgb)
+    return marker
 
-    Reads the marker and lists the folder once (the ``img_*.jpg`` count must equal the marker's); decodes nothing.
+
+def _counts(frame_dir: Path) -> dict[str, int]:
+    """How many ``img_``, ``x_`` and ``y_`` JPEGs ``frame_dir`` holds (one directory listing)."""
+    counts = {"img": 0, "x": 0, "y": 0}
+    for entry in os.scandir(frame_dir):
+        match = _ANY_FRAME_RE.match(entry.name)
+        if match:
+            counts[match.group(1)] += 1
+    return counts
+
+
+def completed_frames(frame_dir: str | os.PathLike, short_side: int, quality: int, source_size: int,
+                     flow: FlowSettings | None = None) -> int | None:
+    """Frame count (flow pairs with ``flow``) of a finished folder made with these settings from a source of
+    this size, else None.
+
+    Reads the marker and lists the folder once (the JPEG counts must match the marker's); decodes nothing.
     """
     frame_dir = Path(frame_dir)
     try:
         marker = json.loads((frame_dir / MARKER_NAME).read_text())
-        count = sum(1 for entry in os.scandir(frame_dir) if _FRAME_RE.match(entry.name))
+        counts = _counts(frame_dir)
     except (OSError, ValueError):
         return None
     if not isinstance(marker, dict):
         return None
     num_frames = marker.get("num_frames")
-    if (not isinstance(num_frames, int) or num_frames < 1 or count != num_frames
-            or marker != _marker(num_frames, short_side, quality, source_size)
-            or not (frame_dir / RAWFRAME_TEMPLATE.format(num_frames)).is_file()):
+    if not isinstance(num_frames, int) or num_frames < 1:
+        return None
+    if flow is None:
+        expected = {"img": num_frames, "x": 0, "y": 0}
+        last = RAWFRAME_TEMPLATE.format(num_frames)
+    else:
+        expected = {"img": num_frames + 1 if flow.with_rgb else 0, "x": num_frames, "y": num_frames}
+        last = FLOW_TEMPLATES[1].format(num_frames)
+    if (counts != expected or marker != _marker(num_frames, short_side, quality, source_size, flow)
+            or not (frame_dir / last).is_file()):
         return None
     return num_frames
 
 
-def write_frames(frames: Iterable[np.ndarray], frame_dir: str | os.PathLike, short_side: int, quality: int,
-                 source: str, source_size: int) -> int:
-    """Write RGB frames (H,W,3) as ``frame_dir/img_00001.jpg ...`` atomically; returns the number written.
+def _rgb_files(frames: Iterable[np.ndarray], short_side: int, quality: int) -> Iterator[tuple[str, bytes]]:
+    """RGB frames -> (file name, JPEG bytes): ``img_00001.jpg`` ..."""
+    for number, frame in enumerate(frames, start=1):
+        yield RAWFRAME_TEMPLATE.format(number), encode_jpeg(resize_short_side(frame, short_side), quality)
 
-    Frames go to a hidden ``.partial-<pid>`` sibling that is renamed to ``frame_dir`` only once complete (with its
+
+def _flow_files(frames: Iterable[np.ndarray], short_side: int, quality: int,
+                flow: FlowSettings) -> Iterator[tuple[str, bytes]]:
+    """RGB frames -> (file name, JPEG bytes): ``x_00001.jpg``, ``y_00001.jpg`` per pair (and ``img_`` frames
+    when ``flow.with_rgb``), the flow computed on the frames resized to ``short_side``."""
+    resized = (resize_short_side(frame, short_side) for frame in frames)
+    for number, (frame, x, y) in enumerate(video_flow(resized, flow.method, flow.bound), start=1):
+        if flow.with_rgb:
+            yield RAWFRAME_TEMPLATE.format(number), encode_jpeg(frame, quality)
+        if x is not None and y is not None:
+            yield FLOW_TEMPLATES[0].format(number), encode_gray_jpeg(x, quality)
+            yield FLOW_TEMPLATES[1].format(number), encode_gray_jpeg(y, quality)
+
+
+def write_frames(frames: Iterable[np.ndarray], frame_dir: str | os.PathLike, short_side: int, quality: int,
+                 source: str, source_size: int, flow: FlowSettings | None = None) -> int:
+    """Write RGB frames (H,W,3) as ``frame_dir/img_00001.jpg ...`` (with ``flow``: the flow pairs ``x_00001.jpg``,
+    ``y_00001.jpg`` ..., and the frames when ``flow.with_rgb``) atomically; returns the number of frames
+    (with ``flow``: of flow pairs) written.
+
+    Files go to a hidden ``.partial-<pid>`` sibling that is renamed to ``frame_dir`` only once complete (with its
     marker); whatever was at ``frame_dir`` before is replaced. Any error (e.g. ``VideoReadError`` half way through
     ``frames``) removes the partial folder and propagates; ``frame_dir`` is then left as it was. No frame at all
-    raises ``VideoReadError(source, ...)``.
+    (with ``flow``: fewer than two) raises ``VideoReadError(source, ...)``.
     """
     frame_dir = Path(frame_dir)
     frame_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -190,14 +258,16 @@ def write_frames(frames: Iterable[np.ndarray], frame_dir: str | os.PathLike, sho
         shutil.rmtree(partial)
     partial.mkdir()
     try:
-        num_frames = 0
-        for frame in frames:
-            num_frames += 1
-            data = encode_jpeg(resize_short_side(frame, short_side), quality)
-            (partial / RAWFRAME_TEMPLATE.format(num_frames)).write_bytes(data)
+        files = _rgb_files(frames, short_side, quality) if flow is None else \
+            _flow_files(frames, short_side, quality, flow)
+        written = {"img": 0, "x": 0, "y": 0}
+        for name, data in files:
+            (partial / name).write_bytes(data)
+            written[name.split("_", 1)[0]] += 1
+        num_frames = written["img"] if flow is None else written["x"]
         if num_frames == 0:
-            raise VideoReadError(source, "no frame decodes")
-        marker = _marker(num_frames, short_side, quality, source_size)
+            raise VideoReadError(source, "no frame decodes" if flow is None else "fewer than two frames decode: no flow")
+        marker = _marker(num_frames, short_side, quality, source_size, flow)
         (partial / MARKER_NAME).write_text(json.dumps(marker, sort_keys=True) + "\n")
         _replace_dir(partial, frame_dir)
     except BaseException:
@@ -253,8 +323,9 @@ def _run_task(task: _Task) -> tuple[int, int | None, str]:
     """Worker: extract one video. Returns (index, frames written or None, failure reason or "")."""
     try:
         source_size = os.stat(task.source).st_size
+        cv2.setNumThreads(1)  # one video per process: no oversubscription, and the same bytes on every run
         num_frames = write_frames(iter_frames(task.source, backend=task.backend), task.frame_dir, task.short_side,
-                                  task.quality, task.source, source_size)
+                                  task.quality, task.source, source_size, task.flow)
     except VideoReadError as error:
         return task.index, None, error.reason
     return task.index, num_frames, ""
@@ -275,8 +346,10 @@ def _check_job(video: str, source: Path) -> str:
 
 def extract_frames(src_root: str | os.PathLike, out_root: str | os.PathLike, jobs: Sequence[ExtractJob],
                    short_side: int = 256, quality: int = 95, workers: int = 1, backend: str = "auto",
-                   progress: bool = True) -> ExtractSummary:
-    """Extract every job's video ``src_root/<video>`` to ``out_root/<video without extension>/``.
+                   progress: bool = True, flow: FlowSettings | None = None) -> ExtractSummary:
+    """Extract every job's video ``src_root/<video>`` to ``out_root/<video without extension>/``: its frames, or
+    with ``flow`` its flow pairs (and frames when ``flow.with_rgb``; ``ExtractedVideo.num_frames`` then counts
+    the flow pairs).
 
     Finished folders (see ``completed_frames``) are skipped; hidden work folders of killed runs are removed first.
     Each distinct video is decoded once, in one sequential pass, by ``workers`` processes (spawned; 1 = in this
@@ -313,16 +386,17 @@ def extract_frames(src_root: str | os.PathLike, out_root: str | os.PathLike, job
             continue
         owner_of_dir[rel_dir] = job.video
         frame_dir = out_root / rel_dir
-        done = completed_frames(frame_dir, short_side, quality, source.stat().st_size)
+        done = completed_frames(frame_dir, short_side, quality, source.stat().st_size, flow)
         frames_of[job.video] = done
         if done is not None:
             summary.skipped_existing += 1
         else:
-            tasks.append(_Task(len(tasks), str(source), str(frame_dir), short_side, quality, backend))
+            tasks.append(_Task(len(tasks), str(source), str(frame_dir), short_side, quality, backend, flow))
             task_videos.append(job.video)
     remove_work_dirs({(out_root / rel_dir).parent for rel_dir in owner_of_dir})
 
-    with tqdm(total=len(frames_of), initial=summary.skipped_existing, unit="video", desc="extract",
+    with tqdm(total=len(frames_of), initial=summary.skipped_existing, unit="video",
+              desc="extract" if flow is None else "flow",
               disable=not progress) as bar:
         for index, num_frames, reason in _run_tasks(tasks, workers):
             video = task_videos[index]

@@ -15,7 +15,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from tsn.io.base import RAWFRAME_TEMPLATE, VideoInfo, VideoReadError
+from tsn.io.base import FLOW_TEMPLATES, RAWFRAME_TEMPLATE, TSN_FLOW_TEMPLATES, VideoInfo, VideoReadError
 from tsn.pools import thread_pool
 
 NAME = "rawframes"
@@ -106,3 +106,65 @@ def iter_frames(folder: str, info: VideoInfo) -> Iterator[np.ndarray]:
     """Frames 0 .. info.num_frames - 1 in order, uint8 (H, W, 3) RGB."""
     for index in range(info.num_frames):
         yield _imread_rgb(folder, index, np.empty((info.height, info.width, 3), dtype=np.uint8))
+
+
+def flow_templates(folder: str) -> tuple[str, str]:
+    """The (x, y) file names of a flow folder: ``x_00001.jpg`` (mmaction2, ``tools/extract_flow.py``) or
+    ``flow_x_00001.jpg`` (the original TSN's extractor), whichever its first pair uses."""
+    for templates in (FLOW_TEMPLATES, TSN_FLOW_TEMPLATES):
+        if os.path.isfile(os.path.join(folder, templates[0].format(1))):
+            return templates
+    raise VideoReadError(folder, f"{NAME}: no flow frames ({FLOW_TEMPLATES[0].format(1)} or "
+                                 f"{TSN_FLOW_TEMPLATES[0].format(1)})")
+
+
+def count_flow_frames(folder: str) -> int:
+    """Flow pairs in a flow folder, from one directory listing; every pair from the first up must be complete."""
+    templates = flow_templates(folder)
+    prefix = templates[0].split("{")[0]
+    pattern = re.compile(rf"^{re.escape(prefix)}\d{{5,}}\.jpg$")
+    try:
+        names = {entry.name for entry in os.scandir(folder)}
+    except OSError as error:
+        raise VideoReadError(folder, f"{NAME}: cannot list the folder: {error.strerror}") from None
+    count = sum(1 for name in names if pattern.match(name))
+    for number in range(1, count + 1):
+        for template in templates:
+            if template.format(number) not in names:
+                raise VideoReadError(folder, f"{NAME}: {template.format(number)} is missing "
+                                             f"(the folder has {count} x flow files)")
+    return count
+
+
+def _imread_gray(folder: str, name: str, index: int) -> np.ndarray:
+    image = cv2.imread(os.path.join(folder, name), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise VideoReadError(folder, f"{NAME}: {name} (flow pair {index}) is missing or does not decode")
+    return image
+
+
+def read_flow(folder: str, indices: np.ndarray, threads: int = 1) -> np.ndarray:
+    """Flow pairs ``indices`` (0-based, any order, repeats allowed) of a flow folder -> uint8 (T, H, W, 2),
+    channel 0 the x flow, 1 the y flow, quantised as ``tsn.io.flow`` writes them.
+
+    Each distinct pair is decoded once; ``threads`` > 1 decodes that many JPEGs at once.
+    """
+    templates = flow_templates(folder)
+    unique, inverse = np.unique(np.asarray(indices, dtype=np.int64), return_inverse=True)
+
+    def pair(index: int) -> np.ndarray:
+        x = _imread_gray(folder, templates[0].format(index + 1), index)
+        y = _imread_gray(folder, templates[1].format(index + 1), index)
+        if x.shape != y.shape:
+            raise VideoReadError(folder, f"{NAME}: flow pair {index}: x is {x.shape[1]}x{x.shape[0]}, "
+                                         f"y is {y.shape[1]}x{y.shape[0]}")
+        return np.stack([x, y], axis=-1)  # (H, W, 2)
+
+    if threads > 1 and unique.size > 1:
+        pairs = list(thread_pool("jpeg", threads).map(pair, unique.tolist()))
+    else:
+        pairs = [pair(index) for index in unique.tolist()]
+    shapes = {p.shape for p in pairs}
+    if len(shapes) > 1:
+        raise VideoReadError(folder, f"{NAME}: flow pairs of different sizes: {sorted(shapes)}")
+    return np.stack(pairs)[inverse.reshape(-1)]  # (T, H, W, 2) in the requested order

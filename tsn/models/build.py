@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 from tsn.models.backbones import DEFAULT_BACKBONE, build_backbone
 from tsn.models.finetune import freeze_backbone as _freeze_backbone
 from tsn.models.finetune import freeze_stages
 from tsn.models.heads import BilinearHead, GAPHead
+from tsn.models.modality import FLOW_MEAN, FLOW_STD, cross_modality_init, input_channels
 from tsn.models.tsn import TSN
 
 HEAD_TYPES = ("gap", "bilinear")
@@ -27,22 +29,31 @@ def build_model(
     freeze_backbone: bool = False,
     frozen_stages: int = 0,
     bilinear_dim: int | None = 256,
+    modality: str = "rgb",
+    new_length: int = 1,
 ) -> TSN:
     """A TSN: ``build_backbone(backbone, pretrained)``, a "gap" or "bilinear" head (the bilinear
     one reduces the features to ``bilinear_dim`` channels first; None keeps all), the consensus,
     partial BN and, with ``freeze_backbone``, only the head trainable, or with ``frozen_stages`` the
-    backbone's first stages frozen (``tsn.models.finetune.freeze_stages``)."""
+    backbone's first stages frozen (``tsn.models.finetune.freeze_stages``). ``modality`` "flow" or
+    "rgbdiff" with ``new_length`` L: the first convolution takes 2 L or 3 L channels, initialised from
+    the RGB weights (``tsn.models.modality.cross_modality_init``)."""
     if head not in HEAD_TYPES:
         raise ValueError(f"head {head!r} is not one of {', '.join(HEAD_TYPES)}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     net, spec = build_backbone(backbone, pretrained)
+    channels = input_channels(modality, new_length)
+    if modality != "rgb":
+        cross_modality_init(net, channels)
+    if modality == "flow":
+        spec = replace(spec, mean=(FLOW_MEAN, FLOW_MEAN), std=(FLOW_STD, FLOW_STD))
     if head == "gap":
         head_module = GAPHead(spec.feature_dim, num_classes, dropout)
     else:
         head_module = BilinearHead(spec.feature_dim, num_classes, dropout, reduce_dim=bilinear_dim)
     model = TSN(net, spec, head_module, num_segments, consensus=consensus, partial_bn=partial_bn,
-                freeze_bn=freeze_bn)
+                freeze_bn=freeze_bn, modality=modality)
     if freeze_backbone:
         _freeze_backbone(model)
     elif frozen_stages:

@@ -14,8 +14,9 @@ class BackboneSpec:
     """Facts about one backbone that the rest of tsn needs.
 
     name: the name given to ``build_backbone``.
-    mean, std: RGB, per channel, on the 0..1 scale, as ``tsn.layout.normalize_clips`` uses them:
-        the backbone sees ``(x / 255 - mean) / std`` for uint8 pixels ``x``.
+    mean, std: per channel of the loader's frames (RGB; (x, y) for flow), on the 0..1 scale, as
+        ``tsn.layout.normalize_clips`` uses them: the backbone sees ``(x / 255 - mean) / std`` for
+        uint8 pixels ``x``.
     input_size: the square side the weights were trained at (crop size).
     feature_dim: D, channels of the backbone's output feature map ``(N, D, h, w)``.
     feature_layers: names of modules inside the backbone (as in ``named_modules``) worth asking
@@ -23,8 +24,8 @@ class BackboneSpec:
     """
 
     name: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     input_size: int
     feature_dim: int
     feature_layers: tuple[str, ...]

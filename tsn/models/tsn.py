@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tsn.models.modality import MODALITIES, stack_segments
 from tsn.models.spec import BackboneSpec
 
 CONSENSUS_TYPES = ("avg", "max", "feature_max", "identity")
@@ -42,6 +43,8 @@ class TSN(nn.Module):
     are far from ImageNet's, and using them shifts every feature the pretrained layers see.
     ``backbone_frozen`` (set by ``tsn.models.finetune.freeze_backbone``) keeps the whole backbone
     in eval mode in ``train()``, ``frozen_modules`` (set by ``freeze_stages``) those modules.
+    modality: "rgb", or "flow"/"rgbdiff", whose frames are first stacked per segment
+    (``tsn.models.modality.stack_segments``) into the inputs of a backbone adapted to them.
     """
 
     def __init__(
@@ -53,8 +56,11 @@ class TSN(nn.Module):
         consensus: str = "avg",
         partial_bn: bool = False,
         freeze_bn: bool = False,
+        modality: str = "rgb",
     ) -> None:
         super().__init__()
+        if modality not in MODALITIES:
+            raise ValueError(f"modality {modality!r} is not one of {', '.join(MODALITIES)}")
         if consensus not in CONSENSUS_TYPES:
             raise ValueError(f"consensus {consensus!r} is not one of {', '.join(CONSENSUS_TYPES)}")
         if num_segments < 1:
@@ -64,6 +70,7 @@ class TSN(nn.Module):
         self.spec = spec
         self.num_segments = num_segments
         self.consensus = consensus
+        self.modality = modality
         self.partial_bn = partial_bn or freeze_bn
         self.freeze_bn = freeze_bn
         self.backbone_frozen = False
@@ -102,7 +109,9 @@ class TSN(nn.Module):
             raise ValueError(f"clip has {num_frames} frames, not a multiple of num_segments={self.num_segments}")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, C, H, W) -> backbone feature maps (B, T, D, h, w), one per frame (T = K * L)."""
+        """(B, T, C, H, W) -> backbone feature maps (B, T', D, h, w), one per backbone input: per frame
+        for RGB (T' = T = K * L), per segment's stack for flow and RGB difference (T' = K)."""
+        x = stack_segments(x, self.modality, self.num_segments)  # (B, T', C', H, W)
         b, t = x.shape[:2]
         self._check_frames(t)
         frames = x.reshape(b * t, *x.shape[2:])  # (B*T, C, H, W)

@@ -1,0 +1,101 @@
+"""Extract optical flow (and optionally the RGB frames) from videos and write the flow list; resumable and safe to kill.
+
+    python tools/extract_flow.py --src ROOT --out OUT [--list LIST] [--method dis|tvl1|farneback] [--bound 20]
+                                 [--short-side 256] [--rgb] [--workers N] [--quality 95] [--strict]
+
+``ROOT/<rel>.<ext>`` -> ``OUT/<rel>/x_00001.jpg``, ``y_00001.jpg`` ... (mmaction2's layout; pair i is the motion
+from frame i to i + 1, so n frames give n - 1 pairs), and with ``--rgb`` also ``img_00001.jpg`` ... from the same
+decoding pass. Flow is computed on frames resized to ``--short-side``, clipped to ±bound pixels and quantised to
+0..255 (``tsn.io.flow``). With ``--list`` the flow list ``OUT/<list stem>_flow.txt`` (and, with ``--rgb``,
+``OUT/<list stem>_rawframes.txt``) keeps the list's order and labels; without it every video under ROOT is taken,
+labelled by its top-level folder, into ``OUT/flow.txt``. Unreadable videos are left out, printed and written to
+``OUT/[<list stem>_]flow_errors.csv``. Exit status: 0, or 1 when --strict and a video failed, 2 for bad arguments
+or a bad list. A rerun skips finished videos and redoes the rest (see ``tsn.io.extract``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from tsn.cli import int_at_least
+from tsn.data.lists import ListFormatError, VideoRecord, read_video_list, write_class_names, write_rawframe_list
+from tsn.fileio import atomic_write_text
+from tsn.io.extract import ExtractJob, FlowSettings, extract_frames, failures_csv, find_videos
+from tsn.io.flow import DEFAULT_BOUND, FLOW_METHODS, FlowMethodUnavailable, flow_function
+
+
+def _quality(text: str) -> int:
+    """argparse type: a JPEG quality 0..100."""
+    value = int(text)
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be in 0..100, got {value}")
+    return value
+
+
+def _bound(text: str) -> float:
+    """argparse type: a positive flow bound in pixels."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command line -> options (argparse exits with status 2 on a bad flag)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--src", type=Path, required=True, help="root folder of the videos")
+    parser.add_argument("--out", type=Path, required=True, help="root folder of the flow folders and the lists")
+    parser.add_argument("--list", type=Path, help="video list 'rel/path.ext LABEL' (paths relative to --src)")
+    parser.add_argument("--method", choices=FLOW_METHODS, default="dis",
+                        help="dis (default), tvl1 (TSN's; OpenCV contrib) or farneback")
+    parser.add_argument("--bound", type=_bound, default=DEFAULT_BOUND, help="clip flow to ± this many pixels")
+    parser.add_argument("--short-side", type=int_at_least(0), default=256, help="resize short side to this; 0 keeps")
+    parser.add_argument("--rgb", action="store_true", help="also write the RGB frames img_00001.jpg ...")
+    parser.add_argument("--workers", type=int_at_least(1), default=os.cpu_count() or 1, help="processes")
+    parser.add_argument("--quality", type=_quality, default=95, help="JPEG quality 0..100")
+    parser.add_argument("--backend", choices=("auto", "pyav", "decord", "opencv"), default="auto")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when any video failed")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the extraction; returns the exit status."""
+    args = parse_args(argv)
+    if not args.src.is_dir():
+        print(f"error: --src {args.src}: not a folder", file=sys.stderr)
+        return 2
+    try:
+        flow_function(args.method)  # a missing OpenCV module is reported before any video is decoded
+        if args.list is not None:
+            jobs = [ExtractJob(record.path, record.label) for record in read_video_list(args.list)]
+            stem = f"{args.list.stem}_"
+        else:
+            jobs, classes = find_videos(args.src)
+            stem = ""
+            if classes:
+                write_class_names(classes, args.out / "classes.txt")
+    except (FlowMethodUnavailable, ListFormatError, OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    settings = FlowSettings(args.method, args.bound, args.rgb)
+    summary = extract_frames(args.src, args.out, jobs, short_side=args.short_side, quality=args.quality,
+                             workers=args.workers, backend=args.backend, flow=settings)
+    flow_list = args.out / f"{stem}flow.txt"
+    write_rawframe_list([VideoRecord(video.frame_dir, video.label, video.num_frames) for video in summary.extracted],
+                        flow_list)
+    if args.rgb:
+        write_rawframe_list([VideoRecord(video.frame_dir, video.label, video.num_frames + 1)
+                             for video in summary.extracted], args.out / f"{stem}rawframes.txt")
+    atomic_write_text(args.out / f"{stem}flow_errors.csv", failures_csv(summary.failed))
+    for failure in summary.failed:
+        print(f"failed: {failure.path}: {failure.reason}", file=sys.stderr)
+    print(f"{summary.line()} -> {flow_list}")
+    return 1 if args.strict and summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
