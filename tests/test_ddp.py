@@ -96,8 +96,8 @@ def torchrun(script: Path, *args: str) -> None:
 
 
 def test_ddp_resume_gives_the_weights_of_an_uninterrupted_ddp_run(tmp_path: Path) -> None:
-    # Dropout and mixup draw on every rank: each rank must draw its own numbers (seed + rank) and,
-    # after a resume, go on from its own states, not from rank 0's.
+    # Dropout and mixup draw on every rank: each rank must draw its own numbers (a stream seeded from
+    # (seed, rank)) and, after a resume, go on from its own states, not from rank 0's.
     data = make_tiny_data(tmp_path / "data")
     cfg = load_config(None, [*tiny_overrides(data), *DDP_OPTS, "model.dropout=0.5", "train.mixup_alpha=0.4",
                              "data.batch_size=2"])
@@ -113,7 +113,7 @@ def test_ddp_resume_gives_the_weights_of_an_uninterrupted_ddp_run(tmp_path: Path
     assert final["epoch"] == expected["epoch"] == 2
     for name, tensor in expected["model"].items():
         assert torch.equal(final["model"][name], tensor), name
-    # One random state per rank, and the ranks' differ (they were seeded seed + rank).
+    # One random state per rank, and the ranks' differ (each seeded from (seed, rank)).
     assert len(expected["rng"]) == len(expected["mixup_rng"]) == 2
     assert not torch.equal(expected["rng"][0]["torch"], expected["rng"][1]["torch"])
     assert expected["mixup_rng"][0] != expected["mixup_rng"][1]

@@ -173,7 +173,8 @@ def _global_state():
 @pytest.mark.parametrize("modality", ["flow", "rgbdiff"])
 def test_a_flow_and_an_rgb_difference_tsn_train_one_epoch(tmp_path: Path, modality: str) -> None:
     data = make_tiny_data(tmp_path / "data")
-    overrides = [*tiny_overrides(data, epochs=1), f"data.modality={modality}", "data.new_length=2"]
+    overrides = [*tiny_overrides(data, epochs=1), f"data.modality={modality}", "data.new_length=2",
+                 "model.freeze_bn=false"]
     if modality == "flow":
         root = tmp_path / "flow"
         for split in ("train", "val"):
@@ -191,3 +192,31 @@ def test_a_flow_and_an_rgb_difference_tsn_train_one_epoch(tmp_path: Path, modali
     assert result.epochs == 1 and result.last_val is not None and result.last_val.count == 4
     state = torch.load(tmp_path / "work" / "latest.pth", weights_only=True)
     assert state["model"]["backbone.conv1.weight"].shape[1] == (4 if modality == "flow" else 6)
+
+
+def test_flow_extraction_never_deletes_frames_extracted_into_the_same_folder(tmp_path: Path) -> None:
+    moving_texture_video(tmp_path / "src" / "move.mp4")
+    jobs = [ExtractJob("move.mp4", 0)]
+    assert not extract_frames(tmp_path / "src", tmp_path / "out", jobs, short_side=0, progress=False).failed
+    frames = sorted((tmp_path / "out" / "move").glob("img_*.jpg"))
+    summary = extract_frames(tmp_path / "src", tmp_path / "out", jobs, short_side=0, progress=False,
+                             flow=FlowSettings())
+    assert [f.reason for f in summary.failed] == [
+        f"{tmp_path / 'out' / 'move'} holds frames (tools/extract_frames.py): write the flow to another --out, "
+        f"or frames and flow together there with extract_flow.py --rgb after removing it"]
+    assert sorted((tmp_path / "out" / "move").glob("img_*.jpg")) == frames  # untouched
+
+
+def test_flow_models_give_features_and_need_a_trainable_first_batchnorm() -> None:
+    from tsn.config import ConfigError
+    from tsn.engine.features import video_features
+
+    model = build_model(backbone="resnet18", pretrained=False, num_classes=3, num_segments=2, modality="flow",
+                        new_length=3).eval()
+    with torch.no_grad():
+        features = video_features(model, torch.randn(2, 6, 2, 32, 32))  # (B, K*L, 2, H, W)
+    assert features.shape == (2, 512)
+    with pytest.raises(ConfigError, match="model.freeze_bn: data.modality flow: the first BatchNorm must adapt"):
+        load_config(None, ["data.modality=flow", "data.format=rawframes"])
+    with pytest.raises(ConfigError, match="data.format: modality flow reads flow folders"):
+        load_config(None, ["data.modality=flow", "model.freeze_bn=false"])

@@ -16,23 +16,13 @@ or a bad list. A rerun skips finished videos and redoes the rest (see ``tsn.io.e
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
 
-from tsn.cli import int_at_least
-from tsn.data.lists import ListFormatError, VideoRecord, read_video_list, write_class_names, write_rawframe_list
+from tsn.cli import add_extraction_args, extraction_jobs
+from tsn.data.lists import ListFormatError, VideoRecord, write_rawframe_list
 from tsn.fileio import atomic_write_text
-from tsn.io.extract import ExtractJob, FlowSettings, extract_frames, failures_csv, find_videos
+from tsn.io.extract import FlowSettings, extract_frames, failures_csv
 from tsn.io.flow import DEFAULT_BOUND, FLOW_METHODS, FlowMethodUnavailable, flow_function
-
-
-def _quality(text: str) -> int:
-    """argparse type: a JPEG quality 0..100."""
-    value = int(text)
-    if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"must be in 0..100, got {value}")
-    return value
 
 
 def _bound(text: str) -> float:
@@ -46,18 +36,11 @@ def _bound(text: str) -> float:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command line -> options (argparse exits with status 2 on a bad flag)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--src", type=Path, required=True, help="root folder of the videos")
-    parser.add_argument("--out", type=Path, required=True, help="root folder of the flow folders and the lists")
-    parser.add_argument("--list", type=Path, help="video list 'rel/path.ext LABEL' (paths relative to --src)")
+    add_extraction_args(parser)
     parser.add_argument("--method", choices=FLOW_METHODS, default="dis",
                         help="dis (default), tvl1 (TSN's; OpenCV contrib) or farneback")
     parser.add_argument("--bound", type=_bound, default=DEFAULT_BOUND, help="clip flow to ± this many pixels")
-    parser.add_argument("--short-side", type=int_at_least(0), default=256, help="resize short side to this; 0 keeps")
     parser.add_argument("--rgb", action="store_true", help="also write the RGB frames img_00001.jpg ...")
-    parser.add_argument("--workers", type=int_at_least(1), default=os.cpu_count() or 1, help="processes")
-    parser.add_argument("--quality", type=_quality, default=95, help="JPEG quality 0..100")
-    parser.add_argument("--backend", choices=("auto", "pyav", "decord", "opencv"), default="auto")
-    parser.add_argument("--strict", action="store_true", help="exit 1 when any video failed")
     return parser.parse_args(argv)
 
 
@@ -69,14 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         flow_function(args.method)  # a missing OpenCV module is reported before any video is decoded
-        if args.list is not None:
-            jobs = [ExtractJob(record.path, record.label) for record in read_video_list(args.list)]
-            stem = f"{args.list.stem}_"
-        else:
-            jobs, classes = find_videos(args.src)
-            stem = ""
-            if classes:
-                write_class_names(classes, args.out / "classes.txt")
+        jobs, stem = extraction_jobs(args.src, args.list, args.out)
     except (FlowMethodUnavailable, ListFormatError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

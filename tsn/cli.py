@@ -13,15 +13,18 @@ other ranks (they would otherwise wait forever in the next collective) and exits
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
+from pathlib import Path
 from typing import Callable
 
 from tsn.config import ConfigError
 from tsn.data.dataset import AllVideosFailedError
-from tsn.data.lists import ListFormatError
+from tsn.data.lists import ListFormatError, read_video_list, write_class_names
 from tsn.engine.checkpoint import CheckpointError
 from tsn.io import VideoReadError
+from tsn.io.extract import ExtractJob, find_videos
 from tsn.models import PretrainedWeightsNotFound
 
 
@@ -56,6 +59,39 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 # <n>.\nOriginal Traceback ...\n<module>.<Type>: <message>``: as that type when it can be built
 # from this text alone, as a RuntimeError otherwise (VideoReadError needs a path and a reason).
 _WORKER_ERROR = re.compile(r"Caught (\w+) in DataLoader worker process \d+\.")
+
+
+def jpeg_quality(text: str) -> int:
+    """argparse ``type=``: a JPEG quality 0..100."""
+    value = int(text)
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be in 0..100, got {value}")
+    return value
+
+
+def add_extraction_args(parser: argparse.ArgumentParser) -> None:
+    """The flags ``tools/extract_frames.py`` and ``tools/extract_flow.py`` share: sources, output, list, size,
+    processes, JPEG quality, decoder, --strict."""
+    parser.add_argument("--src", type=Path, required=True, help="root folder of the videos")
+    parser.add_argument("--out", type=Path, required=True, help="root folder of the output folders and lists")
+    parser.add_argument("--list", type=Path, help="video list 'rel/path.ext LABEL' (paths relative to --src)")
+    parser.add_argument("--short-side", type=int_at_least(0), default=256, help="resize short side to this; 0 keeps")
+    parser.add_argument("--workers", type=int_at_least(1), default=os.cpu_count() or 1, help="decoding processes")
+    parser.add_argument("--quality", type=jpeg_quality, default=95, help="JPEG quality 0..100")
+    parser.add_argument("--backend", choices=("auto", "pyav", "decord", "opencv"), default="auto")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when any video failed")
+
+
+def extraction_jobs(src: Path, list_file: Path | None, out: Path) -> tuple[list[ExtractJob], str]:
+    """The videos to extract and the prefix of the output lists: the list's videos and ``"<list stem>_"``,
+    or every video under ``src`` labelled by its top-level folder (its names written to ``out/classes.txt``)
+    and ``""``. Raises ``ListFormatError``/``OSError``/``ValueError`` for a bad list or folder."""
+    if list_file is not None:
+        return [ExtractJob(record.path, record.label) for record in read_video_list(list_file)], f"{list_file.stem}_"
+    jobs, classes = find_videos(src)
+    if classes:
+        write_class_names(classes, out / "classes.txt")
+    return jobs, ""
 
 
 def user_error_message(error: BaseException) -> str | None:

@@ -467,6 +467,12 @@ class Config(_Section):
         """Plain nested dict of YAML types (tuples become lists); ``from_dict`` inverts it."""
         return _plain(dataclasses.asdict(self))
 
+    def _check(self) -> None:
+        if self.data.modality != "rgb" and self.model.freeze_bn:
+            raise ConfigError("model.freeze_bn", f"data.modality {self.data.modality}: the first BatchNorm must "
+                                                 f"adapt to the new input: set model.freeze_bn: false (TSN's partial "
+                                                 f"BN, model.partial_bn, keeps the others frozen)")
+
 
 def _plain(value: Any) -> Any:
     """Tuples -> lists, recursively, so that the dict is plain YAML/JSON."""

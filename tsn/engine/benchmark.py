@@ -162,17 +162,24 @@ def inference_benchmark(checkpoint: str | Path, batch: int = 8, segments: int | 
                         channels_last: bool = False, steps: int = 10, warmup: int = 3,
                         device: torch.device | None = None) -> dict[str, Any]:
     """Forward-only throughput of a trained TSN (``tsn.engine.inference.load_trained``, eval mode, no
-    gradients) on random clips of its own input size, ``segments`` frames each (default: the run's
-    ``data.num_segments``). ``amp`` acts on CUDA only."""
+    gradients) on random clips of its own input size and stream, ``segments`` segments each (default:
+    the run's ``data.num_segments``). ``images_per_s`` counts backbone inputs (frames, or segment
+    stacks for flow and RGB difference). ``amp`` acts on CUDA only."""
     if amp not in AMP_CHOICES:
         raise ValueError(f"amp must be one of {AMP_CHOICES}, got {amp!r}")
     device = device or default_device()
     trained = load_trained(checkpoint, device=device)
-    segments = segments or trained.config.data.num_segments
-    size = trained.config.data.input_size
+    data = trained.config.data
+    segments = segments or data.num_segments
+    size = data.input_size
+    # the loader's frames per segment and channels per frame for this stream (tsn.layout)
+    frames = data.frames_per_segment + (1 if data.modality == "rgbdiff" else 0)
+    channels = 2 if data.modality == "flow" else 3
+    trained.model.num_segments = segments
     net = _prepare(trained.model, device, channels_last, compile_model=False)
     generator = torch.Generator().manual_seed(0)
-    clips = torch.randn((batch, segments, 3, size, size), generator=generator).to(device)  # (B, T, C, H, W)
+    # (B, T, C, H, W)
+    clips = torch.randn((batch, segments * frames, channels, size, size), generator=generator).to(device)
     if channels_last:
         clips = channels_last_clips(clips)
 

@@ -39,6 +39,7 @@ from tsn.engine.inference import load_trained
 from tsn.engine.evaluate import autocast_context, batch_to_device
 from tsn.fileio import atomic_write, atomic_write_text
 from tsn.models import TSN, FeatureExtractor
+from tsn.models.modality import stack_segments
 
 logger = logging.getLogger("tsn.features")
 
@@ -94,9 +95,11 @@ def check_layer(model: TSN, layer: str) -> None:
 
 def video_features(model: TSN, clips: torch.Tensor, layer: str | None = None) -> torch.Tensor:
     """Normalised clips ``(B, T, C, H, W)`` -> float32 ``(B, D)``: the backbone's map (or ``layer``'s)
-    averaged over space, then over the T frames (= over the segments, one frame each)."""
-    b, t = clips.shape[:2]
-    frames = clips.reshape(b * t, *clips.shape[2:])  # (B*T, C, H, W)
+    averaged over space, then over the backbone's inputs (the T frames; for flow and RGB difference
+    the K segment stacks, ``tsn.models.modality.stack_segments``)."""
+    inputs = stack_segments(clips, model.modality, model.num_segments)  # (B, T', C', H, W)
+    b, t = inputs.shape[:2]
+    frames = inputs.reshape(b * t, *inputs.shape[2:])  # (B*T', C', H, W)
     if layer is None:
         maps = model.backbone(frames)  # (B*T, D, h, w)
     else:
@@ -105,7 +108,7 @@ def video_features(model: TSN, clips: torch.Tensor, layer: str | None = None) ->
         kind = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
         raise ValueError(f"layer {layer or 'backbone output'!r} gives {kind}, not a map (N, D, h, w) or vector (N, D)")
     pooled = maps.float().mean(dim=(2, 3)) if maps.dim() == 4 else maps.float()  # (B*T, D)
-    return pooled.reshape(b, t, -1).mean(dim=1)  # (B, T, D) -> (B, D)
+    return pooled.reshape(b, t, -1).mean(dim=1)  # (B, T', D) -> (B, D)
 
 
 @torch.inference_mode()

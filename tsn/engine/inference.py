@@ -1,7 +1,7 @@
 """The one way from a trained checkpoint to a model that infers: ``load_trained``.
 
 Every tool that runs a trained TSN (``tools/test.py``, ``tools/extract_features.py``,
-``tools/linear_probe.py --checkpoint``, ``tools/benchmark.py model --checkpoint``) goes through it,
+``tools/linear_probe.py --checkpoint``, ``tools/benchmark.py infer``) goes through it,
 so that all of them build the same network, load the same weights and name the same classes.
 """
 
@@ -35,7 +35,7 @@ def load_trained(checkpoint: str | os.PathLike[str], config: Config | None = Non
 
     - the network is the one ``config`` describes, by default the run's own config saved in the
       checkpoint (a bare state dict needs ``config``); a ``config`` given here must agree with the
-      checkpoint's on ``model.consensus`` (``check_trained_with``);
+      checkpoint's on ``model.consensus`` and ``data.modality`` (``check_trained_with``);
     - no ImageNet weight file is read (``model.pretrained`` is ignored: the checkpoint fills in
       every weight), so it works with an empty torch cache;
     - the weights are ``inference_weights`` (the weight average when the run kept one), loaded
@@ -43,8 +43,8 @@ def load_trained(checkpoint: str | os.PathLike[str], config: Config | None = Non
       ``module.`` prefix from a DDP-wrapped save is matched);
     - the class names are the checkpoint's own (saved by the trainer), else ``data.classes``'s.
 
-    Raises ``CheckpointError`` for a checkpoint that is unreadable, lacks what is needed or does
-    not fit the network; ``ConfigError`` for a saved config that is no longer valid.
+    Raises ``CheckpointError`` for a checkpoint that is unreadable, lacks what is needed, does not
+    fit the network or holds a saved config that is no longer valid.
     """
     path = Path(checkpoint)
     state = load_checkpoint(path)
@@ -57,7 +57,8 @@ def load_trained(checkpoint: str | os.PathLike[str], config: Config | None = Non
         except ConfigError as error:
             raise CheckpointError(path, f"its saved config is not valid here: {error}") from None
     else:
-        check_trained_with(state, path, {"model.consensus": config.model.consensus})
+        check_trained_with(state, path, {"model.consensus": config.model.consensus,
+                                         "data.modality": config.data.modality})
     class_names = _class_names(state, path, config)
     model = build_tsn(config, len(class_names), load_pretrained=False)
     weights = match_module_prefix(inference_weights(state), model)

@@ -92,6 +92,12 @@ def setup_logging(work_dir: Path | None, is_main: bool) -> None:
     root.propagate = False
 
 
+def rank_seed(seed: int, rank: int, epoch: int = 0) -> int:
+    """A seed for one rank (and resumed epoch) drawn from (seed, rank, epoch) by numpy's SeedSequence, so that no
+    two (seed, rank) pairs share a stream, as ``seed + rank`` would (seed 0 rank 1 = seed 1 rank 0)."""
+    return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
 def seed_random_generators(seed: int) -> None:
     """Seed Python's ``random``, numpy's global generator and torch's (CPU and every CUDA device)."""
     random.seed(seed)
@@ -244,9 +250,9 @@ def _train(cfg: Config, work_dir: Path, resume: bool, info: DistInfo, progress: 
         net = torch.compile(net)
     if start_epoch == 0:
         # The model, its probed head and the average above came from the shared seed, the same on
-        # every rank; from here each rank draws its own dropout masks (a resumed run restored the
-        # states each rank had instead, in _resume).
-        seed_random_generators(tcfg.seed + info.rank)
+        # every rank; from here each rank draws its own dropout masks from its own stream (a resumed
+        # run restored the states each rank had instead, in _resume).
+        seed_random_generators(rank_seed(tcfg.seed, info.rank))
 
     writer = _summary_writer(work_dir) if info.is_main else None
     skip_log = SkipLog(work_dir / "skipped.csv" if info.is_main else None)
@@ -455,7 +461,7 @@ def _restore_random_states(state: dict[str, Any], used: Path, mix_rng: np.random
                        "(dropout and mixup draws differ from an uninterrupted run)", used, len(global_states),
                        info.world_size)
     epoch = int(state["epoch"])
-    seed_random_generators(seed + info.rank + 1_000_003 * epoch)
+    seed_random_generators(rank_seed(seed, info.rank, epoch))
     set_generator_state(mix_rng, generator_state(np.random.default_rng([seed, info.rank, 7, epoch])))
 
 

@@ -6,7 +6,7 @@
 - ``read(path, indices, backend="auto", info=None)`` -> uint8 ``(T, H, W, 3)`` RGB, exactly the
   requested 0-based frames in the requested order;
 - ``read_first(path, choose, backend="auto")`` -> ``probe`` and ``read`` in one pass (the Dataset's
-  first read of a video: with PyAV or decord the frame count is verified in the same decode);
+  first read of a video: with PyAV the frame count is verified in the same decode);
 - ``iter_frames(path, backend="auto")`` -> every frame in order (for frame extraction);
 - ``read_flow(folder, indices)`` -> uint8 ``(T, H, W, 2)`` quantised (x, y) optical flow from a flow folder
   (``x_00001.jpg``/``y_00001.jpg``, or TSN's ``flow_x_``/``flow_y_``), ``count_flow_frames(folder)``;

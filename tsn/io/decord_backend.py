@@ -14,7 +14,7 @@ at 256x320 against 0.69 s at full size here, about the cost of decoding alone.
 
 Frames always come through ``get_batch``: for frames 48 or 72 pixels wide ``VideoReader[i]`` and
 ``next()`` silently return 4-channel garbage, while ``get_batch`` raises ("The size must exactly
-match"), which lets ``tsn.io`` fall back to OpenCV.
+match"), so that such a file is refused at ``probe`` (``"auto"`` reads it with PyAV or OpenCV).
 """
 
 from __future__ import annotations

@@ -11,8 +11,10 @@ Crash safety (SIGKILL, power aside): a video is decoded in one sequential pass i
 count, settings, source size) goes in, and the folder is renamed to ``OUT/<rel>`` in one ``os.rename``. So
 ``OUT/<rel>`` either does not exist or is complete; a killed run leaves at most hidden ``.partial-``/``.stale-``
 folders, which no list names and the next run removes. A rerun skips a video whose folder has a marker that
-matches the current settings and source size and whose ``img_*.jpg`` count equals the marker's (a stat and one
-directory listing, no decoding); anything else under ``OUT/<rel>`` is redone. Frames are not fsynced (that would
+matches the current settings and source size and whose ``img_*.jpg`` (or ``x_``/``y_``) counts equal the marker's
+(a stat and one directory listing, no decoding); anything else under ``OUT/<rel>`` is redone, except a folder
+holding the other kind of output (frames where flow is asked for, or the reverse), which is reported as a
+failure rather than deleted. Frames are not fsynced (that would
 cost a disk flush per frame), so the guarantee covers a killed process, not a power cut.
 
 Runs that share one OUT at the same time are not supported.
@@ -221,6 +223,21 @@ def completed_frames(frame_dir: str | os.PathLike, short_side: int, quality: int
     return num_frames
 
 
+def _other_kind(frame_dir: Path, flow: FlowSettings | None) -> str:
+    """Why ``frame_dir`` must not be replaced: it holds the finished output of the other tool (frames where
+    flow is asked for, or the reverse), which a redo would delete; "" otherwise."""
+    try:
+        marker = json.loads((frame_dir / MARKER_NAME).read_text())
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(marker, dict) or ("flow" in marker) == (flow is not None):
+        return ""
+    if flow is None:
+        return f"{frame_dir} holds optical flow (tools/extract_flow.py): write the frames to another --out"
+    return (f"{frame_dir} holds frames (tools/extract_frames.py): write the flow to another --out, or frames and "
+            f"flow together there with extract_flow.py --rgb after removing it")
+
+
 def _rgb_files(frames: Iterable[np.ndarray], short_side: int, quality: int) -> Iterator[tuple[str, bytes]]:
     """RGB frames -> (file name, JPEG bytes): ``img_00001.jpg`` ..."""
     for number, frame in enumerate(frames, start=1):
@@ -323,9 +340,13 @@ def _run_task(task: _Task) -> tuple[int, int | None, str]:
     """Worker: extract one video. Returns (index, frames written or None, failure reason or "")."""
     try:
         source_size = os.stat(task.source).st_size
-        cv2.setNumThreads(1)  # one video per process: no oversubscription, and the same bytes on every run
-        num_frames = write_frames(iter_frames(task.source, backend=task.backend), task.frame_dir, task.short_side,
-                                  task.quality, task.source, source_size, task.flow)
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)  # one video per process (resize, flow): the processes share the cores
+        try:
+            num_frames = write_frames(iter_frames(task.source, backend=task.backend), task.frame_dir,
+                                      task.short_side, task.quality, task.source, source_size, task.flow)
+        finally:
+            cv2.setNumThreads(threads)
     except VideoReadError as error:
         return task.index, None, error.reason
     return task.index, num_frames, ""
@@ -386,6 +407,10 @@ def extract_frames(src_root: str | os.PathLike, out_root: str | os.PathLike, job
             continue
         owner_of_dir[rel_dir] = job.video
         frame_dir = out_root / rel_dir
+        other = _other_kind(frame_dir, flow)
+        if other:
+            reason_of[job.video] = other
+            continue
         done = completed_frames(frame_dir, short_side, quality, source.stat().st_size, flow)
         frames_of[job.video] = done
         if done is not None:
