@@ -173,8 +173,7 @@ def _global_state():
 @pytest.mark.parametrize("modality", ["flow", "rgbdiff"])
 def test_a_flow_and_an_rgb_difference_tsn_train_one_epoch(tmp_path: Path, modality: str) -> None:
     data = make_tiny_data(tmp_path / "data")
-    overrides = [*tiny_overrides(data, epochs=1), f"data.modality={modality}", "data.new_length=2",
-                 "model.freeze_bn=false"]
+    overrides = [*tiny_overrides(data, epochs=1), f"data.modality={modality}", "data.new_length=2"]
     if modality == "flow":
         root = tmp_path / "flow"
         for split in ("train", "val"):
@@ -207,7 +206,7 @@ def test_flow_extraction_never_deletes_frames_extracted_into_the_same_folder(tmp
     assert sorted((tmp_path / "out" / "move").glob("img_*.jpg")) == frames  # untouched
 
 
-def test_flow_models_give_features_and_need_a_trainable_first_batchnorm() -> None:
+def test_flow_models_give_features_and_the_probe_needs_the_frozen_first_batchnorm() -> None:
     from tsn.config import ConfigError
     from tsn.engine.features import video_features
 
@@ -216,7 +215,9 @@ def test_flow_models_give_features_and_need_a_trainable_first_batchnorm() -> Non
     with torch.no_grad():
         features = video_features(model, torch.randn(2, 6, 2, 32, 32))  # (B, K*L, 2, H, W)
     assert features.shape == (2, 512)
-    with pytest.raises(ConfigError, match="model.freeze_bn: data.modality flow: the first BatchNorm must adapt"):
-        load_config(None, ["data.modality=flow", "data.format=rawframes"])
+    with pytest.raises(ConfigError, match="model.freeze_bn: data.modality flow with train.head_init linear_probe "
+                                          "needs model.freeze_bn: true"):
+        load_config(None, ["data.modality=flow", "data.format=rawframes", "model.freeze_bn=false"])
+    load_config(None, ["data.modality=flow", "data.format=rawframes", "model.freeze_bn=false", "train.head_init=random"])
     with pytest.raises(ConfigError, match="data.format: modality flow reads flow folders"):
-        load_config(None, ["data.modality=flow", "model.freeze_bn=false"])
+        load_config(None, ["data.modality=flow"])

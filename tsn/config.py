@@ -468,10 +468,14 @@ class Config(_Section):
         return _plain(dataclasses.asdict(self))
 
     def _check(self) -> None:
-        if self.data.modality != "rgb" and self.model.freeze_bn:
-            raise ConfigError("model.freeze_bn", f"data.modality {self.data.modality}: the first BatchNorm must "
-                                                 f"adapt to the new input: set model.freeze_bn: false (TSN's partial "
-                                                 f"BN, model.partial_bn, keeps the others frozen)")
+        if self.data.modality != "rgb" and not self.model.freeze_bn and self.train.head_init == "linear_probe":
+            # the probe would fit the head on features through the first BatchNorm's ImageNet statistics, and
+            # training would feed it features through that layer's batch statistics of flow: measured on
+            # UT-Interaction, the loss went from the probe's 0.8 to 11.7 and training stayed at chance
+            raise ConfigError("model.freeze_bn", f"data.modality {self.data.modality} with train.head_init "
+                                                 f"linear_probe needs model.freeze_bn: true (the probe and training "
+                                                 f"must see the same first BatchNorm); for TSN's partial BN, where "
+                                                 f"the first BatchNorm trains, use train.head_init: random")
 
 
 def _plain(value: Any) -> Any:

@@ -10,6 +10,7 @@ from tsn.models.finetune import freeze_backbone as _freeze_backbone
 from tsn.models.finetune import freeze_stages
 from tsn.models.heads import BilinearHead, GAPHead
 from tsn.models.modality import FLOW_MEAN, FLOW_STD, cross_modality_init, input_channels
+from tsn.models.spec import IMAGENET_STD
 from tsn.models.tsn import TSN
 
 HEAD_TYPES = ("gap", "bilinear")
@@ -47,7 +48,9 @@ def build_model(
     if modality != "rgb":
         cross_modality_init(net, channels)
     if modality == "flow":
-        spec = replace(spec, mean=(FLOW_MEAN, FLOW_MEAN), std=(FLOW_STD, FLOW_STD))
+        # flow at the magnitude this backbone's RGB input has (BN-Inception takes 0..255-scale pixels)
+        std = FLOW_STD * (sum(spec.std) / len(spec.std)) / (sum(IMAGENET_STD) / len(IMAGENET_STD))
+        spec = replace(spec, mean=(FLOW_MEAN, FLOW_MEAN), std=(std, std))
     if head == "gap":
         head_module = GAPHead(spec.feature_dim, num_classes, dropout)
     else:
