@@ -177,3 +177,9 @@ def test_resolve_path_is_relative_to_data_root(tmp_path: Path) -> None:
     assert resolve_path(data, "/elsewhere/val.txt") == Path("/elsewhere/val.txt")
     assert resolve_path(DataConfig(root="rel"), "a.txt") == Path("rel/a.txt")
     assert resolve_path(data, "~/x.pth") == Path.home() / "x.pth"
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda path: path.name)
+def test_every_shipped_config_loads(path: Path) -> None:
+    load_config(path)
