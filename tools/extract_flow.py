@@ -18,10 +18,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tsn.cli import add_extraction_args, extraction_jobs
+from tsn.cli import add_extraction_args, extraction_jobs, report_failures
 from tsn.data.lists import ListFormatError, VideoRecord, write_rawframe_list
-from tsn.fileio import atomic_write_text
-from tsn.io.extract import FlowSettings, extract_frames, failures_csv
+from tsn.io.extract import FlowSettings, extract_frames
 from tsn.io.flow import DEFAULT_BOUND, FLOW_METHODS, FlowMethodUnavailable, flow_function
 
 
@@ -66,9 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rgb:
         write_rawframe_list([VideoRecord(video.frame_dir, video.label, video.num_frames + 1)
                              for video in summary.extracted], args.out / f"{stem}rawframes.txt")
-    atomic_write_text(args.out / f"{stem}flow_errors.csv", failures_csv(summary.failed))
-    for failure in summary.failed:
-        print(f"failed: {failure.path}: {failure.reason}", file=sys.stderr)
+    report_failures(summary.failed, args.out / f"{stem}flow_errors.csv")
     print(f"{summary.line()} -> {flow_list}")
     return 1 if args.strict and summary.failed else 0
 

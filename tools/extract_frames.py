@@ -16,10 +16,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tsn.cli import add_extraction_args, extraction_jobs
+from tsn.cli import add_extraction_args, extraction_jobs, report_failures
 from tsn.data.lists import ListFormatError, VideoRecord, write_rawframe_list
-from tsn.fileio import atomic_write_text
-from tsn.io.extract import extract_frames, failures_csv
+from tsn.io.extract import extract_frames
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -46,9 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     list_path, errors_path = args.out / f"{stem}rawframes.txt", args.out / f"{stem}extract_errors.csv"
     records = [VideoRecord(video.frame_dir, video.label, video.num_frames) for video in summary.extracted]
     write_rawframe_list(records, list_path)
-    atomic_write_text(errors_path, failures_csv(summary.failed))
-    for failure in summary.failed:
-        print(f"failed: {failure.path}: {failure.reason}", file=sys.stderr)
+    report_failures(summary.failed, errors_path)
     print(f"{summary.line()} -> {list_path}")
     return 1 if args.strict and summary.failed else 0
 

@@ -17,14 +17,15 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from tsn.config import ConfigError
 from tsn.data.dataset import AllVideosFailedError
 from tsn.data.lists import ListFormatError, read_video_list, write_class_names
 from tsn.engine.checkpoint import CheckpointError
 from tsn.io import VideoReadError
-from tsn.io.extract import ExtractJob, find_videos
+from tsn.fileio import atomic_write_text
+from tsn.io.extract import ExtractFailure, ExtractJob, failures_csv, find_videos
 from tsn.models import PretrainedWeightsNotFound
 
 
@@ -92,6 +93,13 @@ def extraction_jobs(src: Path, list_file: Path | None, out: Path) -> tuple[list[
     if classes:
         write_class_names(classes, out / "classes.txt")
     return jobs, ""
+
+
+def report_failures(failures: Sequence[ExtractFailure], errors_path: Path) -> None:
+    """Write ``errors_path`` (CSV ``path,reason``, header only when none failed) and print each failure."""
+    atomic_write_text(errors_path, failures_csv(failures))
+    for failure in failures:
+        print(f"failed: {failure.path}: {failure.reason}", file=sys.stderr)
 
 
 def user_error_message(error: BaseException) -> str | None:
