@@ -1,6 +1,7 @@
 """Test a trained TSN with multi-view testing (temporal clips x spatial crops) and write the report.
 
     python tools/test.py --config C --checkpoint P --out O [--list L] [--num-clips N] [--crops 1|3|10] [--batch-size B]
+                         [--no-progress]
 
 Writes O/metrics.json, O/per_class.csv, O/confusion_matrix.csv, O/confusion_matrix.png, O/scores.npy.
 """
@@ -10,40 +11,36 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tsn.cli import int_at_least, run_main
+from tsn.cli import add_batch_size_arg, add_config_args, add_device_arg, add_progress_arg, add_view_args, run_main
 from tsn.config import load_config
 from tsn.engine.build import build_class_names
 from tsn.engine.testing import format_per_class_table, run_test
 from tsn.engine.trainer import setup_logging
 
 
-def parse_args() -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--checkpoint", type=Path, required=True)
+    add_config_args(parser)
+    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint of tools/train.py")
     parser.add_argument("--out", type=Path, required=True, help="folder for the report files")
     parser.add_argument("--list", type=Path, help="list to test (default: data.test_list)")
-    parser.add_argument("--num-clips", type=int, help="temporal clips per video (default: test.num_clips)")
-    parser.add_argument("--crops", type=int, choices=(1, 3, 10), help="spatial crops (default: test.crops)")
-    parser.add_argument("--batch-size", type=int_at_least(1),
-                        help="videos per loader batch, each with all its views (default: data.batch_size, "
-                             "but at most test.clips_per_forward clips in all, at least one video)")
-    parser.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    args = parser.parse_args()
-    if args.num_clips is not None and args.num_clips < 1:
-        parser.error(f"--num-clips must be >= 1, got {args.num_clips}")
-    return args
+    add_view_args(parser)
+    add_batch_size_arg(parser, "videos per loader batch, each with all its views (default: data.batch_size, but "
+                               "at most test.clips_per_forward clips in all, at least one video)")
+    add_device_arg(parser)
+    add_progress_arg(parser)
+    return parser
 
 
 def main() -> None:
-    args = parse_args()
+    args = build_parser().parse_args()
     if not args.config.is_file():
         raise FileNotFoundError(f"--config {args.config}: no such file")
     cfg = load_config(args.config, args.opt)
     setup_logging(None, True)
     report = run_test(cfg, args.checkpoint, args.out, list_file=args.list, num_clips=args.num_clips,
-                      crops=args.crops, device=args.device, batch_size=args.batch_size)
+                      crops=args.crops, device=args.device, batch_size=args.batch_size,
+                      progress=not args.no_progress)
     print(format_per_class_table(report, build_class_names(cfg)))
     print(f"report written to {args.out}")
 

@@ -39,6 +39,49 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one): the default of ``--workers``."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+# The flags that mean the same thing in every tool that has them: one name, one type, one default.
+# ``tests/test_cli.py`` parses every tool's --help against these; the README's table lists them.
+def add_config_args(parser: argparse.ArgumentParser, required: bool = True, what: str = "YAML config") -> None:
+    """``--config FILE`` and ``--opt KEY=VALUE`` (repeatable dotted overrides)."""
+    parser.add_argument("--config", type=Path, required=required, help=what)
+    parser.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. train.lr=0.01 (repeatable)")
+
+
+def add_device_arg(parser: argparse.ArgumentParser) -> None:
+    """``--device auto|cpu|cuda`` (auto: CUDA when available)."""
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where the model runs (auto: CUDA when available)")
+
+
+def add_progress_arg(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress``: no progress bars (logs, CI)."""
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_workers_arg(parser: argparse.ArgumentParser, what: str = "worker processes",
+                    default: int | None = None, minimum: int = 1) -> None:
+    """``--workers N``: processes working side by side (default: the usable CPUs, ``usable_cpus()``)."""
+    parser.add_argument("--workers", type=int_at_least(minimum), default=usable_cpus() if default is None else default,
+                        help=f"{what} (default: %(default)s)")
+
+
+def add_batch_size_arg(parser: argparse.ArgumentParser, what: str, default: int | None = None) -> None:
+    """``--batch-size N``: items per batch, ``what`` saying of what."""
+    parser.add_argument("--batch-size", type=int_at_least(1), default=default, help=what)
+
+
+def add_view_args(parser: argparse.ArgumentParser) -> None:
+    """``--num-clips N`` and ``--crops 1|3|10``: test views (default: the config's ``test`` section)."""
+    parser.add_argument("--num-clips", type=int_at_least(1), help="temporal clips per video (default: test.num_clips)")
+    parser.add_argument("--crops", type=int, choices=(1, 3, 10), help="spatial crops per clip (default: test.crops)")
+
+
 class UsageError(Exception):
     """A bad combination of command-line arguments or inputs, found after parsing."""
 

@@ -580,6 +580,14 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = 
     return Config.from_dict(raw)
 
 
+def override_config(cfg: Config, overrides: Sequence[str]) -> Config:
+    """``cfg`` with ``section.key=value`` overrides applied (parsed and checked as by ``load_config``)."""
+    raw = cfg.to_dict()
+    for item in overrides:
+        _apply_override(raw, item)
+    return Config.from_dict(raw)
+
+
 def save_config(cfg: Config, path: str | os.PathLike[str]) -> None:
     """Write the resolved ``cfg`` as YAML, atomically (temp file in the same folder, fsync, rename)."""
     path = Path(path)

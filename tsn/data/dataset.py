@@ -189,30 +189,44 @@ class ClipDataset(torch.utils.data.Dataset):
             return record.num_frames
         if self.format == "flow":
             return count_flow_frames(self.path(index))
+        return self.video_info(index).num_frames
+
+    def video_info(self, index: int) -> VideoInfo:
+        """The (cached) probe of record ``index``: frame size, count and rate, backend, frame index."""
         info = self._infos.get(index)
         if info is None:
-            info = probe(self.path(index), self.backend)
-            self._infos[index] = info
-        return info.num_frames
+            info = self._infos[index] = probe(self.path(index), self.backend)
+        return info
 
     def frame_indices(self, index: int, rng: np.random.Generator) -> np.ndarray:
         """0-based frames of record ``index`` for this mode: int64 (T,) or (num_clips, T) in test mode."""
         return self._indices(index, self.num_frames(index), rng)
 
-    def _indices(self, index: int, num_frames: int, rng: np.random.Generator) -> np.ndarray:
-        """``frame_indices`` for a video of ``num_frames`` frames."""
+    def _indices(self, index: int, num_frames: int, rng: np.random.Generator,
+                 frames: tuple[int, int] | None = None) -> np.ndarray:
+        """``frame_indices`` for a video of ``num_frames`` frames; with ``frames = (first, stop)`` (test
+        mode), the test views of the part ``first .. stop - 1`` as if it were the whole video."""
         if num_frames < 1:
             raise VideoReadError(self.path(index), "no frames to sample")
+        if frames is not None:
+            first, stop = frames
+            if self.mode != "test" or not 0 <= first < stop <= num_frames:
+                raise ValueError(f"frames {first}..{stop - 1} of {self.path(index)} ({num_frames} frames, "
+                                 f"mode {self.mode!r}): a window needs test mode and frames inside the video")
+            return first + test_indices(stop - first, self.num_segments, self.new_length, self.num_clips)
         if self.mode == "train":
             return train_indices(num_frames, self.num_segments, self.new_length, rng=rng, bounds=self.train_bounds)
         if self.mode == "val":
             return val_indices(num_frames, self.num_segments, self.new_length)
         return test_indices(num_frames, self.num_segments, self.new_length, self.num_clips)
 
-    def load(self, index: int, rng: np.random.Generator, threads: int | None = None) -> torch.Tensor:
+    def load(self, index: int, rng: np.random.Generator, threads: int | None = None,
+             frames: tuple[int, int] | None = None) -> torch.Tensor:
         """Read, transform and lay out record ``index`` (no error handling): uint8 or float clip.
 
-        ``threads``: decoding threads for this read (None: ``decoder_threads()``).
+        ``threads``: decoding threads for this read (None: ``decoder_threads()``). ``frames``: in test
+        mode, sample only frames ``first .. stop - 1`` of the video (a window of a long video): only the
+        sampled frames are decoded, whatever the video's length.
         """
         path = self.path(index)
         threads = threads if threads is not None else decoder_threads()
@@ -220,8 +234,8 @@ class ClipDataset(torch.utils.data.Dataset):
         size_for = self.transform.decode_size if isinstance(self.transform, DecodesResized) else None
         info = self._infos.get(index)
         if self.format == "flow":
-            indices = self._indices(index, self.num_frames(index), rng)
-            frames = read_flow(path, indices.reshape(-1), threads)  # (C*T, H, W, 2)
+            indices = self._indices(index, self.num_frames(index), rng, frames)
+            clip_frames = read_flow(path, indices.reshape(-1), threads)  # (C*T, H, W, 2)
         elif info is None and self.format == "video":
             # First read of this video in this process: probed and read in one pass (tsn.io.read_first).
             # ``choose`` rewinds the generator so that a second call, after a failed first
@@ -230,21 +244,22 @@ class ClipDataset(torch.utils.data.Dataset):
 
             def choose(num_frames: int) -> np.ndarray:
                 rng.bit_generator.state = start
-                return self._indices(index, num_frames, rng)
+                return self._indices(index, num_frames, rng, frames)
 
             # indices (T,) or (C, T) -> frames (C*T, H, W, 3)
-            info, indices, frames = read_first(path, choose, self.backend, size_for, threads)
+            info, indices, clip_frames = read_first(path, choose, self.backend, size_for, threads)
             self._infos[index] = info
         else:
             if info is None:
                 # A frame folder, probed once (listing, first and last frame) and cached: without it
                 # every read would list the folder again to check the indices (2 ms for 500 frames).
                 info = self._infos[index] = probe(path, self.backend)
-            indices = self._indices(index, self.num_frames(index), rng)
+            indices = self._indices(index, self.num_frames(index), rng, frames)
             size = size_for(info.height, info.width) if size_for is not None else None
             # (T,) or (C, T) indices -> frames (C*T, H, W, 3)
-            frames = read(path, indices.reshape(-1), backend=self.backend, info=info, size=size, threads=threads)
-        out = self.transform(frames, rng)
+            clip_frames = read(path, indices.reshape(-1), backend=self.backend, info=info, size=size,
+                               threads=threads)
+        out = self.transform(clip_frames, rng)
         if self.mode != "test":
             if out.ndim != 4:
                 raise ValueError(f"mode {self.mode!r} needs a transform returning (T, h, w, C), got {out.shape}")

@@ -7,14 +7,14 @@ Everything these functions call takes plain arguments; only ``tools/`` and the f
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 from torch.utils.data import DataLoader
 
 from tsn.config import Config, ConfigError, TrainConfig, resolve_path
 from tsn.data.dataset import ClipDataset
-from tsn.data.lists import check_labels, read_class_names, read_list
+from tsn.data.lists import VideoRecord, check_labels, read_class_names, read_list
 from tsn.data.loader import build_dataloader
 from tsn.data.transforms import test_transform, train_transform, val_transform
 from tsn.models import TSN, build_model, freeze_stages, param_groups
@@ -78,6 +78,14 @@ def build_dataset(cfg: Config, split: Split, num_classes: int, list_file: Path |
         raise ConfigError(f"data.{split}_list", f"list {path} not found")
     records = read_list(path, cfg.data.format)
     check_labels(records, num_classes, path)
+    return build_clip_dataset(cfg, split, records, resolve_path(cfg.data, "."), num_clips=num_clips, crops=crops)
+
+
+def build_clip_dataset(cfg: Config, split: Split, records: Sequence[VideoRecord], root: Path,
+                       num_clips: int | None = None, crops: int | None = None,
+                       on_error: str | None = None) -> ClipDataset:
+    """The dataset of ``split`` (see ``build_dataset``) over ``records`` with paths relative to ``root``;
+    ``on_error`` overrides ``data.on_error`` (``tsn.engine.predict`` raises per video)."""
     data = cfg.data
     if split == "train":
         transform = train_transform(data.train_augment, data.input_size, data.short_side, flip=data.flip,
@@ -91,9 +99,9 @@ def build_dataset(cfg: Config, split: Split, num_classes: int, list_file: Path |
         mode, clips = "test", num_clips if num_clips is not None else cfg.test.num_clips
     # RGB difference needs one frame more than the differences it makes of each segment's stack
     frames_per_segment = data.frames_per_segment + (1 if data.modality == "rgbdiff" else 0)
-    return ClipDataset(records, resolve_path(data, "."), "flow" if data.modality == "flow" else data.format,
+    return ClipDataset(records, root, "flow" if data.modality == "flow" else data.format,
                        data.backend, mode, data.num_segments, frames_per_segment, transform, num_clips=clips,
-                       on_error=data.on_error, seed=cfg.train.seed, train_bounds=data.train_sampling)
+                       on_error=on_error or data.on_error, seed=cfg.train.seed, train_bounds=data.train_sampling)
 
 
 def build_loader(cfg: Config, dataset: ClipDataset, train: bool, distributed: bool,

@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
-from tsn.config import Config, ConfigError
+from tsn.config import Config, ConfigError, override_config
 from tsn.engine.build import build_class_names, build_tsn
 from tsn.engine.checkpoint import CheckpointError, check_trained_with, inference_weights, load_checkpoint
 from tsn.models import TSN, match_module_prefix
@@ -30,12 +31,13 @@ class TrainedModel:
 
 
 def load_trained(checkpoint: str | os.PathLike[str], config: Config | None = None,
-                 device: torch.device | str = "cpu") -> TrainedModel:
+                 device: torch.device | str = "cpu", overrides: Sequence[str] = ()) -> TrainedModel:
     """A checkpoint (``latest.pth``/``best.pth`` of ``tools/train.py``, or a bare state dict) -> ``TrainedModel``.
 
     - the network is the one ``config`` describes, by default the run's own config saved in the
       checkpoint (a bare state dict needs ``config``); a ``config`` given here must agree with the
-      checkpoint's on ``model.consensus`` and ``data.modality`` (``check_trained_with``);
+      checkpoint's on ``model.consensus`` and ``data.modality`` (``check_trained_with``), and so must
+      the ``section.key=value`` ``overrides`` applied to either;
     - no ImageNet weight file is read (``model.pretrained`` is ignored: the checkpoint fills in
       every weight), so it works with an empty torch cache;
     - the weights are ``inference_weights`` (the weight average when the run kept one), loaded
@@ -56,9 +58,9 @@ def load_trained(checkpoint: str | os.PathLike[str], config: Config | None = Non
             config = Config.from_dict(saved)
         except ConfigError as error:
             raise CheckpointError(path, f"its saved config is not valid here: {error}") from None
-    else:
-        check_trained_with(state, path, {"model.consensus": config.model.consensus,
-                                         "data.modality": config.data.modality})
+    config = override_config(config, overrides) if overrides else config
+    check_trained_with(state, path, {"model.consensus": config.model.consensus,
+                                     "data.modality": config.data.modality})
     class_names = _class_names(state, path, config)
     model = build_tsn(config, len(class_names), load_pretrained=False)
     weights = match_module_prefix(inference_weights(state), model)

@@ -1,0 +1,122 @@
+"""Predict the actions in videos with a trained checkpoint: top classes per video, and per window of a long one.
+
+    python tools/predict.py --checkpoint P [VIDEO_OR_DIR ...] [--list L --src ROOT] [--top-k 5]
+                            [--window SECONDS [--stride SECONDS]] [--json | --csv] [--out-video PATH]
+
+A folder stands for every video under it. The checkpoint carries the network, its config and its
+class names; --config and --opt only change them. Results go to stdout (a table, JSON lines or CSV),
+failures to stderr as "failed: <video>: <reason>". Exit status: 0; 1 when every video failed, or
+with --strict when any did; 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tsn.cli import (UsageError, add_config_args, add_device_arg, add_progress_arg, add_view_args, int_at_least,
+                     run_main)
+from tsn.config import load_config
+from tsn.data.lists import read_video_list
+from tsn.engine.distributed import init_distributed
+from tsn.engine.predict import (CSV_HEADER, Predictor, format_csv_rows, format_json_line, format_table,
+                                write_labelled_video)
+from tsn.io import VideoReadError
+from tsn.io.extract import VIDEO_EXTENSIONS, find_videos
+
+
+def positive_seconds(text: str) -> float:
+    """argparse ``type=``: a duration in seconds > 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("videos", nargs="*", type=Path, metavar="VIDEO_OR_DIR", help="videos, or folders of them")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint of tools/train.py")
+    add_config_args(parser, required=False, what="YAML config replacing the checkpoint's own")
+    parser.add_argument("--list", type=Path, help="video list 'rel/path.ext LABEL' (paths relative to --src)")
+    parser.add_argument("--src", type=Path, default=Path("."), help="root of the --list paths (default: .)")
+    parser.add_argument("--top-k", type=int_at_least(1), default=5, help="classes shown per video and window")
+    parser.add_argument("--window", type=positive_seconds, help="also score windows of this many seconds")
+    parser.add_argument("--stride", type=positive_seconds, help="seconds from one window to the next "
+                                                                "(default: --window, no overlap)")
+    add_view_args(parser)
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="one JSON object per video (JSON lines)")
+    output.add_argument("--csv", action="store_true", help="CSV, one row per class shown")
+    parser.add_argument("--out-video", type=Path, help="write a copy of the video with the current top label "
+                                                       "drawn on it: a file (one video) or a folder")
+    add_device_arg(parser)
+    add_progress_arg(parser)
+    parser.add_argument("--strict", action="store_true", help="exit 1 when any video failed")
+    return parser
+
+
+def collect_videos(paths: list[Path], list_file: Path | None, src: Path) -> list[tuple[Path, str]]:
+    """The videos to predict, in order: ``(path, name for the output copy)``; a folder gives every video under it."""
+    videos = []
+    for path in paths:
+        if path.is_dir():
+            videos += [(path / job.video, job.video) for job in find_videos(path)[0]]
+        else:
+            videos.append((path, path.name))
+    if list_file is not None:
+        videos += [(src / record.path, record.path) for record in read_video_list(list_file)]
+    return videos
+
+
+def copy_path(out_video: Path, name: str, count: int) -> Path:
+    """Where the labelled copy of the video ``name`` goes: ``out_video`` itself when it names a video file
+    (one video only), else ``out_video/<name>`` with an ``.mp4`` suffix."""
+    if out_video.suffix.lower() in VIDEO_EXTENSIONS:
+        if count > 1:
+            raise UsageError(f"--out-video {out_video} is one file, but there are {count} videos: give a folder")
+        return out_video
+    return out_video / Path(name).with_suffix(".mp4")
+
+
+def main() -> int:
+    args = build_parser().parse_args()
+    if args.stride is not None and args.window is None:
+        raise UsageError("--stride needs --window")
+    videos = collect_videos(args.videos, args.list, args.src)
+    if not videos:
+        raise UsageError("no videos: give VIDEO_OR_DIR arguments or --list")
+    if args.out_video is not None:
+        copy_path(args.out_video, videos[0][1], len(videos))
+    config = load_config(args.config, args.opt) if args.config is not None else None
+    device = init_distributed(args.device).device
+    predictor = Predictor.from_checkpoint(args.checkpoint, config, device, args.num_clips, args.crops,
+                                          overrides=() if config is not None else args.opt)
+    failed = 0
+    if args.csv:
+        print(",".join(CSV_HEADER))
+    from tqdm import tqdm
+
+    for path, name in tqdm(videos, desc="predict", unit="video", disable=args.no_progress, file=sys.stderr):
+        try:
+            prediction = predictor.predict(path, args.top_k, args.window, args.stride)
+            if args.out_video is not None:
+                write_labelled_video(prediction, path, copy_path(args.out_video, name, len(videos)),
+                                     predictor.config.data.backend)
+        except (VideoReadError, OSError) as error:
+            reason = error.reason if isinstance(error, VideoReadError) else str(error)
+            tqdm.write(f"failed: {path}: {reason}", file=sys.stderr)
+            failed += 1
+            continue
+        text = format_json_line(prediction) if args.json else format_csv_rows(prediction).rstrip("\n") \
+            if args.csv else format_table(prediction)
+        tqdm.write(text, file=sys.stdout)
+        sys.stdout.flush()
+    if failed:
+        print(f"{failed} of {len(videos)} videos failed", file=sys.stderr)
+    return 1 if failed == len(videos) or (args.strict and failed) else 0
+
+
+if __name__ == "__main__":
+    run_main(main)

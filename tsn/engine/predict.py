@@ -1,0 +1,294 @@
+"""Predict the actions in videos with a trained checkpoint: ``Predictor.from_checkpoint(path).predict(video)``.
+
+A video is scored as ``tools/test.py`` scores it: the checkpoint's test views (``test.num_clips``
+temporal clips x ``test.crops`` spatial crops, or the ones asked for), softmax probabilities
+averaged over the views. A long video can be cut into windows of ``window`` seconds every
+``stride`` seconds, each scored on its own as if it were a whole video; only the frames a window
+samples are decoded, so memory does not grow with the video's length. With windows, the
+whole-video probabilities are the mean of the windows' (every part of the video weighs the same),
+not one set of views spread over the whole video.
+
+Everything returned is plain data (dataclasses of numbers and strings; ``as_dict()`` for JSON).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from tsn.config import Config, ConfigError
+from tsn.data.dataset import ClipDataset
+from tsn.data.lists import VideoRecord
+from tsn.engine.build import build_clip_dataset
+from tsn.engine.evaluate import autocast_context, view_scores
+from tsn.engine.inference import TrainedModel, load_trained
+from tsn.io import VideoInfo, VideoReadError, iter_frames
+from tsn.io.writer import write_video
+
+# A frame on a window's boundary belongs to the window starting there; timestamps converted to
+# seconds carry rounding errors far below this.
+_BOUNDARY_TOLERANCE_S = 1e-6
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    """One class of a prediction: its id (the model's output index), its name, its probability."""
+
+    class_id: int
+    name: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Window:
+    """Frames ``first .. stop - 1`` of a video, the part of it from ``start`` to ``end`` seconds."""
+
+    first: int
+    stop: int
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class WindowPrediction:
+    """The top classes of one window of a video, and its probabilities for every class."""
+
+    start: float
+    end: float
+    first_frame: int
+    last_frame: int
+    top: tuple[ClassScore, ...]
+    probabilities: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class VideoPrediction:
+    """A video's top classes, its probabilities for every class (index = class id), and its windows'
+    predictions (empty without windows); ``duration`` in seconds (0.0 where the frame rate is unknown)."""
+
+    video: str
+    num_frames: int
+    duration: float
+    top: tuple[ClassScore, ...]
+    probabilities: tuple[float, ...]
+    windows: tuple[WindowPrediction, ...] = ()
+
+    def as_dict(self, with_probabilities: bool = False) -> dict:
+        """Plain dict for JSON; the full probability vector only when asked (it has one entry per class)."""
+        out = dataclasses.asdict(self)
+        if not with_probabilities:
+            for part in (out, *out["windows"]):
+                del part["probabilities"]
+        return out
+
+
+def frame_times(info: VideoInfo) -> np.ndarray:
+    """Seconds from the first frame to each frame, float64 ``(num_frames,)``: the frame index's timestamps
+    where the backend keeps one (exact for variable frame rates), else ``i / fps``."""
+    if info.index is not None and info.index.count == info.num_frames:
+        stamps = info.index.stamps().astype(np.float64)
+        return (stamps - stamps[0]) * info.index.seconds_per_unit
+    if info.fps > 0:
+        return np.arange(info.num_frames, dtype=np.float64) / info.fps
+    raise ValueError("the video has no frame rate or timestamps to place windows in")
+
+
+def split_windows(times: np.ndarray, frame_duration: float, window: float, stride: float) -> list[Window]:
+    """Windows of ``window`` seconds starting every ``stride`` seconds over frames at ``times`` (seconds,
+    increasing), each showing for ``frame_duration``; the last one ends at the video's end (shorter when the
+    rest is), windows holding no frame (gaps of a variable frame rate) are left out. ``stride <= window``,
+    so that every frame is in a window."""
+    if window <= 0 or stride <= 0:
+        raise ValueError(f"window and stride must be > 0 seconds, got {window} and {stride}")
+    if stride > window:
+        raise ValueError(f"stride {stride} s is longer than the window {window} s: frames between windows "
+                         "would never be seen")
+    if times.size == 0:
+        return []
+    duration = float(times[-1]) + frame_duration
+    windows = []
+    k = 0
+    while True:
+        start = k * stride
+        end = min(start + window, duration)
+        first, stop = np.searchsorted(times, [start - _BOUNDARY_TOLERANCE_S, end - _BOUNDARY_TOLERANCE_S])
+        if stop > first:
+            windows.append(Window(int(first), int(stop), start, end))
+        if start + window >= duration - _BOUNDARY_TOLERANCE_S:
+            return windows
+        k += 1
+
+
+def top_classes(probabilities: np.ndarray, class_names: Sequence[str], k: int) -> tuple[ClassScore, ...]:
+    """The ``k`` most probable classes, most probable first (exact ties: the lower class id first)."""
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return tuple(ClassScore(int(i), class_names[i], float(probabilities[i])) for i in order)
+
+
+class Predictor:
+    """A trained TSN and its test views, scoring videos one at a time.
+
+    ``num_clips``/``crops``: views per video (or per window); default the checkpoint config's
+    ``test.num_clips`` and ``test.crops``. Videos are read with the config's ``data.backend``.
+    """
+
+    def __init__(self, trained: TrainedModel, device: torch.device | str = "cpu", num_clips: int | None = None,
+                 crops: int | None = None) -> None:
+        cfg = trained.config
+        if cfg.data.modality == "flow":
+            raise ConfigError("data.modality", "flow: a flow model reads flow folders, not videos: extract "
+                                               "them with tools/extract_flow.py and score them with tools/test.py")
+        # a model trained on frame folders still predicts on video files
+        self.config = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, format="video"))
+        self.device = torch.device(device)
+        self.model = trained.model.to(self.device)
+        if cfg.train.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.class_names = list(trained.class_names)
+        self.num_clips = num_clips
+        self.crops = crops
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | os.PathLike[str], config: Config | None = None,
+                        device: torch.device | str = "cpu", num_clips: int | None = None, crops: int | None = None,
+                        overrides: Sequence[str] = ()) -> Predictor:
+        """The predictor of a ``tools/train.py`` checkpoint (``tsn.engine.inference.load_trained``: the
+        network and class names come from the checkpoint; ``config`` and ``overrides`` only to change them)."""
+        return cls(load_trained(checkpoint, config, device, overrides), device, num_clips, crops)
+
+    def _dataset(self, video: str | os.PathLike[str]) -> ClipDataset:
+        records = [VideoRecord(os.fspath(video), 0)]
+        return build_clip_dataset(self.config, "test", records, Path(""), self.num_clips, self.crops, "raise")
+
+    @torch.no_grad()
+    def _probabilities(self, dataset: ClipDataset, frames: tuple[int, int] | None = None) -> np.ndarray:
+        """Mean softmax over the views of the video (or of its frames ``first .. stop - 1``) -> (classes,)."""
+        clip = dataset.load(0, np.random.default_rng(0), frames=frames)  # (V, T, C, H, W) uint8
+        spec = self.model.spec
+        test = self.config.test
+        with autocast_context(self.device, self.config.train.amp):
+            probs = view_scores(self.model, clip[None].to(self.device), test.clips_per_forward,
+                                self.config.train.channels_last, tuple(spec.mean), tuple(spec.std))  # (1, classes)
+        return probs[0].double().cpu().numpy()
+
+    def predict(self, video: str | os.PathLike[str], top_k: int = 5, window: float | None = None,
+                stride: float | None = None) -> VideoPrediction:
+        """Score ``video``: its ``top_k`` classes, and with ``window`` (seconds) those of each window of
+        ``window`` seconds every ``stride`` seconds (default ``window``: windows side by side).
+
+        Raises ``VideoReadError`` (or ``OSError``) for a video that cannot be read."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        dataset = self._dataset(video)
+        k = min(top_k, len(self.class_names))
+        if window is None:
+            probs = self._probabilities(dataset)
+            info = dataset.video_info(0)
+            return VideoPrediction(os.fspath(video), info.num_frames, _duration(info), top_classes(probs, self.class_names, k),
+                                   tuple(probs.tolist()))
+        info = dataset.video_info(0)
+        try:
+            times = frame_times(info)
+        except ValueError as error:
+            raise VideoReadError(os.fspath(video), str(error)) from None
+        windows = split_windows(times, _frame_duration(info, times), window, stride or window)
+        window_probs = [self._probabilities(dataset, (w.first, w.stop)) for w in windows]
+        probs = np.mean(window_probs, axis=0)
+        predictions = tuple(WindowPrediction(w.start, w.end, w.first, w.stop - 1,
+                                             top_classes(p, self.class_names, k), tuple(p.tolist()))
+                            for w, p in zip(windows, window_probs))
+        return VideoPrediction(os.fspath(video), info.num_frames, _duration(info), top_classes(probs, self.class_names, k),
+                               tuple(probs.tolist()), predictions)
+
+
+def _frame_duration(info: VideoInfo, times: np.ndarray) -> float:
+    """How long one frame shows: ``1 / fps``, else the median gap between frames."""
+    if info.fps > 0:
+        return 1.0 / info.fps
+    return float(np.median(np.diff(times))) if times.size > 1 else 0.0
+
+
+def _duration(info: VideoInfo) -> float:
+    try:
+        times = frame_times(info)
+    except ValueError:
+        return 0.0
+    return float(times[-1] + _frame_duration(info, times)) if times.size else 0.0
+
+
+def label_at(prediction: VideoPrediction, frame: int) -> ClassScore:
+    """The top class shown on ``frame``: that of the window whose middle frame is nearest among those
+    holding it (the nearest window where none does), else (no windows) the whole video's."""
+    windows = prediction.windows
+    holding = [w for w in windows if w.first_frame <= frame <= w.last_frame] or list(windows)
+    if not holding:
+        return prediction.top[0]
+    return min(holding, key=lambda w: abs((w.first_frame + w.last_frame) / 2 - frame)).top[0]
+
+
+def write_labelled_video(prediction: VideoPrediction, source: str | os.PathLike[str], out: str | os.PathLike[str],
+                         backend: str = "auto") -> int:
+    """Copy ``source`` to ``out`` (H.264 at the source's mean frame rate) with the current top label and its
+    probability drawn on each frame (``label_at``); decoded and encoded one frame at a time, so memory does
+    not grow with the length. Returns the frames written."""
+    import cv2
+
+    fps = prediction.num_frames / prediction.duration if prediction.duration > 0 else 25.0
+
+    def labelled() -> Iterable[np.ndarray]:
+        for i, frame in enumerate(iter_frames(source, backend)):
+            top = label_at(prediction, i)
+            text = f"{top.name} {top.probability:.2f}"
+            frame = np.ascontiguousarray(frame)
+            scale = max(0.4, frame.shape[0] / 480)
+            thickness = max(1, round(2 * scale))
+            origin = (8, 8 + round(22 * scale))
+            # white on a black outline: readable on any background
+            cv2.putText(frame, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
+            cv2.putText(frame, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+            yield frame
+
+    return write_video(out, labelled(), fps)
+
+
+def format_table(prediction: VideoPrediction) -> str:
+    """Plain text: the video and its top classes, then one line per window."""
+    def classes(top: Sequence[ClassScore]) -> str:
+        return "  ".join(f"{score.name} {score.probability:.3f}" for score in top)
+
+    lines = [f"{prediction.video}  ({prediction.duration:.1f} s, {prediction.num_frames} frames)  "
+             f"{classes(prediction.top)}"]
+    for w in prediction.windows:
+        lines.append(f"  {w.start:8.2f}-{w.end:8.2f} s  {classes(w.top)}")
+    return "\n".join(lines)
+
+
+def format_json_line(prediction: VideoPrediction) -> str:
+    """One JSON object on one line (``VideoPrediction.as_dict``)."""
+    return json.dumps(prediction.as_dict())
+
+
+CSV_HEADER = ("video", "window", "start_s", "end_s", "rank", "class_id", "class", "probability")
+
+
+def format_csv_rows(prediction: VideoPrediction) -> str:
+    """CSV rows (no header; ``CSV_HEADER``): one per top class of the whole video (window ``all``) and of
+    each window (window 0, 1, ...)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    parts = [("all", 0.0, prediction.duration, prediction.top)]
+    parts += [(str(i), w.start, w.end, w.top) for i, w in enumerate(prediction.windows)]
+    for window, start, end, top in parts:
+        for rank, score in enumerate(top, 1):
+            writer.writerow([prediction.video, window, f"{start:.3f}", f"{end:.3f}", rank, score.class_id,
+                             score.name, f"{score.probability:.6f}"])
+    return buffer.getvalue()
