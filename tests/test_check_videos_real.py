@@ -38,7 +38,8 @@ def check_videos(*args: str | Path) -> subprocess.CompletedProcess:
 def test_every_actrecog2_video_passes(real_data: Path) -> None:
     root = real_data / "actrecog2"
     lists = [root / f"{split}.txt" for split in ("train", "val", "test")]
-    result = check_videos("--src", root, "--list", *lists, "--classes", root / "classes.txt")
+    repeated = [arg for path in lists for arg in ("--list", path)]  # --list train.txt --list val.txt ...
+    result = check_videos("--src", root, *repeated, "--classes", root / "classes.txt")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.splitlines() == ["69 entries checked, 0 bad line(s)"]
 

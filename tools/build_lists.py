@@ -4,16 +4,17 @@ Examples (each data set's steps are in datasets/<name>/README.md):
   python tools/build_lists.py --dataset ucf101 --src data/ucf101/ucfTrainTestlist --out data/ucf101 --split 1
   python tools/build_lists.py --dataset hmdb51 --src data/hmdb51/testTrainMulti_7030_splits --out data/hmdb51
   python tools/build_lists.py --dataset kinetics --src data/kinetics400/annotations/train.csv
-      data/kinetics400/annotations/val.csv --classes datasets/kinetics400/classes.txt
+      --src data/kinetics400/annotations/val.csv --classes datasets/kinetics400/classes.txt
       --out data/kinetics400 --videos data/kinetics400 --only-existing
   python tools/build_lists.py --dataset sthv2 --src data/sthv2/labels --out data/sthv2
-  python tools/build_lists.py --dataset folder --src my_videos --out my_videos/lists --splits train val
+  python tools/build_lists.py --dataset folder --src my_videos --out my_videos/lists --split train val
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from tsn.data.builders import (
     DatasetLists,
@@ -28,13 +29,16 @@ from tsn.data.builders import (
 from tsn.data.lists import read_class_names
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True, choices=("ucf101", "hmdb51", "kinetics", "sthv2", "folder"))
-    parser.add_argument("--src", required=True, nargs="+",
-                        help="annotation folder; Kinetics: CSV file(s); folder: video root")
-    parser.add_argument("--out", required=True, help="folder for classes.txt and <split>.txt")
-    parser.add_argument("--split", type=int, choices=(1, 2, 3), help="UCF101/HMDB51 split (default: all three)")
+    parser.add_argument("--src", required=True, action="append",
+                        help="annotation folder; Kinetics: a CSV file (repeatable: --src train.csv --src val.csv); "
+                             "folder: video root")
+    parser.add_argument("--out", type=Path, required=True, help="folder for classes.txt and <split>.txt")
+    parser.add_argument("--split", nargs="+", metavar="SPLIT",
+                        help="UCF101/HMDB51: split numbers 1..3 (default: all three); folder: the split "
+                             "subfolders above the class folders (default: none)")
     parser.add_argument("--videos", help="video root, for --only-existing (folder: --src)")
     parser.add_argument("--only-existing", action="store_true", help="drop entries whose file is absent under --videos")
     kinetics = parser.add_argument_group("kinetics")
@@ -44,7 +48,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     kinetics.add_argument("--split-dir", action="append", default=[], metavar="SPLIT=DIR",
                           help="folder of a split's videos (default: the split name), repeatable")
     kinetics.add_argument("--ext", default=".mp4", help="clip file extension (default .mp4)")
-    parser.add_argument("--splits", nargs="+", help="folder: split subfolders above the class folders")
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.dataset != "kinetics" and len(args.src) != 1:
         parser.error(f"--src takes one path for {args.dataset}")
@@ -55,10 +63,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for flag, value in kinetics_only.items():
         if value and args.dataset != "kinetics":
             parser.error(f"{flag} applies to --dataset kinetics only")
-    if args.split and args.dataset not in ("ucf101", "hmdb51"):
-        parser.error("--split applies to ucf101 and hmdb51 only")
-    if args.splits and args.dataset != "folder":
-        parser.error("--splits applies to --dataset folder only")
+    if args.split and args.dataset not in ("ucf101", "hmdb51", "folder"):
+        parser.error("--split applies to ucf101, hmdb51 and folder only")
+    if args.split and args.dataset in ("ucf101", "hmdb51") and not set(args.split) <= {"1", "2", "3"}:
+        parser.error(f"--split: {args.dataset} has splits 1, 2 and 3, got {' '.join(args.split)}")
     for item in args.split_dir:
         if "=" not in item:
             parser.error(f"--split-dir {item!r}: expected SPLIT=DIR")
@@ -66,7 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def build(args: argparse.Namespace) -> DatasetLists:
-    splits = (args.split,) if args.split else (1, 2, 3)
+    splits = tuple(sorted({int(split) for split in args.split})) if args.split else (1, 2, 3)
     if args.dataset == "ucf101":
         return ucf101_lists(args.src[0], splits)
     if args.dataset == "hmdb51":
@@ -82,7 +90,7 @@ def build(args: argparse.Namespace) -> DatasetLists:
         )
     if args.dataset == "sthv2":
         return sthv2_lists(args.src[0])
-    return folder_lists(args.src[0], args.splits)
+    return folder_lists(args.src[0], args.split)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """Read every entry of one or more lists as training would, and report each bad one with its reason.
 
-    python tools/check_videos.py --src ROOT --list LIST [LIST ...] [--csv OUT.csv] [--workers N]
+    python tools/check_videos.py --src ROOT --list LIST [--list LIST ...] [--csv OUT.csv] [--workers N]
                                  [--format video|rawframes] [--backend auto|pyav|decord|opencv]
                                  [--classes classes.txt] [--num-segments 8] [--num-clips 1]
 
@@ -14,33 +14,31 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
-from tsn.cli import UsageError, int_at_least, run_main
+from tsn.cli import UsageError, add_backend_arg, add_progress_arg, add_workers_arg, int_at_least, run_main
 from tsn.data.check import check_lists, write_problems_csv
 from tsn.data.lists import read_class_names
 
 
-def parse_args() -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", type=Path, required=True, help="root folder the lists' paths are relative to")
-    parser.add_argument("--list", type=Path, nargs="+", required=True, help="video or rawframe list(s)")
+    parser.add_argument("--list", type=Path, action="append", required=True,
+                        help="video or rawframe list (repeatable: --list train.txt --list val.txt)")
     parser.add_argument("--csv", type=Path, help="write the bad entries here")
-    parser.add_argument("--workers", type=int_at_least(0), default=min(os.cpu_count() or 1, 8),
-                        help="reading processes (0: this process)")
+    add_workers_arg(parser, "reading processes (0: this process)", minimum=0)
     parser.add_argument("--format", choices=("video", "rawframes"), default="video")
-    parser.add_argument("--backend", choices=("auto", "pyav", "decord", "opencv"), default="auto",
-                        help="auto: PyAV, OpenCV where PyAV fails (as training with data.backend: auto)")
+    add_backend_arg(parser)
     parser.add_argument("--classes", type=Path, help="class list: labels outside it are reported")
     parser.add_argument("--num-segments", type=int_at_least(1), default=8, help="segments per clip")
     parser.add_argument("--num-clips", type=int_at_least(1), default=1, help="temporal clips read per video")
-    parser.add_argument("--no-progress", action="store_true")
-    return parser.parse_args()
+    add_progress_arg(parser)
+    return parser
 
 
 def main() -> int:
-    args = parse_args()
+    args = build_parser().parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not args.src.is_dir():
         raise UsageError(f"--src {args.src}: not a folder")

@@ -19,14 +19,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tsn.cli import UsageError, int_at_least, run_main
+from tsn.cli import UsageError, add_config_args, add_device_arg, add_progress_arg, int_at_least, run_main
 from tsn.config import load_config, resolve_path
 from tsn.engine.crossval import format_table, run_cross_validation, split_list
 
 
-def parse_args() -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, required=True)
+    add_config_args(parser)
     parser.add_argument("--work-dir", type=Path, required=True, help="folder for the folds' runs and cv.json")
     parser.add_argument("--fold", nargs=2, action="append", type=Path, metavar=("TRAIN", "TEST"),
                         help="one fold's train and test list (repeat for every fold)")
@@ -35,9 +35,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--group", help="regex on the path; videos with the same first group stay in one fold")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default 0)")
     parser.add_argument("--probe", action="store_true", help="also run the linear probe on every fold")
-    parser.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    add_device_arg(parser)
+    add_progress_arg(parser)
+    return parser
+
+
+def parse_args() -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args()
     if (args.fold is None) == (args.list is None):
         parser.error("give either --fold TRAIN TEST (repeated) or --list with --folds")

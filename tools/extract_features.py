@@ -16,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from tsn.cli import int_at_least
+from tsn.cli import add_batch_size_arg, add_config_args, add_device_arg, add_progress_arg, int_at_least
 from tsn.config import ConfigError, load_config
 from tsn.data.dataset import AllVideosFailedError
 from tsn.data.lists import ListFormatError
@@ -25,30 +25,31 @@ from tsn.engine.features import QUERY_BATCH, run_extract
 from tsn.io import VideoReadError
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Command line -> options (argparse exits with status 2 on a bad flag)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (argparse exits with status 2 on a bad flag)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", type=Path, required=True, help="YAML config (data and model sections)")
+    add_config_args(parser, what="YAML config (data and model sections)")
     parser.add_argument("--list", type=Path, required=True, help="video list 'path LABEL' (paths under data.root)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--checkpoint", type=Path, help="trained TSN checkpoint (else ImageNet weights)")
     parser.add_argument("--layer", help="named backbone layer (e.g. layer3) instead of the backbone output")
     parser.add_argument("--knn", type=int_at_least(1), metavar="K", help="write each video's K nearest neighbours")
-    parser.add_argument("--batch-size", type=int_at_least(1), help="videos per batch (default data.batch_size)")
+    add_batch_size_arg(parser, "videos per batch (default: data.batch_size)")
     parser.add_argument("--knn-batch", type=int_at_least(1), default=QUERY_BATCH, help="query rows per distance block")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    return parser.parse_args(argv)
+    add_device_arg(parser)
+    add_progress_arg(parser)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Extract the features (and neighbours); returns the exit status."""
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config, args.opt)
         result = run_extract(cfg, args.list, args.out, checkpoint=args.checkpoint, layer=args.layer, knn=args.knn,
-                             batch_size=args.batch_size, device=args.device, query_batch=args.knn_batch)
+                             batch_size=args.batch_size, device=args.device, query_batch=args.knn_batch,
+                             progress=not args.no_progress)
     # OSError covers a missing weights file (PretrainedWeightsNotFound) and an unwritable --out
     except (ConfigError, ListFormatError, CheckpointError, VideoReadError, AllVideosFailedError, OSError,
             ValueError) as error:

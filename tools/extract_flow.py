@@ -32,20 +32,20 @@ def _bound(text: str) -> float:
     return value
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Command line -> options (argparse exits with status 2 on a bad flag)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (argparse exits with status 2 on a bad flag)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_extraction_args(parser)
     parser.add_argument("--method", choices=FLOW_METHODS, default="dis",
                         help="dis (default), tvl1 (TSN's; OpenCV contrib) or farneback")
     parser.add_argument("--bound", type=_bound, default=DEFAULT_BOUND, help="clip flow to ± this many pixels")
     parser.add_argument("--rgb", action="store_true", help="also write the RGB frames img_00001.jpg ...")
-    return parser.parse_args(argv)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the extraction; returns the exit status."""
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     if not args.src.is_dir():
         print(f"error: --src {args.src}: not a folder", file=sys.stderr)
         return 2
@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = FlowSettings(args.method, args.bound, args.rgb)
     summary = extract_frames(args.src, args.out, jobs, short_side=args.short_side, quality=args.quality,
-                             workers=args.workers, backend=args.backend, flow=settings)
+                             workers=args.workers, backend=args.backend,
+                             progress=not args.no_progress, flow=settings)
     flow_list = args.out / f"{stem}flow.txt"
     write_rawframe_list([VideoRecord(video.frame_dir, video.label, video.num_frames) for video in summary.extracted],
                         flow_list)

@@ -21,16 +21,16 @@ from tsn.data.lists import ListFormatError, VideoRecord, write_rawframe_list
 from tsn.io.extract import extract_frames
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Command line -> options (argparse exits with status 2 on a bad flag)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (argparse exits with status 2 on a bad flag)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_extraction_args(parser)
-    return parser.parse_args(argv)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the extraction; returns the exit status."""
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     if not args.src.is_dir():
         print(f"error: --src {args.src}: not a folder", file=sys.stderr)
         return 2
@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     summary = extract_frames(args.src, args.out, jobs, short_side=args.short_side, quality=args.quality,
-                             workers=args.workers, backend=args.backend)
+                             workers=args.workers, backend=args.backend,
+                             progress=not args.no_progress)
     list_path, errors_path = args.out / f"{stem}rawframes.txt", args.out / f"{stem}extract_errors.csv"
     records = [VideoRecord(video.frame_dir, video.label, video.num_frames) for video in summary.extracted]
     write_rawframe_list(records, list_path)

@@ -18,7 +18,7 @@ from tsn.data.lists import read_class_names, read_list
 from tsn.engine.testing import format_per_class_table, fuse_scores, score_report, write_report
 
 
-def parse_args() -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scores", type=Path, nargs="+", required=True, help="scores.npy files")
     parser.add_argument("--weights", type=float, nargs="+", help="one weight per file (default: all 1)")
@@ -26,6 +26,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--format", choices=("video", "rawframes"), default="video", help="format of --list")
     parser.add_argument("--classes", type=Path, required=True, help="class names, one a line")
     parser.add_argument("--out", type=Path, required=True, help="folder for the fused report")
+    return parser
+
+
+def parse_args() -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args()
     if args.weights is not None and len(args.weights) != len(args.scores):
         parser.error(f"{len(args.scores)} score files but {len(args.weights)} weights")

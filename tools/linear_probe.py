@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tsn.cli import int_at_least, run_main
+from tsn.cli import add_config_args, add_device_arg, add_progress_arg, add_view_args, run_main
 from tsn.config import load_config
 from tsn.engine.build import build_class_names
 from tsn.engine.probe import run_linear_probe
@@ -30,25 +30,23 @@ def positive_float(text: str) -> float:
     return value
 
 
-def parse_args() -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, required=True)
+    add_config_args(parser)
     parser.add_argument("--out", type=Path, required=True, help="folder for the report files")
     parser.add_argument("--train-list", type=Path, help="list to fit on (default: data.train_list)")
     parser.add_argument("--test-list", type=Path, help="list to score (default: data.test_list)")
     parser.add_argument("--checkpoint", type=Path, help="probe a trained TSN's backbone (default: ImageNet weights)")
     parser.add_argument("--l2", type=positive_float, help="L2 strength (default: chosen by cross-validation)")
-    parser.add_argument("--num-clips", type=int_at_least(1), help="temporal clips per video (default: test.num_clips)")
-    parser.add_argument("--crops", type=int, choices=(1, 3, 10), help="spatial crops (default: test.crops)")
+    add_view_args(parser)
     parser.add_argument("--cache-dir", type=Path, help="feature cache (default: OUT/cache)")
-    parser.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return parser.parse_args()
+    add_device_arg(parser)
+    add_progress_arg(parser)
+    return parser
 
 
 def main() -> None:
-    args = parse_args()
+    args = build_parser().parse_args()
     cfg = load_config(args.config, args.opt)  # a missing file is a ConfigError naming it
     setup_logging(None, True)
     result = run_linear_probe(cfg, args.out, train_list=args.train_list, test_list=args.test_list,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tsn.cli import run_main
+from tsn.cli import add_config_args, add_device_arg, add_progress_arg, run_main
 from tsn.config import load_config
 from tsn.engine.demo import run_demo
 from tsn.engine.trainer import train
@@ -18,15 +18,18 @@ from tsn.engine.trainer import train
 REPO = Path(__file__).resolve().parents[1]
 
 
-def parse_args() -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, help="YAML config (omit, with --work-dir, for the demo)")
+    add_config_args(parser, required=False, what="YAML config (omit, with --work-dir, for the demo)")
     parser.add_argument("--work-dir", type=Path, help="folder for checkpoints, logs and config.yaml")
-    parser.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. train.lr=0.001 (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue from WORK_DIR/latest.pth")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    add_device_arg(parser)
+    add_progress_arg(parser)
+    return parser
+
+
+def parse_args() -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args()
     if args.config is not None and args.work_dir is None:
         parser.error("--work-dir is required with --config")

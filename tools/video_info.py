@@ -11,30 +11,27 @@ bad list.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
+from tsn.cli import add_backend_arg, add_workers_arg
 from tsn.data.lists import ListFormatError, read_video_list
 from tsn.io.metadata import probe_rows, write_info_csv
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Probe every video of the list and write the CSV; returns the exit status."""
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--src", type=Path, required=True, help="root folder the list's paths are relative to")
     parser.add_argument("--list", type=Path, required=True, help="video list 'rel/path.ext LABEL'")
     parser.add_argument("--csv", type=Path, required=True, help="output CSV")
-    parser.add_argument("--workers", type=_positive, default=os.cpu_count() or 1, help="probing processes")
-    parser.add_argument("--backend", choices=("auto", "pyav", "decord", "opencv"), default="auto")
-    args = parser.parse_args(argv)
+    add_workers_arg(parser, "probing processes")
+    add_backend_arg(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Probe every video of the list and write the CSV; returns the exit status."""
+    args = build_parser().parse_args(argv)
     if not args.src.is_dir():
         print(f"error: --src {args.src}: not a folder", file=sys.stderr)
         return 2

@@ -71,6 +71,12 @@ def add_workers_arg(parser: argparse.ArgumentParser, what: str = "worker process
                         help=f"{what} (default: %(default)s)")
 
 
+def add_backend_arg(parser: argparse.ArgumentParser) -> None:
+    """``--backend auto|pyav|decord|opencv``: the video reader (``tsn.io``; auto: chosen per video at probe)."""
+    parser.add_argument("--backend", choices=("auto", "pyav", "decord", "opencv"), default="auto",
+                        help="video reader (auto: PyAV, OpenCV for the files PyAV cannot number, chosen per video)")
+
+
 def add_batch_size_arg(parser: argparse.ArgumentParser, what: str, default: int | None = None) -> None:
     """``--batch-size N``: items per batch, ``what`` saying of what."""
     parser.add_argument("--batch-size", type=int_at_least(1), default=default, help=what)
@@ -120,10 +126,11 @@ def add_extraction_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="root folder of the output folders and lists")
     parser.add_argument("--list", type=Path, help="video list 'rel/path.ext LABEL' (paths relative to --src)")
     parser.add_argument("--short-side", type=int_at_least(0), default=256, help="resize short side to this; 0 keeps")
-    parser.add_argument("--workers", type=int_at_least(1), default=os.cpu_count() or 1, help="decoding processes")
+    add_workers_arg(parser, "decoding processes")
     parser.add_argument("--quality", type=jpeg_quality, default=95, help="JPEG quality 0..100")
-    parser.add_argument("--backend", choices=("auto", "pyav", "decord", "opencv"), default="auto")
+    add_backend_arg(parser)
     parser.add_argument("--strict", action="store_true", help="exit 1 when any video failed")
+    add_progress_arg(parser)
 
 
 def extraction_jobs(src: Path, list_file: Path | None, out: Path) -> tuple[list[ExtractJob], str]:

@@ -134,6 +134,20 @@ def top_classes(probabilities: np.ndarray, class_names: Sequence[str], k: int) -
     return tuple(ClassScore(int(i), class_names[i], float(probabilities[i])) for i in order)
 
 
+def single_video_dataset(config: Config, path: str | os.PathLike[str], num_clips: int | None = None,
+                         crops: int | None = None) -> ClipDataset:
+    """A test-mode dataset (``build_clip_dataset``) of the one video at ``path``: a video file, or a frame
+    folder (a flow folder for a flow model); read errors are raised, not skipped."""
+    is_folder = Path(path).is_dir()
+    if config.data.modality == "flow" and not is_folder:
+        raise ConfigError("data.modality", f"flow: a flow model reads flow folders, not the video {path}: extract "
+                                           "them with tools/extract_flow.py")
+    if config.data.modality != "flow":
+        data = dataclasses.replace(config.data, format="rawframes" if is_folder else "video")
+        config = dataclasses.replace(config, data=data)
+    return build_clip_dataset(config, "test", [VideoRecord(os.fspath(path), 0)], Path(""), num_clips, crops, "raise")
+
+
 class Predictor:
     """A trained TSN and its test views, scoring videos one at a time.
 
@@ -147,8 +161,7 @@ class Predictor:
         if cfg.data.modality == "flow":
             raise ConfigError("data.modality", "flow: a flow model reads flow folders, not videos: extract "
                                                "them with tools/extract_flow.py and score them with tools/test.py")
-        # a model trained on frame folders still predicts on video files
-        self.config = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, format="video"))
+        self.config = cfg
         self.device = torch.device(device)
         self.model = trained.model.to(self.device)
         if cfg.train.channels_last:
@@ -166,8 +179,7 @@ class Predictor:
         return cls(load_trained(checkpoint, config, device, overrides), device, num_clips, crops)
 
     def _dataset(self, video: str | os.PathLike[str]) -> ClipDataset:
-        records = [VideoRecord(os.fspath(video), 0)]
-        return build_clip_dataset(self.config, "test", records, Path(""), self.num_clips, self.crops, "raise")
+        return single_video_dataset(self.config, video, self.num_clips, self.crops)
 
     @torch.no_grad()
     def _probabilities(self, dataset: ClipDataset, frames: tuple[int, int] | None = None) -> np.ndarray:

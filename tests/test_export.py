@@ -1,0 +1,114 @@
+"""tools/export.py and tsn.engine.export: the exported file (ONNX through onnxruntime, TorchScript) gives the
+probabilities of the PyTorch pipeline (uint8 frames -> normalise -> TSN -> softmax) for batches of 1 and 3."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tiny_training import restored_global_state, run_tool, tool_env
+from tsn.config import Config, load_config
+from tsn.engine.build import build_tsn
+from tsn.engine.export import ExportError, export, load_runner
+from tsn.engine.inference import load_trained
+from tsn.engine.predict import Predictor, single_video_dataset
+from tsn.layout import normalize_clips
+from videos import make_index_video
+
+CLASSES = ["a", "b", "c", "d"]
+SIZE = 64
+pytest.importorskip("onnxruntime", reason="the export extra (pip install 'tsn[export]') is not installed")
+
+
+@pytest.fixture(autouse=True)
+def _global_state():
+    with restored_global_state():
+        yield
+
+
+def make_checkpoint(folder: Path, overrides: list[str]) -> tuple[Config, Path]:
+    """A checkpoint as tools/train.py writes it, random ResNet-18 weights with a head scaled up so that the
+    probabilities are far from uniform (a wrong normalisation or consensus would move them a lot)."""
+    cfg = load_config(None, [f"data.root={folder}", f"data.input_size={SIZE}", f"data.short_side={SIZE}",
+                             "data.num_segments=3", "model.backbone=resnet18", "model.pretrained=false", *overrides])
+    with restored_global_state():
+        torch.manual_seed(0)
+        model = build_tsn(cfg, len(CLASSES))
+        with torch.no_grad():
+            model.head.fc.weight.mul_(30)
+    path = folder / "model.pth"
+    torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "class_names": CLASSES}, path)
+    return cfg, path
+
+
+def pytorch_probabilities(checkpoint: Path, frames: torch.Tensor) -> np.ndarray:
+    """The reference: uint8 (B, T, C, H, W) normalised as the loader's clips are, the TSN, softmax."""
+    model = load_trained(checkpoint).model
+    with torch.no_grad():
+        return model(normalize_clips(frames, model.spec.mean, model.spec.std)).softmax(dim=1).numpy()
+
+
+@pytest.mark.parametrize("format", ["onnx", "torchscript"])
+@pytest.mark.parametrize("modality", ["rgb", "rgbdiff"])
+def test_exported_file_equals_pytorch_for_batches_of_1_and_3(format: str, modality: str, tmp_path: Path) -> None:
+    _, checkpoint = make_checkpoint(tmp_path, [f"data.modality={modality}"])
+    trained = load_trained(checkpoint)
+    out = tmp_path / ("model.onnx" if format == "onnx" else "model.pt")
+    report = export(trained, format, out)
+    assert report.random_difference < 1e-4 and report.real_difference is None
+    frames_per_clip = 3 * (6 if modality == "rgbdiff" else 1)  # K L for RGB (L = 1), K (L + 1) for RGB difference (L = 5)
+    assert (report.spec.frames, report.spec.channels, report.spec.size) == (frames_per_clip, 3, SIZE)
+    run = load_runner(out, format)
+    generator = torch.Generator().manual_seed(5)
+    for batch in (1, 3):
+        frames = torch.randint(0, 256, (batch, frames_per_clip, 3, SIZE, SIZE), dtype=torch.uint8, generator=generator)
+        got = run(frames.numpy())
+        expected = pytorch_probabilities(checkpoint, frames)
+        assert got.shape == (batch, len(CLASSES))
+        # the probabilities are far from uniform, so this compares something
+        assert expected.max() > 0.5
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+    description = json.loads(out.with_name(out.name + ".json").read_text())
+    assert description["class_names"] == CLASSES
+    assert description["input"]["shape"] == ["batch", frames_per_clip, 3, SIZE, SIZE]
+
+
+def test_a_real_clip_gives_what_predict_gives(tmp_path: Path) -> None:
+    cfg, checkpoint = make_checkpoint(tmp_path, [])
+    video = make_index_video(tmp_path / "v.mp4", 30, width=80, height=64)
+    clip = single_video_dataset(cfg, video, num_clips=1, crops=1).load(0, np.random.default_rng(0))  # (1, T, C, H, W)
+    report = export(load_trained(checkpoint), "onnx", tmp_path / "m.onnx", [clip[0]])
+    assert report.real_difference is not None and report.real_difference < 1e-4
+    prediction = Predictor.from_checkpoint(checkpoint, num_clips=1, crops=1).predict(video)
+    got = load_runner(tmp_path / "m.onnx", "onnx")(clip.numpy())[0]
+    np.testing.assert_allclose(got, prediction.probabilities, rtol=0, atol=1e-4)
+
+
+def test_a_mismatch_leaves_no_file(tmp_path: Path) -> None:
+    _, checkpoint = make_checkpoint(tmp_path, [])
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export(load_trained(checkpoint), "torchscript", tmp_path / "m.pt", tolerance=-1.0)
+    assert list(tmp_path.iterdir()) == [checkpoint]
+
+
+def test_export_tool_checks_on_real_videos_and_prints_the_differences(tmp_path: Path) -> None:
+    make_index_video(tmp_path / "videos" / "v0.mp4", 30, width=80, height=64)
+    make_index_video(tmp_path / "videos" / "v1.mp4", 45, width=80, height=64)
+    (tmp_path / "test.txt").write_text("videos/v0.mp4 0\nvideos/v1.mp4 1\n")
+    _, checkpoint = make_checkpoint(tmp_path, ["data.test_list=test.txt"])
+    out = tmp_path / "deploy" / "model.onnx"
+    done = run_tool("export.py", ["--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(out)],
+                    env=tool_env())
+    assert done.returncode == 0, done.stderr
+    assert "on random frames" in done.stdout and "on 2 real clip(s)" in done.stdout
+    assert out.is_file() and (out.parent / "model.onnx.json").is_file()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model.onnx", "model.onnx.json"]
+    # a video that cannot be read: one line, exit 2
+    (tmp_path / "bad.mp4").write_bytes(b"nothing")
+    done = run_tool("export.py", ["--checkpoint", str(checkpoint), "--format", "torchscript", "--out",
+                                  str(tmp_path / "m.pt"), "--check-video", str(tmp_path / "bad.mp4")], env=tool_env())
+    assert done.returncode == 2 and "bad.mp4" in done.stderr and "Traceback" not in done.stderr

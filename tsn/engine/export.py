@@ -1,0 +1,192 @@
+"""Export a trained TSN for deployment: ONNX (checked with onnxruntime) or TorchScript.
+
+The exported network is the whole of inference, so that a deployment feeds raw decoded frames:
+uint8 RGB frames ``(B, T, C, H, W)`` (``tsn.layout``: T = K * L frames of the TSN's own sampling,
+K * (L + 1) for RGB difference; C = 3, or 2 for flow; H = W = ``data.input_size``) -> class
+probabilities ``(B, classes)``: normalisation, the backbone on every frame, the head, the segment
+consensus and the softmax. Only the batch axis is dynamic. ``<out>.json`` beside the file says the
+input shape, the class names and how the frames were sampled and cropped.
+
+The file is checked against PyTorch on random frames (batches of 1 and 3) and on real clips before it
+is put in place; a largest difference above ``tolerance`` is an ``ExportError`` and leaves no file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from tsn.engine.inference import TrainedModel
+from tsn.fileio import atomic_write_text
+from tsn.models import TSN
+
+FORMATS = ("onnx", "torchscript")
+# Probabilities differ between runtimes by float32 rounding of differently fused and ordered kernels
+# (about 1e-6 measured); 1e-4 leaves room for deeper networks while still catching a wrong
+# normalisation, layout or consensus, which move probabilities by far more.
+DEFAULT_TOLERANCE = 1e-4
+
+
+class ExportError(RuntimeError):
+    """The export failed, or the exported file does not compute what the PyTorch model computes."""
+
+
+class DeployedTSN(nn.Module):
+    """uint8 frames ``(B, T, C, H, W)`` -> class probabilities ``(B, classes)`` (module docstring)."""
+
+    def __init__(self, model: TSN) -> None:
+        super().__init__()
+        self.model = model
+        mean = torch.tensor(model.spec.mean, dtype=torch.float32).view(1, 1, -1, 1, 1)  # (1, 1, C, 1, 1)
+        std = torch.tensor(model.spec.std, dtype=torch.float32).view(1, 1, -1, 1, 1)
+        # (x / 255 - mean) / std as one multiply-add, as tsn.layout.normalize_clips
+        self.register_buffer("scale", 1.0 / (255.0 * std))
+        self.register_buffer("shift", mean / std)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        x = frames.to(torch.float32) * self.scale - self.shift  # (B, T, C, H, W)
+        return self.model(x).softmax(dim=-1)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The exported network's input: ``(batch, frames, channels, size, size)`` uint8."""
+
+    frames: int
+    channels: int
+    size: int
+
+    def random(self, batch: int, seed: int = 0) -> torch.Tensor:
+        """Random uint8 frames ``(batch, T, C, H, W)``."""
+        generator = torch.Generator().manual_seed(seed)
+        return torch.randint(0, 256, (batch, self.frames, self.channels, self.size, self.size), dtype=torch.uint8,
+                             generator=generator)
+
+
+def input_spec(trained: TrainedModel) -> InputSpec:
+    """What the trained TSN reads: frames per clip, channels per frame, side (``tsn.layout``)."""
+    data = trained.config.data
+    per_segment = data.frames_per_segment + (1 if data.modality == "rgbdiff" else 0)
+    return InputSpec(data.num_segments * per_segment, 2 if data.modality == "flow" else 3, data.input_size)
+
+
+def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path) -> None:
+    try:
+        import onnxscript  # noqa: F401  (torch.onnx's exporter needs it; say so before a long trace)
+    except ImportError:
+        raise ExportError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'tsn[export]'") from None
+    batch = torch.export.Dim("batch")
+    torch.onnx.export(module, (example,), str(path), input_names=["frames"], output_names=["probabilities"],
+                      dynamo=True, dynamic_shapes=({0: batch},), external_data=False, verbose=False)
+
+
+def _export_torchscript(module: nn.Module, example: torch.Tensor, path: Path) -> None:
+    with warnings.catch_warnings():
+        # torch.jit is deprecated upstream but still the way to a file that C++ and mobile runtimes load;
+        # the tracer warns about the shape checks, which only see the fixed T, C, H, W
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(module, (example,), check_trace=False)
+        torch.jit.save(traced, str(path))
+
+
+def load_runner(path: Path, format: str) -> Callable[[np.ndarray], np.ndarray]:
+    """A function running the exported file at ``path``: uint8 frames (B, T, C, H, W) -> probabilities (B, classes)."""
+    if format == "onnx":
+        try:
+            import onnxruntime
+        except ImportError:
+            raise ExportError("checking an ONNX file needs onnxruntime: pip install 'tsn[export]'") from None
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return lambda frames: session.run(None, {"frames": frames})[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.load(str(path), map_location="cpu")
+
+    def run(frames: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return module(torch.from_numpy(frames)).numpy()
+    return run
+
+
+def largest_difference(deployed: DeployedTSN, run: Callable[[np.ndarray], np.ndarray],
+                       inputs: Sequence[torch.Tensor]) -> float:
+    """The largest absolute difference of probabilities between ``deployed`` (PyTorch) and ``run`` over ``inputs``."""
+    worst = 0.0
+    for frames in inputs:
+        with torch.no_grad():
+            expected = deployed(frames).numpy()
+        got = run(frames.numpy())
+        if got.shape != expected.shape:
+            raise ExportError(f"the exported file returned shape {got.shape} for input {tuple(frames.shape)}, "
+                              f"PyTorch {expected.shape}")
+        worst = max(worst, float(np.abs(got - expected).max()))
+    return worst
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What ``export`` wrote and checked: the file, the largest difference to PyTorch on random and on real
+    frames (None: no real clip given), and the input it takes."""
+
+    path: Path
+    random_difference: float
+    real_difference: float | None
+    spec: InputSpec
+
+
+def export(trained: TrainedModel, format: str, out: str | os.PathLike[str], real_clips: Sequence[torch.Tensor] = (),
+           tolerance: float = DEFAULT_TOLERANCE) -> ExportReport:
+    """Export ``trained`` (on the CPU) to ``out`` in ``format`` and check it (module docstring); writes ``out.json``.
+
+    ``real_clips``: uint8 clips ``(T, C, H, W)`` of real videos, as the test pipeline makes them."""
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    deployed = DeployedTSN(trained.model.cpu().eval()).eval()
+    spec = input_spec(trained)
+    tmp = target.parent / f".{target.stem}.{os.getpid()}.{uuid.uuid4().hex}.partial{target.suffix}"
+    try:
+        # an example batch of 2: a batch of 1 could be specialised as a constant by the exporter
+        (_export_onnx if format == "onnx" else _export_torchscript)(deployed, spec.random(2), tmp)
+        run = load_runner(tmp, format)
+        random_difference = largest_difference(deployed, run, [spec.random(1, seed=1), spec.random(3, seed=2)])
+        real = torch.stack(list(real_clips)) if real_clips else None  # (N, T, C, H, W)
+        real_difference = largest_difference(deployed, run, [real]) if real is not None else None
+        worst = max(random_difference, real_difference or 0.0)
+        if worst > tolerance:
+            raise ExportError(f"the {format} file differs from PyTorch by up to {worst:.3g} in probability "
+                              f"(tolerance {tolerance:g}): not written")
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    atomic_write_text(target.with_name(target.name + ".json"), json.dumps(_description(trained, spec, format), indent=2)
+                      + "\n")
+    return ExportReport(target, random_difference, real_difference, spec)
+
+
+def _description(trained: TrainedModel, spec: InputSpec, format: str) -> dict:
+    data = trained.config.data
+    return {
+        "format": format,
+        "input": {"name": "frames", "dtype": "uint8", "shape": ["batch", spec.frames, spec.channels, spec.size,
+                                                                   spec.size],
+                  "layout": "(batch, frames, channels, height, width), RGB (flow: x, y), 0..255"},
+        "output": {"name": "probabilities", "shape": ["batch", len(trained.class_names)]},
+        "class_names": trained.class_names,
+        "sampling": {"modality": data.modality, "num_segments": data.num_segments,
+                     "frames_per_segment": spec.frames // data.num_segments,
+                     "how": "the middle frames of num_segments equal parts of the video (tsn.data.sampling.val_indices)"},
+        "crop": {"short_side": data.short_side, "size": data.input_size,
+                 "how": "resize the short side to short_side, then take the centre size x size square"},
+    }
