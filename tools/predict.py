@@ -71,9 +71,11 @@ def collect_videos(paths: list[Path], list_file: Path | None, src: Path) -> list
 
 
 def copy_path(out_video: Path, name: str, count: int) -> Path:
-    """Where the labelled copy of the video ``name`` goes: ``out_video`` itself when it names a video file
+    """Where the labelled copy of the video ``name`` goes: ``out_video`` itself when it names an .mp4 file
     (one video only), else ``out_video/<name>`` with an ``.mp4`` suffix."""
     if out_video.suffix.lower() in VIDEO_EXTENSIONS:
+        if out_video.suffix.lower() != ".mp4":
+            raise UsageError(f"--out-video {out_video}: the copy is an MP4 file, name it .mp4 (or give a folder)")
         if count > 1:
             raise UsageError(f"--out-video {out_video} is one file, but there are {count} videos: give a folder")
         return out_video

@@ -249,7 +249,7 @@ def label_at(prediction: VideoPrediction, frame: int) -> ClassScore:
 
 def write_labelled_video(prediction: VideoPrediction, source: str | os.PathLike[str], out: str | os.PathLike[str],
                          backend: str = "auto") -> int:
-    """Copy ``source`` to ``out`` (H.264 at the source's mean frame rate) with the current top label and its
+    """Copy ``source`` to ``out`` (H.264 in MP4, at the source's mean frame rate) with the current top label and its
     probability drawn on each frame (``label_at``); decoded and encoded one frame at a time, so memory does
     not grow with the length. Returns the frames written."""
     import cv2

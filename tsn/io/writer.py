@@ -1,7 +1,7 @@
-"""Writing videos with PyAV's bundled encoders (no system FFmpeg): ``write_video``.
+"""Writing a video with PyAV's bundled H.264 encoder (no system FFmpeg): ``write_video``.
 
 The file appears complete or not at all: frames are encoded into a hidden temporary file beside
-the target, renamed into place once the encoder is flushed and the container closed.
+the target (``tsn.io.prepare.encode_video``), renamed into place once the container is closed.
 """
 
 from __future__ import annotations
@@ -14,36 +14,22 @@ from typing import Iterable
 
 import numpy as np
 
+from tsn.io.prepare import PrepareSettings, encode_video
 
-def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float | Fraction,
-                crf: int = 23, codec: str = "libx264") -> int:
-    """Encode RGB uint8 frames ``(H, W, 3)`` (all of one size) into ``path`` at ``fps``; returns the frame count.
+# A keyframe every 10 s at 25 fps: a file to watch, not to sample from (tools/prepare_videos.py makes those).
+WATCH_SETTINGS = PrepareSettings(short_side=0, keyframe_interval=250, crf=23)
 
-    H.264 in yuv420p needs even sides: an odd last row or column is dropped. The container follows
-    the suffix (``.mp4``, ``.mkv``, ...). Nothing is left at ``path`` when encoding fails or no frame comes.
-    """
-    import av
 
+def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float | Fraction) -> int:
+    """Encode RGB uint8 frames ``(H, W, 3)`` (all of one size) as H.264 in the MP4 file ``path`` at ``fps``;
+    returns the frame count. An odd last row or column is dropped (4:2:0 needs even sides). Nothing is left
+    at ``path`` when encoding fails or no frame comes."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.stem}.{os.getpid()}.{uuid.uuid4().hex}.partial{target.suffix}"
-    rate = Fraction(fps).limit_denominator(1001) if not isinstance(fps, Fraction) else fps
-    count = 0
+    tmp = target.parent / f".{target.stem}.{os.getpid()}.{uuid.uuid4().hex}.partial.mp4"
+    rate = fps if isinstance(fps, Fraction) else Fraction(fps).limit_denominator(1001)
     try:
-        with av.open(str(tmp), "w") as container:
-            stream = None
-            for frame in frames:
-                height, width = frame.shape[0] // 2 * 2, frame.shape[1] // 2 * 2
-                if stream is None:
-                    stream = container.add_stream(codec, rate=rate)
-                    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-                    stream.options = {"crf": str(crf)}
-                picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:height, :width]), format="rgb24")
-                container.mux(stream.encode(picture))
-                count += 1
-            if stream is None:
-                raise ValueError(f"{target}: no frames to write")
-            container.mux(stream.encode(None))
+        count = encode_video(frames, tmp, rate, WATCH_SETTINGS, str(target))
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
