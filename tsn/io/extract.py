@@ -352,7 +352,7 @@ def _run_task(task: _Task) -> tuple[int, int | None, str]:
     return task.index, num_frames, ""
 
 
-def _check_job(video: str, source: Path) -> str:
+def check_job(video: str, source: Path) -> str:
     """Reason why a job cannot be extracted before any decoding, or "" when it can be tried."""
     if PurePosixPath(video).is_absolute() or ".." in PurePosixPath(video).parts or video in ("", "."):
         return "path must be relative to the source root, without '..'"
@@ -395,7 +395,7 @@ def extract_frames(src_root: str | os.PathLike, out_root: str | os.PathLike, job
         if job.video in frames_of or job.video in reason_of:
             continue
         source = src_root / job.video
-        reason = _check_job(job.video, source)
+        reason = check_job(job.video, source)
         rel_dir = frame_dir_name(job.video) if not reason else ""
         if not reason and rel_dir in owner_of_dir:
             reason = f"frame folder {rel_dir} is already the target of {owner_of_dir[rel_dir]}"

@@ -1,0 +1,102 @@
+"""Make training copies of videos (small MP4 files, regular keyframes, the same frames) and rewrite the list;
+resumable and safe to kill.
+
+    python tools/prepare_videos.py --src ROOT --out OUT [--list LIST] [--short-side 256] [--keyframe-interval 16]
+                                   [--codec h264|hevc] [--crf 23] [--bframes 3] [--workers N]
+                                   [--backend auto|pyav|decord|opencv] [--strict] [--no-progress]
+
+``ROOT/<rel>.<ext>`` -> ``OUT/<rel>.mp4``: video only, short side ``--short-side`` (0 keeps the size; odd sides
+lose one line), constant frame rate, a keyframe exactly every ``--keyframe-interval`` frames (1 = all intra),
+encoded by PyAV's bundled libx264 (``h264``) or libx265 (``hevc``) at ``--crf``; the copy's frame count is
+checked against the source's. With ``--list`` (lines ``rel/path.ext LABEL``) the video list
+``OUT/<list stem>_prepared.txt`` keeps the list's order and labels with the copies' paths; without it every
+video under ROOT is taken, labelled by its top-level folder (folder-per-class; names in ``OUT/classes.txt``) or
+0 when ROOT is flat, into ``OUT/prepared.txt``. Unreadable videos are left out of the list, printed at the end
+and written to ``OUT/[<list stem>_]prepare_errors.csv``. Exit status: 0, or 1 when --strict and a video
+failed, 2 for bad arguments or a bad list. A rerun skips finished copies and redoes the rest (see
+``tsn.io.prepare``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable
+
+from tsn.cli import add_backend_arg, add_progress_arg, add_workers_arg, extraction_jobs, int_at_least, report_failures
+from tsn.data.lists import ListFormatError, VideoRecord, write_video_list
+from tsn.io.prepare import CODECS, MAX_BFRAMES, MAX_CRF, PrepareSettings, prepare_videos
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    """argparse ``type=``: an integer in ``low..high``."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in {low}..{high}, got {value}")
+        return value
+    return parse
+
+
+def _short_side(text: str) -> int:
+    """argparse ``type=``: 0 (keep the size) or a short side >= 2 (1 would crop to nothing)."""
+    value = int(text)
+    if value < 0 or value == 1:
+        raise argparse.ArgumentTypeError(f"must be 0 or >= 2, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (argparse exits with status 2 on a bad flag)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--src", type=Path, required=True, help="root folder of the videos")
+    parser.add_argument("--out", type=Path, required=True, help="root folder of the copies and lists")
+    parser.add_argument("--list", type=Path, help="video list 'rel/path.ext LABEL' (paths relative to --src)")
+    parser.add_argument("--short-side", type=_short_side, default=256, help="resize short side to this; 0 keeps")
+    parser.add_argument("--keyframe-interval", type=int_at_least(1), default=16,
+                        help="a keyframe every this many frames (1: every frame)")
+    parser.add_argument("--codec", choices=sorted(CODECS), default="h264", help="h264 (libx264) or hevc (libx265)")
+    parser.add_argument("--crf", type=_int_in(0, MAX_CRF), default=23, help=f"quality, 0 (lossless) .. {MAX_CRF}")
+    parser.add_argument("--bframes", type=_int_in(0, MAX_BFRAMES), default=3,
+                        help="most non-reference B-frames in a row (0: none)")
+    add_workers_arg(parser, "encoding processes")
+    add_backend_arg(parser)
+    parser.add_argument("--strict", action="store_true", help="exit 1 when any video failed")
+    add_progress_arg(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Prepare the copies; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    if not args.src.is_dir():
+        print(f"error: --src {args.src}: not a folder", file=sys.stderr)
+        return 2
+    src, out = args.src.resolve(), args.out.resolve()
+    if out == src:
+        print(f"error: --out {args.out}: must differ from --src", file=sys.stderr)
+        return 2
+    if args.list is None and src in out.parents:
+        # Without a list, the next run would take the copies inside ROOT for videos to copy.
+        print(f"error: --out {args.out}: lies inside --src; give --list or another --out", file=sys.stderr)
+        return 2
+    try:
+        jobs, stem = extraction_jobs(args.src, args.list, args.out)
+    except (ListFormatError, OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    settings = PrepareSettings(short_side=args.short_side, keyframe_interval=args.keyframe_interval,
+                               codec=args.codec, crf=args.crf, bframes=args.bframes)
+    summary = prepare_videos(args.src, args.out, jobs, settings, workers=args.workers, backend=args.backend,
+                             progress=not args.no_progress)
+    list_path, errors_path = args.out / f"{stem}prepared.txt", args.out / f"{stem}prepare_errors.csv"
+    write_video_list([VideoRecord(video.video, video.label) for video in summary.prepared], list_path)
+    report_failures(summary.failed, errors_path)
+    print(f"{summary.line()} -> {list_path}")
+    return 1 if args.strict and summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
