@@ -25,7 +25,7 @@ CANONICAL: dict[str, dict] = {
     "--src": {"nargs": None},
     "--out": {"type": Path},
     "--device": {"default": "auto", "choices": ("auto", "cpu", "cuda")},
-    "--backend": {"default": "auto", "choices": ("auto", "pyav", "decord", "opencv")},
+    "--backend": {"default": "auto", "choices": ("auto", "pyav", "decord", "opencv", "torchcodec")},
     "--no-progress": {"action": argparse._StoreTrueAction},
     "--strict": {"action": argparse._StoreTrueAction},
     "--workers": {"int": True, "default": (usable_cpus(), None)},  # None: the config's data.num_workers

@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", type=Path, required=True, help="root folder the list's paths are relative to")
     parser.add_argument("--list", type=Path, required=True, help="video list 'rel/path.ext LABEL'")
-    parser.add_argument("--backends", nargs="+", choices=("auto", "pyav", "decord", "opencv"),
+    parser.add_argument("--backends", nargs="+", choices=("auto", "pyav", "decord", "opencv", "torchcodec"),
                         default=["pyav", "decord", "opencv"])
     parser.add_argument("--epochs", type=int_at_least(2), default=30, help="epochs per backend (the first is the warm-up)")
     add_workers_arg(parser, "loader worker processes")

@@ -24,6 +24,7 @@ from tsn.data.dataset import AllVideosFailedError
 from tsn.data.lists import ListFormatError, read_video_list, write_class_names
 from tsn.engine.checkpoint import CheckpointError
 from tsn.io import VideoReadError
+from tsn.io.base import BackendUnavailable
 from tsn.fileio import atomic_write_text
 from tsn.io.extract import ExtractFailure, ExtractJob, failures_csv, find_videos
 from tsn.models import PretrainedWeightsNotFound
@@ -73,7 +74,7 @@ def add_workers_arg(parser: argparse.ArgumentParser, what: str = "worker process
 
 def add_backend_arg(parser: argparse.ArgumentParser) -> None:
     """``--backend auto|pyav|decord|opencv``: the video reader (``tsn.io``; auto: chosen per video at probe)."""
-    parser.add_argument("--backend", choices=("auto", "pyav", "decord", "opencv"), default="auto",
+    parser.add_argument("--backend", choices=("auto", "pyav", "decord", "opencv", "torchcodec"), default="auto",
                         help="video reader (auto: PyAV, OpenCV for the files PyAV cannot number, chosen per video)")
 
 
@@ -97,6 +98,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
     ListFormatError,
     VideoReadError,
+    BackendUnavailable,
     CheckpointError,
     PretrainedWeightsNotFound,
     FileNotFoundError,

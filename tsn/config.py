@@ -187,7 +187,9 @@ class DataConfig(_Section):
             start from the ImageNet weights by TSN's cross-modality initialisation
             (``tsn.models.modality``).
         backend: video decoder: ``auto`` (PyAV, OpenCV taking over the files PyAV cannot read,
-            logged once per file), or ``pyav``, ``decord``, ``opencv`` alone; ignored for rawframes.
+            logged once per file), or ``pyav``, ``decord``, ``opencv`` alone, or ``torchcodec``
+            (optional: ``pip install 'tsn[torchcodec]'`` and FFmpeg's shared libraries; frames numbered
+            and checked by PyAV's index); ignored for rawframes.
         num_segments: K, segments per clip. 8: with ``model.consensus: feature_max`` the frame
             where an action peaks has to be among the sampled ones (on UT-Interaction's frozen
             features, the maximum of 3, 8, 16 and all frames gave 0.65, 0.68, 0.74 and 0.78 top-1).
@@ -225,7 +227,7 @@ class DataConfig(_Section):
     classes: str = "classes.txt"
     format: Literal["video", "rawframes"] = "video"
     modality: Literal["rgb", "flow", "rgbdiff"] = "rgb"
-    backend: Literal["auto", "pyav", "decord", "opencv"] = "auto"
+    backend: Literal["auto", "pyav", "decord", "opencv", "torchcodec"] = "auto"
     num_segments: int = _bounded(8, ge=1)
     new_length: int | None = _bounded(None, ge=1)
     input_size: int = _bounded(224, ge=1)

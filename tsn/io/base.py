@@ -87,3 +87,8 @@ class VideoReadError(RuntimeError):
     def __reduce__(self) -> tuple[type, tuple[str, str]]:
         # Rebuild from (path, reason), not from the formatted message, when sent between processes.
         return (type(self), (self.path, self.reason))
+
+
+class BackendUnavailable(RuntimeError):
+    """A reader backend that cannot run here (an optional package or library missing): a set-up problem,
+    never a bad video, so it is raised, not skipped; str() names what to install."""

@@ -1,6 +1,7 @@
 """One interface over the backends: ``probe``, ``read`` and ``iter_frames``, the backend chosen once per video.
 
-``backend`` is one of ``"auto"``, ``"pyav"``, ``"decord"``, ``"opencv"``, ``"rawframes"``. A folder is
+``backend`` is one of ``"auto"``, ``"pyav"``, ``"decord"``, ``"opencv"``, ``"torchcodec"`` (optional,
+``tsn.io.torchcodec_backend``; never chosen by ``"auto"``), ``"rawframes"``. A folder is
 always a frame folder (``"auto"`` or ``"rawframes"``). On a file, ``"auto"``'s probe tries PyAV, then
 OpenCV (for ``iter_frames``: OpenCV, then PyAV, see there); a named backend is used alone. When the
 first backend fails and the second works, one warning on the logger ``"tsn.io"`` says so, once per
@@ -19,13 +20,13 @@ from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
-from tsn.io import decord_backend, opencv_backend, pyav_backend, rawframes
+from tsn.io import decord_backend, opencv_backend, pyav_backend, rawframes, torchcodec_backend
 from tsn.io.base import VideoInfo, VideoReadError
 
-BACKENDS = (pyav_backend.NAME, decord_backend.NAME, opencv_backend.NAME, rawframes.NAME)
+BACKENDS = (pyav_backend.NAME, decord_backend.NAME, opencv_backend.NAME, torchcodec_backend.NAME, rawframes.NAME)
 _CHOICES = ("auto",) + BACKENDS
-_MODULES: dict[str, ModuleType] = {module.NAME: module
-                                   for module in (pyav_backend, decord_backend, opencv_backend, rawframes)}
+_MODULES: dict[str, ModuleType] = {module.NAME: module for module in (pyav_backend, decord_backend, opencv_backend,
+                                                                       torchcodec_backend, rawframes)}
 # PyAV first: frames identified by their timestamps, unwanted non-reference frames never decoded
 # (an 8-frame read took 42 % less CPU than decord's on actrecog2, see tsn.io.pyav_backend).
 _PROBE_ORDER = (pyav_backend.NAME, opencv_backend.NAME)
@@ -242,7 +243,7 @@ def _read_first_claimed(path: str, choose: Callable[[int], np.ndarray],
 def _read_video(path: str, wanted: np.ndarray, info: VideoInfo, size: tuple[int, int] | None,
                 threads: int | None) -> np.ndarray:
     """Frames ``wanted`` (checked in range) of a video file by the backend that produced ``info``."""
-    if info.backend in (pyav_backend.NAME, decord_backend.NAME):
+    if info.backend in (pyav_backend.NAME, decord_backend.NAME, torchcodec_backend.NAME):
         module = _MODULES[info.backend]
         return _gather(wanted, lambda unique: module.read_sorted(path, unique, info, size, threads or 1))
     if info.backend == opencv_backend.NAME:
