@@ -112,3 +112,16 @@ def test_export_tool_checks_on_real_videos_and_prints_the_differences(tmp_path: 
     done = run_tool("export.py", ["--checkpoint", str(checkpoint), "--format", "torchscript", "--out",
                                   str(tmp_path / "m.pt"), "--check-video", str(tmp_path / "bad.mp4")], env=tool_env())
     assert done.returncode == 2 and "bad.mp4" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_deployed_benchmark_runs_each_runtime_on_the_same_input(tmp_path: Path) -> None:
+    from tsn.engine.benchmark import deployed_benchmark
+
+    _, checkpoint = make_checkpoint(tmp_path, [])
+    trained = load_trained(checkpoint)
+    export(trained, "onnx", tmp_path / "m.onnx")
+    export(load_trained(checkpoint), "torchscript", tmp_path / "m.pt")
+    results = {path.suffix: deployed_benchmark(path, batch=2, steps=1, warmup=0)
+               for path in (tmp_path / "m.onnx", tmp_path / "m.pt", checkpoint)}
+    assert [r["runtime"] for r in results.values()] == ["onnxruntime", "torchscript", "pytorch eager"]
+    assert all(r["input"] == [2, 3, 3, SIZE, SIZE] and r["cpu_ms_per_clip"] > 0 for r in results.values())

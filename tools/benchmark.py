@@ -7,6 +7,7 @@ training. One JSON line.
     python tools/benchmark.py infer --checkpoint P [--batch-size 8] [--num-segments K] [--amp ...] [--channels-last]
                                     [--steps N]
     python tools/benchmark.py train --config C [--opt ...] [--steps N] [--workers W] [--profile DIR]
+    python tools/benchmark.py deployed --model model.onnx|model.pt|best.pth [--batch-size 1] [--steps N]
 
 Add --pretty for a readable table instead of JSON. See tsn/engine/benchmark.py for what is timed.
 """
@@ -19,8 +20,8 @@ from pathlib import Path
 
 from tsn.cli import add_batch_size_arg, add_config_args, add_workers_arg, int_at_least, run_main
 from tsn.config import load_config
-from tsn.engine.benchmark import (AMP_CHOICES, format_table, inference_benchmark, loader_benchmark, model_benchmark,
-                                  train_benchmark)
+from tsn.engine.benchmark import (AMP_CHOICES, deployed_benchmark, format_table, inference_benchmark, loader_benchmark,
+                                  model_benchmark, train_benchmark)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--amp", choices=AMP_CHOICES, default="none")
     infer.add_argument("--channels-last", action="store_true")
     infer.add_argument("--steps", type=int_at_least(1), default=10)
+    deployed = modes.add_parser("deployed", parents=[common],
+                                help="CPU clips/s of the whole deployed TSN: an exported file or a checkpoint (eager)")
+    deployed.add_argument("--model", type=Path, required=True,
+                          help="model.onnx or model.pt of tools/export.py, or a checkpoint (.pth: PyTorch eager)")
+    add_batch_size_arg(deployed, "clips per call", default=1)
+    deployed.add_argument("--steps", type=int_at_least(1), default=10)
     return parser
 
 
@@ -65,6 +72,8 @@ def main() -> None:
     if args.mode == "model":
         result = model_benchmark(args.backbone, args.batch_size, args.num_segments, args.amp, args.channels_last,
                                  args.compile, args.steps, args.input_size)
+    elif args.mode == "deployed":
+        result = deployed_benchmark(args.model, args.batch_size, args.steps)
     elif args.mode == "infer":
         result = inference_benchmark(args.checkpoint, args.batch_size, args.num_segments, args.amp, args.channels_last,
                                      args.steps)

@@ -24,6 +24,7 @@ the tool reports, the reader compares (same machine, same run).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -38,6 +39,7 @@ from tsn.config import Config, TrainConfig
 from tsn.data.loader import set_loader_epoch
 from tsn.engine.build import build_class_names, build_dataset, build_loader, build_optimizer, build_tsn
 from tsn.engine.evaluate import autocast_context
+from tsn.engine.export import DeployedTSN, InputSpec, input_spec, load_runner
 from tsn.engine.inference import load_trained
 from tsn.engine.prefetch import DeviceBatch, DevicePrefetcher, channels_last_clips
 from tsn.engine.trainer import compute_loss, optimizer_step
@@ -194,6 +196,47 @@ def inference_benchmark(checkpoint: str | Path, batch: int = 8, segments: int | 
         "amp": amp if device.type == "cuda" else "none", "channels_last": channels_last, "steps": steps,
         "seconds": round(seconds, 3), "images_per_s": round(steps * batch * segments / seconds, 2),
         "clips_per_s": round(steps * batch / seconds, 2),
+    }
+
+
+def deployed_benchmark(path: str | Path, batch: int = 1, steps: int = 10, warmup: int = 3) -> dict[str, Any]:
+    """CPU clips/s and CPU ms per clip of the whole deployed TSN (uint8 frames -> probabilities,
+    ``tsn.engine.export``) on random frames of its own input shape, ``batch`` clips a call: an exported
+    ``.onnx`` file (onnxruntime), a TorchScript file (the input shape from its ``.json``), or a checkpoint
+    (``.pth``: PyTorch eager, the same ``DeployedTSN`` the export traces, channels-last where the run's
+    ``train.channels_last`` says so, as ``tools/predict.py`` runs it). CPU time is this process's,
+    all threads together."""
+    path = Path(path)
+    if path.suffix == ".pth":
+        trained = load_trained(path)
+        deployed = DeployedTSN(trained.model).eval()
+        if trained.config.train.channels_last:  # as tools/test.py and tools/predict.py run it
+            deployed.model.to(memory_format=torch.channels_last)
+        spec = input_spec(trained)
+
+        def run(frames: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return deployed(torch.from_numpy(frames)).numpy()
+        runtime = "pytorch eager"
+    else:
+        shape = json.loads(path.with_name(path.name + ".json").read_text())["input"]["shape"]
+        format = "onnx" if path.suffix == ".onnx" else "torchscript"
+        run = load_runner(path, format)
+        spec = InputSpec(shape[1], shape[2], shape[3])
+        runtime = "onnxruntime" if format == "onnx" else "torchscript"
+    frames = spec.random(batch).numpy()  # (B, T, C, H, W) uint8
+    for _ in range(warmup):
+        run(frames)
+    wall_started, cpu_started = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+        run(frames)
+    seconds, cpu = time.perf_counter() - wall_started, time.process_time() - cpu_started
+    clips = steps * batch
+    return {
+        "mode": "deployed", "model": str(path), "runtime": runtime, "device": _device_name(torch.device("cpu")),
+        "batch": batch, "input": [batch, spec.frames, spec.channels, spec.size, spec.size], "steps": steps,
+        "seconds": round(seconds, 3), "clips_per_s": round(clips / seconds, 2),
+        "cpu_ms_per_clip": round(1000 * cpu / clips, 1),
     }
 
 
