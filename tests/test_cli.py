@@ -106,3 +106,7 @@ def test_the_readme_lists_the_common_flags() -> None:
     section = readme.split("### Common flags", 1)[1].split("\n#", 1)[0]
     listed = set(re.findall(r"^\| `(--[a-z-]+)", section, flags=re.MULTILINE))
     assert listed == set(CANONICAL), sorted(listed ^ set(CANONICAL))
+    for flag, expected in CANONICAL.items():  # the choices shown are the parser's
+        if "choices" in expected:
+            shown = "\\|".join(str(choice) for choice in expected["choices"])
+            assert f"| `{flag} {shown}`" in section, flag

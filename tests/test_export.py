@@ -13,7 +13,8 @@ import torch
 from tiny_training import restored_global_state, run_tool, tool_env
 from tsn.config import Config, load_config
 from tsn.engine.build import build_tsn
-from tsn.engine.export import ExportError, export, load_runner
+from tsn.engine.export import ExportError, export, load_runner, read_description
+from tsn.engine import export as export_module
 from tsn.engine.inference import load_trained
 from tsn.engine.predict import Predictor, single_video_dataset
 from tsn.layout import normalize_clips
@@ -73,6 +74,7 @@ def test_exported_file_equals_pytorch_for_batches_of_1_and_3(format: str, modali
         assert expected.max() > 0.5
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
     description = json.loads(out.with_name(out.name + ".json").read_text())
+    assert description == read_description(out)  # the file carries its own description
     assert description["class_names"] == CLASSES
     assert description["input"]["shape"] == ["batch", frames_per_clip, 3, SIZE, SIZE]
 
@@ -88,10 +90,15 @@ def test_a_real_clip_gives_what_predict_gives(tmp_path: Path) -> None:
     np.testing.assert_allclose(got, prediction.probabilities, rtol=0, atol=1e-4)
 
 
-def test_a_mismatch_leaves_no_file(tmp_path: Path) -> None:
+def test_a_mismatch_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _, checkpoint = make_checkpoint(tmp_path, [])
     with pytest.raises(ExportError, match="differs from PyTorch"):
         export(load_trained(checkpoint), "torchscript", tmp_path / "m.pt", tolerance=-1.0)
+    assert list(tmp_path.iterdir()) == [checkpoint]
+    # a runtime giving NaN is a mismatch too (max() would pass NaN over as a difference of 0)
+    monkeypatch.setattr(export_module, "load_runner", lambda path, format: lambda frames: np.full((len(frames), 4), np.nan))
+    with pytest.raises(ExportError, match="non-finite"):
+        export(load_trained(checkpoint), "torchscript", tmp_path / "m.pt")
     assert list(tmp_path.iterdir()) == [checkpoint]
 
 

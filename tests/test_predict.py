@@ -17,7 +17,7 @@ from tiny_training import REPO_ROOT, restored_global_state, run_tool, tool_env
 from tsn.config import Config, load_config, save_config
 from tsn.data.sampling import test_indices
 from tsn.engine.build import build_tsn
-from tsn.engine.predict import Predictor, split_windows
+from tsn.engine.predict import ClassScore, Predictor, VideoPrediction, WindowPrediction, label_at, split_windows
 from tsn.io import iter_frames, probe
 from videos import frame_index, make_index_video
 
@@ -85,11 +85,14 @@ def test_predict_gives_the_probabilities_of_the_test_tool(setup: tuple[Config, P
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     assert [Path(line["video"]).name for line in lines] == [f"v{i}.mp4" for i in range(len(LABELS))]
-    for line, row in zip(lines, np.load(tmp_path / "report" / "scores.npy")):
+    one_view = [Predictor.from_checkpoint(checkpoint, num_clips=1, crops=1).predict(root / "videos" / f"v{i}.mp4")
+                for i in range(len(LABELS))]
+    for line, prediction in zip(lines, one_view):
         assert len(line["top"]) == 3
-        assert line["top"][0]["probability"] >= line["top"][1]["probability"] >= line["top"][2]["probability"]
         for score in line["top"]:
             assert score["name"] == CLASSES[score["class_id"]]
+            assert score["probability"] == pytest.approx(prediction.probabilities[score["class_id"]], abs=1e-6)
+        assert line["top"][0]["probability"] >= line["top"][1]["probability"] >= line["top"][2]["probability"]
 
 
 def test_window_split_covers_the_video_in_order() -> None:
@@ -137,11 +140,24 @@ def test_windows_read_their_own_frames(setup: tuple[Config, Path, Path], tmp_pat
     assert seen == expected
     assert [(w.start, w.end) for w in prediction.windows] == [(0, 4), (3, 7), (6, 10)]
     assert all(len(w.top) == 1 for w in prediction.windows)
-    # the whole video: the mean of the windows' probabilities
+    # the whole video: every frame weighs the same. Frames 75-99 and 150-174 lie in two windows, so
+    # window 0 weighs 75 + 25/2, window 1 25/2 + 50 + 25/2, window 2 25/2 + 75 (of 250 frames)
     whole = np.array(prediction.probabilities)
-    np.testing.assert_allclose(whole, np.mean([w.probabilities for w in prediction.windows], axis=0), atol=1e-12)
+    weights = np.array([87.5, 75.0, 87.5]) / 250
+    np.testing.assert_allclose(whole, weights @ np.array([w.probabilities for w in prediction.windows]), atol=1e-12)
     assert whole.sum() == pytest.approx(1.0)
     assert prediction.top[0].class_id == int(np.argmax(whole))
+
+
+def test_the_label_drawn_on_a_frame_is_that_of_the_nearest_window_holding_it() -> None:
+    def window(first: int, last: int, name: str) -> WindowPrediction:
+        return WindowPrediction(first / 10, (last + 1) / 10, first, last, (ClassScore(0, name, 0.9),), (0.9,))
+
+    prediction = VideoPrediction("v.mp4", 100, 10.0, (ClassScore(1, "all", 0.5),), (0.5,),
+                                 (window(0, 39, "a"), window(20, 59, "b"), window(40, 79, "c"), window(60, 99, "d")))
+    # frame 25 lies in a (middle 19.5) and b (middle 39.5): a is nearer; frame 35: b; frame 50: c (59.5, not 39.5)
+    assert [label_at(prediction, frame).name for frame in (0, 25, 35, 50, 99)] == ["a", "a", "b", "c", "d"]
+    assert label_at(VideoPrediction("v.mp4", 10, 1.0, (ClassScore(1, "all", 0.5),), (0.5,)), 3).name == "all"
 
 
 PEAK_RSS = """
@@ -215,6 +231,15 @@ def test_the_labelled_copy_has_every_frame_and_the_label(setup: tuple[Config, Pa
         assert np.abs(copy[:30, :80].astype(int) - original[:30, :80].astype(int)).mean() > 5
     # windows' labels are written in the table, one line per window of 1 s
     assert done.stdout.count(" s  ") == 2
+    # two videos whose copies would have one name, and a stride longer than the window: usage errors
+    twin = tmp_path / "other" / "clip.avi"
+    twin.parent.mkdir()
+    twin.write_bytes(source.read_bytes())
+    for args, message in ((["--out-video", str(tmp_path / "copies")], "would both be copied"),
+                          (["--window", "1", "--stride", "2"], "never be seen")):
+        done = run_tool("predict.py", ["--checkpoint", str(checkpoint), str(source), str(twin), *args,
+                                       "--device", "cpu"], env=tool_env())
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
 
 
 def test_flow_models_are_refused_with_a_reason(setup: tuple[Config, Path, Path], tmp_path: Path) -> None:

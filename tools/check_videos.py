@@ -1,7 +1,7 @@
 """Read every entry of one or more lists as training would, and report each bad one with its reason.
 
     python tools/check_videos.py --src ROOT --list LIST [--list LIST ...] [--csv OUT.csv] [--workers N]
-                                 [--format video|rawframes] [--backend auto|pyav|decord|opencv]
+                                 [--format video|rawframes] [--backend auto|pyav|decord|opencv|torchcodec]
                                  [--classes classes.txt] [--num-segments 8] [--num-clips 1]
 
 Each bad entry is printed as ``LIST:LINE: PATH: REASON`` (malformed lines and, with --classes, labels

@@ -48,7 +48,7 @@ def check_videos(config: Config, given: list[Path]) -> list[Path]:
     test_list = resolve_path(config.data, config.data.test_list)
     if not test_list.is_file():
         return []
-    records = read_list(test_list, "flow" if config.data.modality == "flow" else config.data.format)
+    records = read_list(test_list, "rawframes" if config.data.modality == "flow" else config.data.format)
     return [resolve_path(config.data, record.path) for record in records[:DEFAULT_CHECK_VIDEOS]]
 
 

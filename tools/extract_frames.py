@@ -1,7 +1,7 @@
 """Extract videos to folders of JPEG frames and write the rawframe list; resumable and safe to kill.
 
     python tools/extract_frames.py --src ROOT --out OUT [--list LIST] [--short-side 256] [--workers N]
-                                   [--quality 95] [--backend auto|pyav|decord|opencv] [--strict]
+                                   [--quality 95] [--backend auto|pyav|decord|opencv|torchcodec] [--strict]
 
 ``ROOT/<rel>.<ext>`` -> ``OUT/<rel>/img_00001.jpg ...``. With ``--list`` (lines ``rel/path.ext LABEL``) the
 list ``OUT/<list stem>_rawframes.txt`` keeps the list's order and labels; without it every video under ROOT is

@@ -82,15 +82,32 @@ def copy_path(out_video: Path, name: str, count: int) -> Path:
     return out_video / Path(name).with_suffix(".mp4")
 
 
+def check_copy_paths(out_video: Path, names: list[str]) -> None:
+    """UsageError unless every video's labelled copy has its own path inside ``out_video``."""
+    paths = [copy_path(out_video, name, len(names)) for name in names]
+    root = out_video.resolve()
+    for name, path in zip(names, paths):
+        if len(names) > 1 and root not in path.resolve().parents:
+            raise UsageError(f"--out-video: the copy of {name} would land outside {out_video}")
+    seen: dict[Path, str] = {}
+    for name, path in zip(names, paths):
+        if path in seen:
+            raise UsageError(f"--out-video: {seen[path]} and {name} would both be copied to {path}")
+        seen[path] = name
+
+
 def main() -> int:
     args = build_parser().parse_args()
     if args.stride is not None and args.window is None:
         raise UsageError("--stride needs --window")
+    if args.stride is not None and args.stride > args.window:
+        raise UsageError(f"--stride {args.stride} is longer than --window {args.window}: frames between windows "
+                         "would never be seen")
     videos = collect_videos(args.videos, args.list, args.src)
     if not videos:
         raise UsageError("no videos: give VIDEO_OR_DIR arguments or --list")
     if args.out_video is not None:
-        copy_path(args.out_video, videos[0][1], len(videos))
+        check_copy_paths(args.out_video, [name for _, name in videos])
     config = load_config(args.config, args.opt) if args.config is not None else None
     device = init_distributed(args.device).device
     predictor = Predictor.from_checkpoint(args.checkpoint, config, device, args.num_clips, args.crops,
@@ -104,8 +121,7 @@ def main() -> int:
         try:
             prediction = predictor.predict(path, args.top_k, args.window, args.stride)
             if args.out_video is not None:
-                write_labelled_video(prediction, path, copy_path(args.out_video, name, len(videos)),
-                                     predictor.config.data.backend)
+                write_labelled_video(prediction, path, copy_path(args.out_video, name, len(videos)))
         except (VideoReadError, OSError) as error:
             reason = error.reason if isinstance(error, VideoReadError) else str(error)
             tqdm.write(f"failed: {path}: {reason}", file=sys.stderr)

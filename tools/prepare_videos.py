@@ -3,7 +3,7 @@ resumable and safe to kill.
 
     python tools/prepare_videos.py --src ROOT --out OUT [--list LIST] [--short-side 256] [--keyframe-interval 16]
                                    [--codec h264|hevc] [--crf 23] [--bframes 3] [--workers N]
-                                   [--backend auto|pyav|decord|opencv] [--strict] [--no-progress]
+                                   [--backend auto|pyav|decord|opencv|torchcodec] [--strict] [--no-progress]
 
 ``ROOT/<rel>.<ext>`` -> ``OUT/<rel>.mp4``: video only, short side ``--short-side`` (0 keeps the size; odd sides
 lose one line), constant frame rate, a keyframe exactly every ``--keyframe-interval`` frames (1 = all intra),

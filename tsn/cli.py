@@ -73,7 +73,7 @@ def add_workers_arg(parser: argparse.ArgumentParser, what: str = "worker process
 
 
 def add_backend_arg(parser: argparse.ArgumentParser) -> None:
-    """``--backend auto|pyav|decord|opencv``: the video reader (``tsn.io``; auto: chosen per video at probe)."""
+    """``--backend auto|pyav|decord|opencv|torchcodec``: the video reader (``tsn.io``; auto: chosen per video at probe)."""
     parser.add_argument("--backend", choices=("auto", "pyav", "decord", "opencv", "torchcodec"), default="auto",
                         help="video reader (auto: PyAV, OpenCV for the files PyAV cannot number, chosen per video)")
 

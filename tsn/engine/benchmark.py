@@ -24,7 +24,6 @@ the tool reports, the reader compares (same machine, same run).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -39,7 +38,7 @@ from tsn.config import Config, TrainConfig
 from tsn.data.loader import set_loader_epoch
 from tsn.engine.build import build_class_names, build_dataset, build_loader, build_optimizer, build_tsn
 from tsn.engine.evaluate import autocast_context
-from tsn.engine.export import DeployedTSN, InputSpec, input_spec, load_runner
+from tsn.engine.export import DeployedTSN, InputSpec, input_spec, load_runner, read_description
 from tsn.engine.inference import load_trained
 from tsn.engine.prefetch import DeviceBatch, DevicePrefetcher, channels_last_clips
 from tsn.engine.trainer import compute_loss, optimizer_step
@@ -202,7 +201,7 @@ def inference_benchmark(checkpoint: str | Path, batch: int = 8, segments: int | 
 def deployed_benchmark(path: str | Path, batch: int = 1, steps: int = 10, warmup: int = 3) -> dict[str, Any]:
     """CPU clips/s and CPU ms per clip of the whole deployed TSN (uint8 frames -> probabilities,
     ``tsn.engine.export``) on random frames of its own input shape, ``batch`` clips a call: an exported
-    ``.onnx`` file (onnxruntime), a TorchScript file (the input shape from its ``.json``), or a checkpoint
+    ``.onnx`` file (onnxruntime), a TorchScript file (the input shape from the description it carries), or a checkpoint
     (``.pth``: PyTorch eager, the same ``DeployedTSN`` the export traces, channels-last where the run's
     ``train.channels_last`` says so, as ``tools/predict.py`` runs it). CPU time is this process's,
     all threads together."""
@@ -219,7 +218,7 @@ def deployed_benchmark(path: str | Path, batch: int = 1, steps: int = 10, warmup
                 return deployed(torch.from_numpy(frames)).numpy()
         runtime = "pytorch eager"
     else:
-        shape = json.loads(path.with_name(path.name + ".json").read_text())["input"]["shape"]
+        shape = read_description(path)["input"]["shape"]
         format = "onnx" if path.suffix == ".onnx" else "torchscript"
         run = load_runner(path, format)
         spec = InputSpec(shape[1], shape[2], shape[3])

@@ -4,8 +4,9 @@ The exported network is the whole of inference, so that a deployment feeds raw d
 uint8 RGB frames ``(B, T, C, H, W)`` (``tsn.layout``: T = K * L frames of the TSN's own sampling,
 K * (L + 1) for RGB difference; C = 3, or 2 for flow; H = W = ``data.input_size``) -> class
 probabilities ``(B, classes)``: normalisation, the backbone on every frame, the head, the segment
-consensus and the softmax. Only the batch axis is dynamic. ``<out>.json`` beside the file says the
-input shape, the class names and how the frames were sampled and cropped.
+consensus and the softmax. Only the batch axis is dynamic. The file carries its description (the
+input shape, the class names and how the frames were sampled and cropped; ``read_description``), and
+``<out>.json`` beside it is a readable copy.
 
 The file is checked against PyTorch on random frames (batches of 1 and 3) and on real clips before it
 is put in place; a largest difference above ``tolerance`` is an ``ExportError`` and leaves no file.
@@ -79,23 +80,50 @@ def input_spec(trained: TrainedModel) -> InputSpec:
     return InputSpec(data.num_segments * per_segment, 2 if data.modality == "flow" else 3, data.input_size)
 
 
-def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path) -> None:
+# The description (input shape, class names, sampling) is kept inside the file under this key (ONNX
+# metadata_props, TorchScript extra files), so a file never travels without it; <out>.json is a copy.
+METADATA_KEY = "tsn"
+
+
+def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path, description: str) -> None:
     try:
+        import onnx
         import onnxscript  # noqa: F401  (torch.onnx's exporter needs it; say so before a long trace)
     except ImportError:
         raise ExportError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'tsn[export]'") from None
     batch = torch.export.Dim("batch")
-    torch.onnx.export(module, (example,), str(path), input_names=["frames"], output_names=["probabilities"],
-                      dynamo=True, dynamic_shapes=({0: batch},), external_data=False, verbose=False)
+    program = torch.onnx.export(module, (example,), None, input_names=["frames"], output_names=["probabilities"],
+                                dynamo=True, dynamic_shapes=({0: batch},), verbose=False)
+    proto = program.model_proto
+    onnx.helper.set_model_props(proto, {METADATA_KEY: description})
+    onnx.save(proto, str(path))
 
 
-def _export_torchscript(module: nn.Module, example: torch.Tensor, path: Path) -> None:
+def _export_torchscript(module: nn.Module, example: torch.Tensor, path: Path, description: str) -> None:
     with warnings.catch_warnings():
         # torch.jit is deprecated upstream but still the way to a file that C++ and mobile runtimes load;
         # the tracer warns about the shape checks, which only see the fixed T, C, H, W
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(module, (example,), check_trace=False)
-        torch.jit.save(traced, str(path))
+        torch.jit.save(traced, str(path), _extra_files={f"{METADATA_KEY}.json": description})
+
+
+def read_description(path: str | os.PathLike[str]) -> dict:
+    """The description an exported file carries (``_description``: input shape, class names, sampling, crop)."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        import onnx
+        props = {prop.key: prop.value for prop in onnx.load(str(path), load_external_data=False).metadata_props}
+        text = props.get(METADATA_KEY)
+    else:
+        files = {f"{METADATA_KEY}.json": ""}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.jit.load(str(path), map_location="cpu", _extra_files=files)
+        text = files[f"{METADATA_KEY}.json"]
+    if not text:
+        raise ExportError(f"{path}: carries no tsn description (not written by tools/export.py)")
+    return json.loads(text)
 
 
 def load_runner(path: Path, format: str) -> Callable[[np.ndarray], np.ndarray]:
@@ -128,6 +156,8 @@ def largest_difference(deployed: DeployedTSN, run: Callable[[np.ndarray], np.nda
         if got.shape != expected.shape:
             raise ExportError(f"the exported file returned shape {got.shape} for input {tuple(frames.shape)}, "
                               f"PyTorch {expected.shape}")
+        if not np.isfinite(got).all():  # max() would pass NaN over as 0
+            raise ExportError(f"the exported file returned non-finite probabilities for input {tuple(frames.shape)}")
         worst = max(worst, float(np.abs(got - expected).max()))
     return worst
 
@@ -156,16 +186,19 @@ def export(trained: TrainedModel, format: str, out: str | os.PathLike[str], real
     spec = input_spec(trained)
     tmp = target.parent / f".{target.stem}.{os.getpid()}.{uuid.uuid4().hex}.partial{target.suffix}"
     try:
+        description = json.dumps(_description(trained, spec, format))
         # an example batch of 2: a batch of 1 could be specialised as a constant by the exporter
-        (_export_onnx if format == "onnx" else _export_torchscript)(deployed, spec.random(2), tmp)
+        (_export_onnx if format == "onnx" else _export_torchscript)(deployed, spec.random(2), tmp, description)
         run = load_runner(tmp, format)
         random_difference = largest_difference(deployed, run, [spec.random(1, seed=1), spec.random(3, seed=2)])
         real = torch.stack(list(real_clips)) if real_clips else None  # (N, T, C, H, W)
         real_difference = largest_difference(deployed, run, [real]) if real is not None else None
-        worst = max(random_difference, real_difference or 0.0)
-        if worst > tolerance:
+        worst = max(random_difference, 0.0 if real_difference is None else real_difference)
+        if not worst <= tolerance:
             raise ExportError(f"the {format} file differs from PyTorch by up to {worst:.3g} in probability "
                               f"(tolerance {tolerance:g}): not written")
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)

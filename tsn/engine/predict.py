@@ -5,8 +5,9 @@ temporal clips x ``test.crops`` spatial crops, or the ones asked for), softmax p
 averaged over the views. A long video can be cut into windows of ``window`` seconds every
 ``stride`` seconds, each scored on its own as if it were a whole video; only the frames a window
 samples are decoded, so memory does not grow with the video's length. With windows, the
-whole-video probabilities are the mean of the windows' (every part of the video weighs the same),
-not one set of views spread over the whole video.
+whole-video probabilities are the windows' averaged so that every frame weighs the same
+(``window_weights``: a short last window, or the less covered ends of overlapping windows, count for
+their frames), not one set of views spread over the whole video.
 
 Everything returned is plain data (dataclasses of numbers and strings; ``as_dict()`` for JSON).
 """
@@ -73,7 +74,8 @@ class WindowPrediction:
 @dataclass(frozen=True)
 class VideoPrediction:
     """A video's top classes, its probabilities for every class (index = class id), and its windows'
-    predictions (empty without windows); ``duration`` in seconds (0.0 where the frame rate is unknown)."""
+    predictions (empty without windows); ``duration`` in seconds (0.0 where the frame rate is unknown);
+    ``reader``: the backend whose frame numbers ``first_frame``/``last_frame`` are."""
 
     video: str
     num_frames: int
@@ -81,6 +83,7 @@ class VideoPrediction:
     top: tuple[ClassScore, ...]
     probabilities: tuple[float, ...]
     windows: tuple[WindowPrediction, ...] = ()
+    reader: str = ""  # the backend that numbered and read the frames (tsn.io.VideoInfo.backend)
 
     def as_dict(self, with_probabilities: bool = False) -> dict:
         """Plain dict for JSON; the full probability vector only when asked (it has one entry per class)."""
@@ -94,8 +97,8 @@ class VideoPrediction:
 def frame_times(info: VideoInfo) -> np.ndarray:
     """Seconds from the first frame to each frame, float64 ``(num_frames,)``: the frame index's timestamps
     where the backend keeps one (exact for variable frame rates), else ``i / fps``."""
-    if info.index is not None and info.index.count == info.num_frames:
-        stamps = info.index.stamps().astype(np.float64)
+    if info.index is not None and info.index.count >= info.num_frames:
+        stamps = info.index.stamps()[:info.num_frames].astype(np.float64)
         return (stamps - stamps[0]) * info.index.seconds_per_unit
     if info.fps > 0:
         return np.arange(info.num_frames, dtype=np.float64) / info.fps
@@ -126,6 +129,16 @@ def split_windows(times: np.ndarray, frame_duration: float, window: float, strid
         if start + window >= duration - _BOUNDARY_TOLERANCE_S:
             return windows
         k += 1
+
+
+def window_weights(windows: Sequence[Window], num_frames: int) -> np.ndarray:
+    """Each window's weight in the whole-video average, ``(len(windows),)``: the sum over its frames of
+    1 / (the windows holding that frame), so that every frame weighs the same whatever the overlap, and a
+    short last window weighs its frames only."""
+    cover = np.zeros(num_frames, dtype=np.float64)
+    for w in windows:
+        cover[w.first:w.stop] += 1
+    return np.array([(1.0 / cover[w.first:w.stop]).sum() for w in windows])
 
 
 def top_classes(probabilities: np.ndarray, class_names: Sequence[str], k: int) -> tuple[ClassScore, ...]:
@@ -205,21 +218,24 @@ class Predictor:
         if window is None:
             probs = self._probabilities(dataset)
             info = dataset.video_info(0)
-            return VideoPrediction(os.fspath(video), info.num_frames, _duration(info), top_classes(probs, self.class_names, k),
-                                   tuple(probs.tolist()))
+            return VideoPrediction(os.fspath(video), info.num_frames, round(_duration(info), 6),
+                                   top_classes(probs, self.class_names, k), tuple(probs.tolist()), (), info.backend)
         info = dataset.video_info(0)
         try:
             times = frame_times(info)
         except ValueError as error:
             raise VideoReadError(os.fspath(video), str(error)) from None
         windows = split_windows(times, _frame_duration(info, times), window, stride or window)
-        window_probs = [self._probabilities(dataset, (w.first, w.stop)) for w in windows]
-        probs = np.mean(window_probs, axis=0)
-        predictions = tuple(WindowPrediction(w.start, w.end, w.first, w.stop - 1,
+        if not windows:
+            raise VideoReadError(os.fspath(video), "no frame falls in a window (no frame rate?)")
+        window_probs = np.stack([self._probabilities(dataset, (w.first, w.stop)) for w in windows])  # (W, classes)
+        probs = np.average(window_probs, axis=0, weights=window_weights(windows, info.num_frames))
+        predictions = tuple(WindowPrediction(round(w.start, 6), round(w.end, 6), w.first, w.stop - 1,
                                              top_classes(p, self.class_names, k), tuple(p.tolist()))
                             for w, p in zip(windows, window_probs))
-        return VideoPrediction(os.fspath(video), info.num_frames, _duration(info), top_classes(probs, self.class_names, k),
-                               tuple(probs.tolist()), predictions)
+        return VideoPrediction(os.fspath(video), info.num_frames, round(_duration(info), 6),
+                               top_classes(probs, self.class_names, k), tuple(probs.tolist()), predictions,
+                               info.backend)
 
 
 def _frame_duration(info: VideoInfo, times: np.ndarray) -> float:
@@ -247,17 +263,16 @@ def label_at(prediction: VideoPrediction, frame: int) -> ClassScore:
     return min(holding, key=lambda w: abs((w.first_frame + w.last_frame) / 2 - frame)).top[0]
 
 
-def write_labelled_video(prediction: VideoPrediction, source: str | os.PathLike[str], out: str | os.PathLike[str],
-                         backend: str = "auto") -> int:
+def write_labelled_video(prediction: VideoPrediction, source: str | os.PathLike[str], out: str | os.PathLike[str]) -> int:
     """Copy ``source`` to ``out`` (H.264 in MP4, at the source's mean frame rate) with the current top label and its
-    probability drawn on each frame (``label_at``); decoded and encoded one frame at a time, so memory does
-    not grow with the length. Returns the frames written."""
+    probability drawn on each frame (``label_at``); decoded by the reader that numbered the prediction's frames
+    and encoded one frame at a time, so memory does not grow with the length. Returns the frames written."""
     import cv2
 
     fps = prediction.num_frames / prediction.duration if prediction.duration > 0 else 25.0
 
     def labelled() -> Iterable[np.ndarray]:
-        for i, frame in enumerate(iter_frames(source, backend)):
+        for i, frame in enumerate(iter_frames(source, prediction.reader or "auto")):
             top = label_at(prediction, i)
             text = f"{top.name} {top.probability:.2f}"
             frame = np.ascontiguousarray(frame)
