@@ -2,10 +2,13 @@
 shared libraries 4 to 8, e.g. ``apt-get install ffmpeg``).
 
 Frame numbering is PyAV's: ``probe`` builds and verifies PyAV's ``FrameIndex`` (``tsn.io.pyav_backend.probe``)
-and checks that torchcodec counts the same frames. Reads ask torchcodec for the frames *played at* the
-middle of each wanted frame's display interval (its seek by time, "approximate" mode: no scan of the
-file per read, the index is PyAV's, built once), and every frame returned is checked against the index by
-its timestamp: a frame that is not the one asked for is a ``VideoReadError``, never a shifted frame.
+and reads its last frame with torchcodec. Reads ask torchcodec for the frames *played at* the middle of
+each wanted frame's display interval, by time, so that packets an MP4 edit list hides (which torchcodec
+counts as frames) shift nothing, and every frame returned is checked against the index by its timestamp:
+a frame that is not the one asked for is a ``VideoReadError``, never a shifted frame. torchcodec runs in
+its "exact" mode, which scans the file's packets (no decoding) on each open: its "approximate" mode
+turns times into frame numbers by the average frame rate and missed two frames in three of a
+variable-rate file here.
 
 ``decode_to_device`` decodes on a CUDA device (NVDEC) straight to a device tensor, for pipelines that
 transform on the GPU; ``read_sorted`` decodes on the CPU to numpy, as the other backends.
@@ -29,6 +32,8 @@ INSTALL_HINT = ("pip install 'tsn[torchcodec]', and FFmpeg's shared libraries 4 
 # Returned timestamps equal the index's up to float rounding of ticks -> seconds.
 _PTS_TOLERANCE_S = 1e-6
 _ITER_CHUNK = 16
+# Where inside the last frame to ask for it: well within any real frame's duration (1 ms: 1000 fps).
+_LAST_FRAME_OFFSET_S = 1e-3
 # Not a video: enough for a decoder to load its libraries and then refuse the input.
 _TINY_CHECK = b"\x00" * 64
 
@@ -63,7 +68,7 @@ def _open(path: str, threads: int = 1, size: tuple[int, int] | None = None, devi
         from torchcodec.transforms import Resize
         transforms = [Resize(size)]
     try:
-        return decoders.VideoDecoder(path, seek_mode="approximate", dimension_order=dimension_order,
+        return decoders.VideoDecoder(path, seek_mode="exact", dimension_order=dimension_order,
                                      num_ffmpeg_threads=threads, device=device, transforms=transforms)
     except (RuntimeError, ValueError, OSError) as error:
         if "libtorchcodec" in str(error):  # its FFmpeg libraries were not found: nothing can be read
@@ -80,26 +85,27 @@ def _reason(error: BaseException) -> str:
 def probe(path: str) -> VideoInfo:
     """PyAV's verified probe (frame count and index), and the last frame read by torchcodec and checked. The
     header's frame count torchcodec reports is not compared: it includes the packets an MP4 edit list hides.
-    Refused (``VideoReadError``): open GOPs, and a last frame torchcodec cannot reach by time (it refuses times
-    past the header's duration, which a remuxed variable-rate file can understate)."""
+    Refused (``VideoReadError``): open GOPs, and a last frame torchcodec does not return."""
     info = pyav_backend.probe(path)
     if info.index.open_gop:
         # measured: asked for frame 9 of an open GOP, its seek to the keyframe after it returned frame 12
         raise VideoReadError(path, f"{NAME}: open GOPs (frames shown before the keyframe they are decoded "
                                    f"after), which its seeks miss")
     info = VideoInfo(info.height, info.width, info.num_frames, info.fps, NAME, info.index)
-    # a last frame beyond the header's duration cannot be asked for by time: refused here, not at a read
     _frames_at(_open(path), path, np.array([info.num_frames - 1]), info)
     return info
 
 
 def _seconds(info: VideoInfo, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(the wanted frames' timestamps, the middles of their display intervals), in seconds."""
+    """(the wanted frames' timestamps, times inside their display intervals to ask for), in seconds: the
+    middle of the interval up to the next frame, and just after the start for the last frame, whose
+    duration only the container knows (torchcodec refuses times past the stream's end)."""
     index = info.index
-    stamps = index.stamps().astype(np.float64)
+    stamps = index.stamps().astype(np.float64) * index.seconds_per_unit
     starts = stamps[indices]
-    ends = np.append(stamps[1:], stamps[-1] + (stamps[-1] - stamps[-2] if stamps.size > 1 else 1.0))[indices]
-    return starts * index.seconds_per_unit, (starts + ends) / 2 * index.seconds_per_unit
+    after_last = stamps[-1] + _LAST_FRAME_OFFSET_S
+    asked = np.append((stamps[1:] + stamps[:-1]) / 2, after_last)[indices]
+    return starts, asked
 
 
 def _checked(path: str, indices: np.ndarray, expected: np.ndarray, got: np.ndarray) -> None:
@@ -114,7 +120,7 @@ def _frames_at(decoder: Any, path: str, indices: np.ndarray, info: VideoInfo) ->
     """torchcodec's ``FrameBatch`` of frames ``indices``, each checked by its timestamp."""
     if info.index is None:
         raise VideoReadError(path, f"{NAME}: no frame index in the probe result")
-    expected, middles = _seconds(info, indices)
+    expected, middles = _seconds(info, indices)  # (T,), (T,) seconds
     try:
         batch = decoder.get_frames_played_at(middles.tolist())
     except (RuntimeError, ValueError, IndexError) as error:
