@@ -28,7 +28,7 @@ def test_loader_benchmark_reads_the_same_clips_every_pass(tiny_cfg) -> None:
     result = loader_benchmark(tiny_cfg, "train", clips=4, passes=3)
     assert (result["mode"], result["split"], result["workers"], result["clips"]) == ("loader", "train", 0, 4)
     assert result["clip_shape"] == [2, 3, 32, 32] and result["skipped"] == 0
-    assert len(result["pass_clips_per_s"]) == 3 and result["clips_per_s"] > 0
+    assert len(result["pass_clips_per_s"]) == 3 and result["clips_per_s"] > 0 and result["cpu_ms_per_clip"] > 0
     val = loader_benchmark(tiny_cfg, "val", passes=1)
     assert val["clips"] == 4 and val["clips_per_s"] == val["clips_per_s_first"]
 

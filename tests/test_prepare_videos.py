@@ -275,7 +275,7 @@ def test_a_crash_at_the_commit_leaves_nothing_taken_as_finished(tmp_path, source
 def test_sigkill_mid_run_then_rerun_equals_clean_run(tmp_path):
     src, clean, out = tmp_path / "src", tmp_path / "clean", tmp_path / "out"
     count = 12
-    _make_videos(src, count, 60)
+    _make_videos(src, count, 120)  # long enough that the kill lands mid-video even on a busy machine
     args = ["--src", src, "--out", out, "--short-side", "48", "--keyframe-interval", "8"]
     process = subprocess.Popen([sys.executable, str(TOOL), *map(str, args), "--workers", "1", "--no-progress"],
                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tsn.cli import add_extraction_args, extraction_jobs, report_failures
-from tsn.data.lists import ListFormatError, VideoRecord, write_rawframe_list
+from tsn.cli import add_extraction_args, report_failures, source_jobs
+from tsn.data.lists import VideoRecord, write_rawframe_list
 from tsn.io.extract import FlowSettings, extract_frames
 from tsn.io.flow import DEFAULT_BOUND, FLOW_METHODS, FlowMethodUnavailable, flow_function
 
@@ -46,15 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the extraction; returns the exit status."""
     args = build_parser().parse_args(argv)
-    if not args.src.is_dir():
-        print(f"error: --src {args.src}: not a folder", file=sys.stderr)
-        return 2
     try:
         flow_function(args.method)  # a missing OpenCV module is reported before any video is decoded
-        jobs, stem = extraction_jobs(args.src, args.list, args.out)
-    except (FlowMethodUnavailable, ListFormatError, OSError, ValueError) as error:
+    except FlowMethodUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    found = source_jobs(args)
+    if found is None:
+        return 2
+    jobs, stem = found
 
     settings = FlowSettings(args.method, args.bound, args.rgb)
     summary = extract_frames(args.src, args.out, jobs, short_side=args.short_side, quality=args.quality,

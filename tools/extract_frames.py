@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tsn.cli import add_extraction_args, extraction_jobs, report_failures
-from tsn.data.lists import ListFormatError, VideoRecord, write_rawframe_list
+from tsn.cli import add_extraction_args, report_failures, source_jobs
+from tsn.data.lists import VideoRecord, write_rawframe_list
 from tsn.io.extract import extract_frames
 
 
@@ -31,15 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the extraction; returns the exit status."""
     args = build_parser().parse_args(argv)
-    if not args.src.is_dir():
-        print(f"error: --src {args.src}: not a folder", file=sys.stderr)
+    found = source_jobs(args)
+    if found is None:
         return 2
-    try:
-        jobs, stem = extraction_jobs(args.src, args.list, args.out)
-    except (ListFormatError, OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-
+    jobs, stem = found
     summary = extract_frames(args.src, args.out, jobs, short_side=args.short_side, quality=args.quality,
                              workers=args.workers, backend=args.backend,
                              progress=not args.no_progress)

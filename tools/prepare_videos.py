@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from tsn.cli import add_backend_arg, add_progress_arg, add_workers_arg, extraction_jobs, int_at_least, report_failures
-from tsn.data.lists import ListFormatError, VideoRecord, write_video_list
+from tsn.cli import add_source_args, int_at_least, report_failures, source_jobs
+from tsn.data.lists import VideoRecord, write_video_list
 from tsn.io.prepare import CODECS, MAX_BFRAMES, MAX_CRF, PrepareSettings, prepare_videos
 
 
@@ -39,40 +39,25 @@ def _int_in(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
-def _short_side(text: str) -> int:
-    """argparse ``type=``: 0 (keep the size) or a short side >= 2 (1 would crop to nothing)."""
-    value = int(text)
-    if value < 0 or value == 1:
-        raise argparse.ArgumentTypeError(f"must be 0 or >= 2, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line (argparse exits with status 2 on a bad flag)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--src", type=Path, required=True, help="root folder of the videos")
-    parser.add_argument("--out", type=Path, required=True, help="root folder of the copies and lists")
-    parser.add_argument("--list", type=Path, help="video list 'rel/path.ext LABEL' (paths relative to --src)")
-    parser.add_argument("--short-side", type=_short_side, default=256, help="resize short side to this; 0 keeps")
+    add_source_args(parser, "encoding processes")
     parser.add_argument("--keyframe-interval", type=int_at_least(1), default=16,
                         help="a keyframe every this many frames (1: every frame)")
     parser.add_argument("--codec", choices=sorted(CODECS), default="h264", help="h264 (libx264) or hevc (libx265)")
     parser.add_argument("--crf", type=_int_in(0, MAX_CRF), default=23, help=f"quality, 0 (lossless) .. {MAX_CRF}")
     parser.add_argument("--bframes", type=_int_in(0, MAX_BFRAMES), default=3,
                         help="most non-reference B-frames in a row (0: none)")
-    add_workers_arg(parser, "encoding processes")
-    add_backend_arg(parser)
-    parser.add_argument("--strict", action="store_true", help="exit 1 when any video failed")
-    add_progress_arg(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Prepare the copies; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    if not args.src.is_dir():
-        print(f"error: --src {args.src}: not a folder", file=sys.stderr)
-        return 2
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.short_side == 1:
+        parser.error("argument --short-side: must be 0 (keep the size) or >= 2 (1 would crop to nothing), got 1")
     src, out = args.src.resolve(), args.out.resolve()
     if out == src:
         print(f"error: --out {args.out}: must differ from --src", file=sys.stderr)
@@ -81,11 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         # Without a list, the next run would take the copies inside ROOT for videos to copy.
         print(f"error: --out {args.out}: lies inside --src; give --list or another --out", file=sys.stderr)
         return 2
-    try:
-        jobs, stem = extraction_jobs(args.src, args.list, args.out)
-    except (ListFormatError, OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    found = source_jobs(args)
+    if found is None:
         return 2
+    jobs, stem = found
 
     settings = PrepareSettings(short_side=args.short_side, keyframe_interval=args.keyframe_interval,
                                codec=args.codec, crf=args.crf, bframes=args.bframes)

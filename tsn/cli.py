@@ -121,18 +121,24 @@ def jpeg_quality(text: str) -> int:
     return value
 
 
-def add_extraction_args(parser: argparse.ArgumentParser) -> None:
-    """The flags ``tools/extract_frames.py`` and ``tools/extract_flow.py`` share: sources, output, list, size,
-    processes, JPEG quality, decoder, --strict."""
+def add_source_args(parser: argparse.ArgumentParser, what: str = "decoding processes") -> None:
+    """The flags of the tools that turn a folder of videos into something else (``extract_frames.py``,
+    ``extract_flow.py``, ``prepare_videos.py``): sources, output, list, size, processes, decoder, --strict,
+    --no-progress."""
     parser.add_argument("--src", type=Path, required=True, help="root folder of the videos")
-    parser.add_argument("--out", type=Path, required=True, help="root folder of the output folders and lists")
+    parser.add_argument("--out", type=Path, required=True, help="root folder of the outputs and lists")
     parser.add_argument("--list", type=Path, help="video list 'rel/path.ext LABEL' (paths relative to --src)")
     parser.add_argument("--short-side", type=int_at_least(0), default=256, help="resize short side to this; 0 keeps")
-    add_workers_arg(parser, "decoding processes")
-    parser.add_argument("--quality", type=jpeg_quality, default=95, help="JPEG quality 0..100")
+    add_workers_arg(parser, what)
     add_backend_arg(parser)
     parser.add_argument("--strict", action="store_true", help="exit 1 when any video failed")
     add_progress_arg(parser)
+
+
+def add_extraction_args(parser: argparse.ArgumentParser) -> None:
+    """``add_source_args`` and the JPEG quality: the flags ``tools/extract_frames.py`` and ``tools/extract_flow.py`` share."""
+    add_source_args(parser)
+    parser.add_argument("--quality", type=jpeg_quality, default=95, help="JPEG quality 0..100")
 
 
 def extraction_jobs(src: Path, list_file: Path | None, out: Path) -> tuple[list[ExtractJob], str]:
@@ -145,6 +151,19 @@ def extraction_jobs(src: Path, list_file: Path | None, out: Path) -> tuple[list[
     if classes:
         write_class_names(classes, out / "classes.txt")
     return jobs, ""
+
+
+def source_jobs(args: argparse.Namespace) -> tuple[list[ExtractJob], str] | None:
+    """``extraction_jobs`` of the parsed ``add_source_args`` flags, or None after printing ``error: ...``
+    (a missing --src folder, a bad list): the caller then exits with status 2."""
+    if not args.src.is_dir():
+        print(f"error: --src {args.src}: not a folder", file=sys.stderr)
+        return None
+    try:
+        return extraction_jobs(args.src, args.list, args.out)
+    except (ListFormatError, OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return None
 
 
 def report_failures(failures: Sequence[ExtractFailure], errors_path: Path) -> None:

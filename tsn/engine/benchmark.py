@@ -69,18 +69,24 @@ def loader_benchmark(cfg: Config, split: str = "train", clips: int = 0, passes: 
     dataset = build_dataset(cfg, split, num_classes)  # type: ignore[arg-type]
     loader = build_loader(cfg, dataset, train=split == "train", distributed=False)
     wanted = len(dataset) if clips <= 0 else min(clips, len(dataset))
-    results = []
+    results, cpu_ms = [], []
     for _ in range(passes):
         set_loader_epoch(loader, 0)  # the same clips, frames and crops every pass
+        cpu_started = time.process_time()
         results.append(_time_pass(iter(loader), wanted))
+        cpu_ms.append(1000 * (time.process_time() - cpu_started) / max(1, results[-1][0]))
     rates = [count / seconds if seconds > 0 else 0.0 for count, seconds, _, _ in results]
     later = rates[1:] or rates
+    # this process's CPU time, every thread: the whole cost of a clip only without loader workers
+    cpu_later = cpu_ms[1:] or cpu_ms
     return {
         "mode": "loader", "format": cfg.data.format, "backend": cfg.data.backend, "split": split,
         "workers": cfg.data.num_workers, "batch_size": cfg.data.batch_size, "segments": cfg.data.num_segments,
         "cpus": os.cpu_count(), "clips": results[-1][0],
         "clips_per_s": round(float(np.median(later)), 3), "clips_per_s_first": round(rates[0], 3),
-        "pass_clips_per_s": [round(rate, 3) for rate in rates], "clip_shape": list(results[-1][2]),
+        "pass_clips_per_s": [round(rate, 3) for rate in rates],
+        "cpu_ms_per_clip": round(float(np.median(cpu_later)), 1) if cfg.data.num_workers == 0 else None,
+        "clip_shape": list(results[-1][2]),
         "skipped": sum(result[3] for result in results),
     }
 
