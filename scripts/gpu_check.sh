@@ -13,6 +13,7 @@ VIDEOS=${VIDEOS:-96}; SIZE=${SIZE:-720}; FRAMES=${FRAMES:-300}; STEPS=${STEPS:-2
 BACKBONE=${BACKBONE:-resnet50}; BATCH=${BATCH:-32}; WORKERS=${WORKERS:-16}; DEVICE=${DEVICE:-cuda}
 PY=${PYTHON:-python}
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)  # absolute: the config's paths are joined to it
 RESULTS="$OUT/results.jsonl"; : > "$RESULTS"
 log() { echo "[$(date +%T)] $*" >&2; }
 
@@ -61,7 +62,7 @@ $PY tools/extract_frames.py --src "$OUT/src" --list "$OUT/src/train.txt" --out "
 du -sh "$OUT/src" "$OUT/prepared" "$OUT/frames" >&2
 
 COMMON=(--opt model.backbone="$BACKBONE" --opt model.pretrained=false --opt data.num_segments=8
-        --opt data.classes="$PWD/$OUT/src/classes.txt" --opt train.amp=bf16 --opt train.channels_last=true
+        --opt data.classes="$OUT/src/classes.txt" --opt train.amp=bf16 --opt train.channels_last=true
         --workers "$WORKERS" --batch-size "$BATCH" --steps "$STEPS")
 [ "$DEVICE" = cuda ] || COMMON+=(--opt train.amp=none)
 log "train steps from the loader against the same steps from memory (ratio)"

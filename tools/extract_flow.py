@@ -18,18 +18,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tsn.cli import add_extraction_args, report_failures, source_jobs
+from tsn.cli import add_extraction_args, positive_float, report_failures, source_jobs
 from tsn.data.lists import VideoRecord, write_rawframe_list
 from tsn.io.extract import FlowSettings, extract_frames
 from tsn.io.flow import DEFAULT_BOUND, FLOW_METHODS, FlowMethodUnavailable, flow_function
-
-
-def _bound(text: str) -> float:
-    """argparse type: a positive flow bound in pixels."""
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_extraction_args(parser)
     parser.add_argument("--method", choices=FLOW_METHODS, default="dis",
                         help="dis (default), tvl1 (TSN's; OpenCV contrib) or farneback")
-    parser.add_argument("--bound", type=_bound, default=DEFAULT_BOUND, help="clip flow to ± this many pixels")
+    parser.add_argument("--bound", type=positive_float, default=DEFAULT_BOUND, help="clip flow to ± this many pixels")
     parser.add_argument("--rgb", action="store_true", help="also write the RGB frames img_00001.jpg ...")
     return parser
 

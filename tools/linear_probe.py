@@ -15,19 +15,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tsn.cli import add_config_args, add_device_arg, add_progress_arg, add_view_args, run_main
+from tsn.cli import add_config_args, add_device_arg, add_progress_arg, add_view_args, positive_float, run_main
 from tsn.config import load_config
 from tsn.engine.build import build_class_names
 from tsn.engine.probe import run_linear_probe
 from tsn.engine.testing import format_per_class_table
 from tsn.engine.trainer import setup_logging
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

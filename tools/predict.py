@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from tsn.cli import (UsageError, add_config_args, add_device_arg, add_progress_arg, add_view_args, int_at_least,
-                     run_main)
+                     positive_float, run_main)
 from tsn.config import load_config
 from tsn.data.lists import read_video_list
 from tsn.engine.distributed import init_distributed
@@ -24,14 +24,6 @@ from tsn.engine.predict import (CSV_HEADER, Predictor, format_csv_rows, format_j
                                 write_labelled_video)
 from tsn.io import VideoReadError
 from tsn.io.extract import VIDEO_EXTENSIONS, find_videos
-
-
-def positive_seconds(text: str) -> float:
-    """argparse ``type=``: a duration in seconds > 0."""
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--list", type=Path, help="video list 'rel/path.ext LABEL' (paths relative to --src)")
     parser.add_argument("--src", type=Path, default=Path("."), help="root of the --list paths (default: .)")
     parser.add_argument("--top-k", type=int_at_least(1), default=5, help="classes shown per video and window")
-    parser.add_argument("--window", type=positive_seconds, help="also score windows of this many seconds")
-    parser.add_argument("--stride", type=positive_seconds, help="seconds from one window to the next "
+    parser.add_argument("--window", type=positive_float, help="also score windows of this many seconds")
+    parser.add_argument("--stride", type=positive_float, help="seconds from one window to the next "
                                                                 "(default: --window, no overlap)")
     add_view_args(parser)
     output = parser.add_mutually_exclusive_group()

@@ -89,6 +89,14 @@ def add_view_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crops", type=int, choices=(1, 3, 10), help="spatial crops per clip (default: test.crops)")
 
 
+def positive_float(text: str) -> float:
+    """argparse ``type=``: a number > 0 (NaN refused)."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 class UsageError(Exception):
     """A bad combination of command-line arguments or inputs, found after parsing."""
 
