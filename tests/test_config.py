@@ -149,7 +149,7 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 def test_dataclasses_validate_when_built_in_code() -> None:
     with pytest.raises(ConfigError, match=r"^train\.scheduler\.gamma: must be > 0.0, got 0.0$"):
         SchedulerConfig(gamma=0)
-    with pytest.raises(ConfigError, match=r"^data\.backend: expected one of 'auto', 'pyav', 'decord', 'opencv', "
+    with pytest.raises(ConfigError, match=r"^data\.backend: expected one of 'auto', 'pyav', 'decord', 'opencv', 'torchcodec', "
                                           r"got 'ffmpeg'$"):
         DataConfig(backend="ffmpeg")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"^train\.scheduler: expected a mapping"):

@@ -124,7 +124,7 @@ def test_indices_must_be_a_1d_sequence_of_integers(sources: dict[str, Path]) -> 
 def test_unknown_backend_is_a_value_error(sources: dict[str, Path]) -> None:
     with pytest.raises(ValueError, match="backend must be one of"):
         probe(sources["mp4"], "ffmpeg")
-    assert BACKENDS == ("pyav", "decord", "opencv", "rawframes")
+    assert BACKENDS == ("pyav", "decord", "opencv", "torchcodec", "rawframes")
 
 
 def test_video_read_error_message_and_pickling() -> None:

@@ -1,7 +1,8 @@
 """The one way from a trained checkpoint to a model that infers: ``load_trained``.
 
-Every tool that runs a trained TSN (``tools/test.py``, ``tools/extract_features.py``,
-``tools/linear_probe.py --checkpoint``, ``tools/benchmark.py infer``) goes through it,
+Every tool that runs a trained TSN (``tools/test.py``, ``tools/predict.py``, ``tools/export.py``,
+``tools/extract_features.py``, ``tools/linear_probe.py --checkpoint``, ``tools/benchmark.py infer`` and
+``deployed``) goes through it,
 so that all of them build the same network, load the same weights and name the same classes.
 """
 
