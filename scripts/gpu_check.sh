@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of the data path, in one go (about 6 minutes on one H200 with 16 cores):
+# The GPU check of the data path, in one go (sized for under 10 minutes on one H200 with 16 cores; not yet run there):
 #   1. benchmark.py model: ResNet-50, 8 segments, train-step images/s in fp32, bf16 + channels-last, + compile;
 #   2. benchmark.py train with 16 loader workers from source videos, prepared copies (tools/prepare_videos.py,
 #      the defaults) and frame folders (tools/extract_frames.py), each as a ratio to the same step fed from
