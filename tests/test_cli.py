@@ -4,13 +4,12 @@ type and one default everywhere (the table "Common flags" in the README lists th
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import re
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from tiny_training import load_tool
 from tsn.cli import usable_cpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,13 +36,6 @@ CANONICAL: dict[str, dict] = {
 }
 # old spellings of the flags above, which must not come back
 RETIRED = ("--batch", "--segments", "--splits", "--num_segments", "--batch_size", "--progress")
-
-
-def load_tool(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"tools_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def parsers(name: str) -> list[tuple[str, argparse.ArgumentParser]]:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 
 import cv2
 import numpy as np
@@ -19,21 +17,14 @@ import pytest
 from tsn.io import VideoReadError
 from tsn.io.extract import (ExtractJob, completed_frames, extract_frames, find_videos, resize_short_side,
                             write_frames)
+from tiny_training import load_tool
 from videos import frame_index, index_frame, make_index_video
 
 REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "extract_frames.py"
 
 
-def _load_tool() -> ModuleType:
-    """tools/extract_frames.py as a module (tools/ is not a package), so main() runs in this process."""
-    spec = importlib.util.spec_from_file_location("extract_frames_tool", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
+tool = load_tool("extract_frames")
 
 
 def run_tool(*args: str | Path) -> int:

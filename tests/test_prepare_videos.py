@@ -3,7 +3,6 @@ resume, crash safety (SIGKILL), failures and the rewritten list."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -11,7 +10,6 @@ import sys
 import time
 from fractions import Fraction
 from pathlib import Path
-from types import ModuleType
 
 import av
 import numpy as np
@@ -21,21 +19,14 @@ import tsn.io.prepare as prepare
 from tsn.io import probe, read
 from tsn.io.extract import ExtractJob
 from tsn.io.prepare import PrepareSettings, completed_copy, marker_path, prepare_video, prepare_videos
+from tiny_training import load_tool
 from videos import frame_index, index_frame, make_bframe_index_video, make_index_video
 
 REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "prepare_videos.py"
 
 
-def _load_tool() -> ModuleType:
-    """tools/prepare_videos.py as a module (tools/ is not a package), so main() runs in this process."""
-    spec = importlib.util.spec_from_file_location("prepare_videos_tool", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
+tool = load_tool("prepare_videos")
 
 
 def run_tool(*args: str | Path) -> int:

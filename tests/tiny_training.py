@@ -6,12 +6,14 @@ Used by the engine tests (training, resume, DDP, testing tools). One run of a fe
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Iterator, Sequence
 
 import torch
@@ -43,6 +45,15 @@ def tiny_overrides(data: DemoData, epochs: int = 3) -> list[str]:
         f"train.epochs={epochs}",
         "train.deterministic=true",
     ]
+
+
+def load_tool(name: str) -> ModuleType:
+    """``tools/<name>.py`` as a module (tools/ is not a package), so that its ``main``/``build_parser`` run in
+    this process."""
+    spec = importlib.util.spec_from_file_location(f"tools_{name}", REPO_ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_tool(script: str, args: Sequence[str], env: dict[str, str] | None = None,

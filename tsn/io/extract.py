@@ -29,7 +29,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import multiprocessing
 import os
 import re
 import shutil
@@ -44,6 +43,7 @@ from tqdm import tqdm
 from tsn.io import RAWFRAME_TEMPLATE, VideoReadError, iter_frames
 from tsn.io.base import FLOW_TEMPLATES
 from tsn.io.flow import DEFAULT_BOUND, video_flow
+from tsn.pools import run_unordered
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv",
                               ".3gp", ".ogv"})
@@ -423,7 +423,7 @@ def extract_frames(src_root: str | os.PathLike, out_root: str | os.PathLike, job
     with tqdm(total=len(frames_of), initial=summary.skipped_existing, unit="video",
               desc="extract" if flow is None else "flow",
               disable=not progress) as bar:
-        for index, num_frames, reason in _run_tasks(tasks, workers):
+        for index, num_frames, reason in run_unordered(_run_task, tasks, workers):
             video = task_videos[index]
             if num_frames is None:
                 del frames_of[video]
@@ -441,18 +441,6 @@ def extract_frames(src_root: str | os.PathLike, out_root: str | os.PathLike, job
             reported.add(job.video)
             summary.failed.append(ExtractFailure(job.video, reason_of[job.video]))
     return summary
-
-
-def _run_tasks(tasks: list[_Task], workers: int) -> Iterable[tuple[int, int | None, str]]:
-    """Results of ``_run_task`` as they finish: in this process, or in a pool of spawned processes."""
-    if workers == 1 or len(tasks) <= 1:
-        for task in tasks:
-            yield _run_task(task)
-        return
-    # spawn, not fork: decoders (FFmpeg threads in decord/OpenCV) are not fork-safe.
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(min(workers, len(tasks))) as pool:
-        yield from pool.imap_unordered(_run_task, tasks, chunksize=1)
 
 
 def failures_csv(failures: Sequence[ExtractFailure]) -> str:

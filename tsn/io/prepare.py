@@ -32,7 +32,6 @@ Runs that share one OUT at the same time are not supported. The list is written 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import re
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from tqdm import tqdm
 from tsn.fileio import atomic_write_text
 from tsn.io import VideoReadError, iter_frames, probe
 from tsn.io.extract import ExtractFailure, ExtractJob, check_job, frame_dir_name, resize_short_side
+from tsn.pools import run_unordered
 
 # --codec -> PyAV's encoder; both take CRF, an exact keyframe interval and non-reference B-frames.
 CODECS = {"h264": "libx264", "hevc": "libx265"}
@@ -311,18 +311,6 @@ def _run_task(task: _Task) -> tuple[int, int | None, str]:
         cv2.setNumThreads(threads)
 
 
-def _run_tasks(tasks: list[_Task], workers: int) -> Iterable[tuple[int, int | None, str]]:
-    """Results of ``_run_task`` as they finish: in this process, or in a pool of spawned processes."""
-    if workers == 1 or len(tasks) <= 1:
-        for task in tasks:
-            yield _run_task(task)
-        return
-    # spawn, not fork: decoders and encoders keep threads, which fork does not copy.
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(min(workers, len(tasks))) as pool:
-        yield from pool.imap_unordered(_run_task, tasks, chunksize=1)
-
-
 def prepare_videos(src_root: str | os.PathLike, out_root: str | os.PathLike, jobs: Sequence[ExtractJob],
                    settings: PrepareSettings = PrepareSettings(), workers: int = 1, backend: str = "auto",
                    progress: bool = True) -> PrepareSummary:
@@ -369,7 +357,7 @@ def prepare_videos(src_root: str | os.PathLike, out_root: str | os.PathLike, job
 
     with tqdm(total=len(frames_of), initial=summary.skipped_existing, unit="video", desc="prepare",
               disable=not progress) as bar:
-        for index, num_frames, reason in _run_tasks(tasks, workers):
+        for index, num_frames, reason in run_unordered(_run_task, tasks, workers):
             video = task_videos[index]
             if num_frames is None:
                 del frames_of[video]
