@@ -53,6 +53,8 @@ from tsn.pools import run_unordered
 CODECS = {"h264": "libx264", "hevc": "libx265"}
 MAX_CRF = 51
 MAX_BFRAMES = 16
+# x264's and x265's presets, fastest first
+PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 # Bumped whenever the encoding changes in a way the settings do not show, so that old copies are redone.
 FORMAT_VERSION = 1
 _PARTIAL_RE = re.compile(r"^\..+\.partial-\d+\.mp4$")
@@ -65,12 +67,15 @@ _RATE_TOLERANCE = 0.01
 
 @dataclass(frozen=True)
 class PrepareSettings:
-    """How copies are encoded: short side (0 keeps the size), keyframe interval, codec (``CODECS``), CRF, B-frames."""
+    """How copies are encoded: short side (0 keeps the size), keyframe interval, codec (``CODECS``), CRF, B-frames,
+    encoder preset (``PRESETS``)."""
     short_side: int = 256
     keyframe_interval: int = 16
     codec: str = "h264"
     crf: int = 23
     bframes: int = 3
+    # x264/x265 speed against size: training copies are made once and read many times
+    preset: str = "medium"
 
     def check(self) -> None:
         """ValueError naming the first setting out of range."""
@@ -84,6 +89,8 @@ class PrepareSettings:
             raise ValueError(f"crf must be in 0..{MAX_CRF}, got {self.crf}")
         if not 0 <= self.bframes <= MAX_BFRAMES:
             raise ValueError(f"bframes must be in 0..{MAX_BFRAMES}, got {self.bframes}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
 
 
 @dataclass(frozen=True)
@@ -164,7 +171,7 @@ def _encoder_options(settings: PrepareSettings) -> dict[str, str]:
         params = {"x264-params": f"{common}:b-pyramid=none:threads=1"}
     else:
         params = {"x265-params": f"{common}:b-pyramid=0:pools=none:frame-threads=1"}
-    return {"crf": str(settings.crf), "preset": "medium", **params}
+    return {"crf": str(settings.crf), "preset": settings.preset, **params}
 
 
 def encode_video(frames: Iterable[np.ndarray], path: str | os.PathLike, rate: Fraction,
@@ -210,7 +217,7 @@ def _marker(settings: PrepareSettings, num_frames: int, source_size: int, output
     """What the marker records."""
     return {"version": FORMAT_VERSION, "codec": settings.codec, "crf": settings.crf,
             "keyframe_interval": settings.keyframe_interval, "short_side": settings.short_side,
-            "bframes": settings.bframes, "num_frames": num_frames, "source_size": source_size,
+            "bframes": settings.bframes, "preset": settings.preset, "num_frames": num_frames, "source_size": source_size,
             "output_size": output_size}
 
 

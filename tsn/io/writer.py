@@ -16,8 +16,9 @@ import numpy as np
 
 from tsn.io.prepare import PrepareSettings, encode_video
 
-# A keyframe every 10 s at 25 fps: a file to watch, not to sample from (tools/prepare_videos.py makes those).
-WATCH_SETTINGS = PrepareSettings(short_side=0, keyframe_interval=250, crf=23)
+# A keyframe every 10 s at 25 fps and a fast preset: a file to watch, written once, not to sample from
+# (tools/prepare_videos.py makes those).
+WATCH_SETTINGS = PrepareSettings(short_side=0, keyframe_interval=250, crf=23, preset="veryfast")
 
 
 def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float | Fraction) -> int:
