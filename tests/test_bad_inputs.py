@@ -422,3 +422,29 @@ def test_testing_skip_and_raise(root: Path, trained, tmp_path: Path) -> None:
         run_test(cfg, work / "best.pth", tmp_path / "raise", list_file=test_list, device="cpu", progress=False)
     line = user_error_message(caught.value)
     assert re.fullmatch(f"{re.escape(str(root / 'half.mp4'))}: {UNREADABLE['half.mp4'][1:]}", line), line
+
+
+def test_check_videos_checks_flow_folders_as_training_reads_them(tmp_path: Path) -> None:
+    """A flow list (tools/extract_flow.py): counts against the folders' complete x_/y_ pairs, and the stacks read."""
+    def flow_folder(name: str, pairs: int, drop: str | None = None) -> None:
+        folder = tmp_path / name
+        folder.mkdir()
+        for i in range(1, pairs + 1):
+            for axis in "xy":
+                if f"{axis}_{i:05d}.jpg" != drop:
+                    cv2.imwrite(str(folder / f"{axis}_{i:05d}.jpg"), np.full((16, 16), 128, np.uint8))
+
+    flow_folder("good", 12)
+    flow_folder("short", 8)  # the list says 12
+    flow_folder("torn", 12, drop="y_00005.jpg")  # a pair without its y file
+    listed = write_list(tmp_path / "train_flow.txt", ["good 12 0", "short 12 1", "torn 12 0"])
+    report = check_lists(tmp_path, [listed], "flow", num_segments=2, new_length=5, progress=False)
+    assert report.entries == 3
+    assert [(p.line, p.path) for p in report.problems] == [(2, "short"), (3, "torn")]
+    assert report.problems[0].reason == "the list says 12 flow pairs, the folder has 8"
+    assert "y_00005.jpg is missing" in report.problems[1].reason
+    # the tool: --format flow, exit 1 on the bad entries
+    done = subprocess.run([sys.executable, str(REPO / "tools" / "check_videos.py"), "--src", str(tmp_path), "--list",
+                           str(listed), "--format", "flow", "--num-segments", "2", "--workers", "0", "--no-progress"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and done.stdout.splitlines()[-1] == "3 entries checked, 2 bad line(s)"

@@ -1,7 +1,7 @@
 """Read every entry of one or more lists as training would, and report each bad one with its reason.
 
     python tools/check_videos.py --src ROOT --list LIST [--list LIST ...] [--csv OUT.csv] [--workers N]
-                                 [--format video|rawframes] [--backend auto|pyav|decord|opencv|torchcodec]
+                                 [--format video|rawframes|flow] [--new-length L] [--backend auto|pyav|decord|opencv|torchcodec]
                                  [--classes classes.txt] [--num-segments 8] [--num-clips 1]
 
 Each bad entry is printed as ``LIST:LINE: PATH: REASON`` (malformed lines and, with --classes, labels
@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 
 from tsn.cli import UsageError, add_backend_arg, add_progress_arg, add_workers_arg, int_at_least, run_main
+from tsn.config import DEFAULT_NEW_LENGTH
 from tsn.data.check import check_lists, write_problems_csv
 from tsn.data.lists import read_class_names
 
@@ -28,11 +29,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="video or rawframe list (repeatable: --list train.txt --list val.txt)")
     parser.add_argument("--csv", type=Path, help="write the bad entries here")
     add_workers_arg(parser, "reading processes (0: this process)", minimum=0)
-    parser.add_argument("--format", choices=("video", "rawframes"), default="video")
+    parser.add_argument("--format", choices=("video", "rawframes", "flow"), default="video",
+                        help="flow: the flow folders and list of tools/extract_flow.py")
     add_backend_arg(parser)
     parser.add_argument("--classes", type=Path, help="class list: labels outside it are reported")
     parser.add_argument("--num-segments", type=int_at_least(1), default=8, help="segments per clip")
     parser.add_argument("--num-clips", type=int_at_least(1), default=1, help="temporal clips read per video")
+    parser.add_argument("--new-length", type=int_at_least(1),
+                        help="consecutive frames (flow pairs) per segment, as data.new_length (default: 5 for flow, "
+                             "else 1)")
     add_progress_arg(parser)
     return parser
 
@@ -48,8 +53,9 @@ def main() -> int:
     if args.classes is not None and not args.classes.is_file():
         raise UsageError(f"--classes {args.classes}: no such file")
     num_classes = len(read_class_names(args.classes)) if args.classes is not None else None
+    new_length = args.new_length or DEFAULT_NEW_LENGTH["flow" if args.format == "flow" else "rgb"]
     report = check_lists(args.src, args.list, args.format, args.backend, num_classes, args.num_segments,
-                         args.num_clips, args.workers, progress=not args.no_progress)
+                         args.num_clips, args.workers, progress=not args.no_progress, new_length=new_length)
     for problem in report.problems:
         print(problem)
     if args.csv is not None:

@@ -168,6 +168,10 @@ class _Section:
         """Checks that involve several keys; subclasses override."""
 
 
+# L per modality when data.new_length is empty: TSN's 5 stacked flow pairs or RGB differences
+DEFAULT_NEW_LENGTH = {"rgb": 1, "flow": 5, "rgbdiff": 5}
+
+
 @dataclass(frozen=True)
 class DataConfig(_Section):
     """``data`` section: where the clips are and how they are sampled and batched.
@@ -254,7 +258,7 @@ class DataConfig(_Section):
         """L: ``new_length``, or the modality's default (1 for rgb, 5 for flow and rgbdiff)."""
         if self.new_length is not None:
             return self.new_length
-        return 1 if self.modality == "rgb" else 5
+        return DEFAULT_NEW_LENGTH[self.modality]
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ What is checked, per list:
   temporal clips of ``num_segments`` segments (TSN's test sampling; ``num_clips=1`` gives the
   validation frames, the middle of each segment). No transform: frames stay at full size.
 - frame folders: also the list's frame count against the folder's (a folder with fewer frames
-  than the list says fails in training as soon as a sampled index falls beyond its end).
+  than the list says fails in training as soon as a sampled index falls beyond its end); flow
+  folders (``format="flow"``, lists of ``tools/extract_flow.py``): the list's count of flow pairs
+  against the folder's complete ``x_``/``y_`` pairs, and the sampled stacks of ``new_length`` pairs read.
 
 Cost per video: one read of at most ``num_clips * num_segments`` frames with the probe folded
 in (PyAV: indexing the file, then the wanted frames and the last one in one pass; OpenCV: one
@@ -38,8 +40,10 @@ from tsn.data.dataset import ClipDataset
 from tsn.data.lists import LIST_FORMATS, ListFormatError, VideoRecord, parse_line, scan_lines
 from tsn.data.transforms import ClipTransform
 from tsn.fileio import atomic_write_text
-from tsn.io import VideoReadError, probe
+from tsn.io import VideoReadError, count_flow_frames, probe
 
+# What a list can hold: videos, frame folders, or flow folders (tsn.data.dataset.FORMATS).
+CHECK_FORMATS = LIST_FORMATS + ("flow",)
 # Frames are checked, not trained on: keep them as decoded.
 _NO_TRANSFORM = ClipTransform(())
 
@@ -77,14 +81,15 @@ def scan_list(list_path: str | os.PathLike, format: str,
 
     A record with a bad label is still returned, so that its video is checked too.
     """
-    if format not in LIST_FORMATS:
-        raise ValueError(f"format must be one of {LIST_FORMATS}, got {format!r}")
+    if format not in CHECK_FORMATS:
+        raise ValueError(f"format must be one of {CHECK_FORMATS}, got {format!r}")
+    line_format = "rawframes" if format == "flow" else format  # a flow list is a rawframe list of flow folders
     records, problems = [], []
     for line_no, text in scan_lines(list_path):
         try:
             if isinstance(text, ListFormatError):
                 raise text
-            record = parse_line(text, format, list_path, line_no)
+            record = parse_line(text, line_format, list_path, line_no)
         except ListFormatError as error:
             problems.append(Problem(str(list_path), line_no, "", error.reason))
             continue
@@ -108,10 +113,12 @@ class EntryCheck(Dataset):
     def __getitem__(self, index: int) -> str:
         record = self.clips.records[index]
         try:
-            if self.clips.format == "rawframes":
-                found = probe(self.clips.path(index), "rawframes").num_frames
+            if self.clips.format in ("rawframes", "flow"):
+                path = self.clips.path(index)
+                found = count_flow_frames(path) if self.clips.format == "flow" else probe(path, "rawframes").num_frames
                 if found != record.num_frames:
-                    return f"the list says {record.num_frames} frames, the folder has {found}"
+                    what = "flow pairs" if self.clips.format == "flow" else "frames"
+                    return f"the list says {record.num_frames} {what}, the folder has {found}"
             self.clips[index]
         except VideoReadError as error:
             return error.reason
@@ -125,12 +132,13 @@ class EntryCheck(Dataset):
 
 def check_lists(root: str | os.PathLike, list_paths: Sequence[str | os.PathLike], format: str = "video",
                 backend: str = "auto", num_classes: int | None = None, num_segments: int = 8,
-                num_clips: int = 1, workers: int = 0, progress: bool = True) -> CheckReport:
+                num_clips: int = 1, workers: int = 0, progress: bool = True, new_length: int = 1) -> CheckReport:
     """Check every entry of ``list_paths`` (paths relative to ``root``); see the module docstring.
 
-    ``backend``: ``"auto"`` (PyAV, falling back to OpenCV per file, as training with
-    ``data.backend: auto``), ``"pyav"``, ``"decord"`` or ``"opencv"``; frame folders always use
-    ``"rawframes"``. Returns every problem, in list order, then line order.
+    ``format``: ``"video"``, ``"rawframes"`` or ``"flow"``. ``backend``: ``"auto"`` (PyAV, falling back to
+    OpenCV per file, as training with ``data.backend: auto``), ``"pyav"``, ``"decord"`` or ``"opencv"``;
+    frame and flow folders always use ``"rawframes"``. ``new_length``: consecutive frames (flow pairs) read
+    per segment, as ``data.new_length``. Returns every problem, in list order, then line order.
     """
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
@@ -141,8 +149,8 @@ def check_lists(root: str | os.PathLike, list_paths: Sequence[str | os.PathLike]
         entries.extend((str(list_path), record) for record in records)
         problems.extend(bad_lines)
     if entries:
-        clips = ClipDataset([record for _, record in entries], root, format, backend, "test", num_segments, 1,
-                            _NO_TRANSFORM, num_clips=num_clips, on_error="raise")
+        clips = ClipDataset([record for _, record in entries], root, format, backend, "test", num_segments,
+                            new_length, _NO_TRANSFORM, num_clips=num_clips, on_error="raise")
         # batch_size=None: one reason string per entry, in entry order.
         loader = DataLoader(EntryCheck(clips), batch_size=None, num_workers=workers, collate_fn=_keep)
         bar = tqdm(loader, total=len(entries), unit="video", desc="check", disable=not progress)
