@@ -93,6 +93,15 @@ def test_shared_flags_have_one_name_type_and_default(name: str) -> None:
                 _check_int(label, flag, action)
 
 
+def test_positive_numbers_are_finite() -> None:
+    from tsn.cli import positive_float
+
+    assert positive_float("0.5") == 0.5
+    for bad in ("0", "-1", "nan", "inf"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            positive_float(bad)
+
+
 def test_the_readme_lists_the_common_flags() -> None:
     readme = (REPO / "README.md").read_text()
     section = readme.split("### Common flags", 1)[1].split("\n#", 1)[0]

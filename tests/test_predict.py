@@ -231,14 +231,16 @@ def test_the_labelled_copy_has_every_frame_and_the_label(setup: tuple[Config, Pa
         assert np.abs(copy[:30, :80].astype(int) - original[:30, :80].astype(int)).mean() > 5
     # windows' labels are written in the table, one line per window of 1 s
     assert done.stdout.count(" s  ") == 2
-    # two videos whose copies would have one name, and a stride longer than the window: usage errors
+    # two videos whose copies would have one name, a copy over its own video, a stride longer than the window
     twin = tmp_path / "other" / "clip.avi"
     twin.parent.mkdir()
     twin.write_bytes(source.read_bytes())
-    for args, message in ((["--out-video", str(tmp_path / "copies")], "would both be copied"),
-                          (["--window", "1", "--stride", "2"], "never be seen")):
-        done = run_tool("predict.py", ["--checkpoint", str(checkpoint), str(source), str(twin), *args,
-                                       "--device", "cpu"], env=tool_env())
+    mp4 = Path(cfg.data.root) / "videos" / "v0.mp4"
+    for videos, args, message in (([source, twin], ["--out-video", str(tmp_path / "copies")], "would both be copied"),
+                                  ([mp4], ["--out-video", str(mp4.parent)], "would replace the video"),
+                                  ([source, twin], ["--window", "1", "--stride", "2"], "never be seen")):
+        done = run_tool("predict.py", ["--checkpoint", str(checkpoint), *map(str, videos), *args, "--device", "cpu"],
+                        env=tool_env())
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
 
 

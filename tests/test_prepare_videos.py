@@ -345,6 +345,12 @@ def test_folder_per_class_without_list(tmp_path):
     assert probe(out / "walk" / "w.mp4", "pyav").height == 256
 
 
+def test_settings_out_of_range_are_refused() -> None:
+    with pytest.raises(ValueError, match="preset must be one of"):
+        PrepareSettings(preset="warp").check()
+    PrepareSettings(preset="veryfast").check()
+
+
 @pytest.mark.parametrize("flags", [["--crf", "52"], ["--crf", "-1"], ["--keyframe-interval", "0"],
                                    ["--short-side", "1"], ["--codec", "vp9"], ["--bframes", "17"],
                                    ["--workers", "0"]])

@@ -74,15 +74,18 @@ def copy_path(out_video: Path, name: str, count: int) -> Path:
     return out_video / Path(name).with_suffix(".mp4")
 
 
-def check_copy_paths(out_video: Path, names: list[str]) -> None:
-    """UsageError unless every video's labelled copy has its own path inside ``out_video``."""
-    paths = [copy_path(out_video, name, len(names)) for name in names]
+def check_copy_paths(out_video: Path, videos: list[tuple[Path, str]]) -> None:
+    """UsageError unless every video's labelled copy has its own path, inside ``out_video`` when that is a
+    folder, and no copy would replace a video (its own or another one given)."""
+    paths = [copy_path(out_video, name, len(videos)).resolve() for _, name in videos]
+    sources = {path.resolve() for path, _ in videos}
     root = out_video.resolve()
-    for name, path in zip(names, paths):
-        if len(names) > 1 and root not in path.resolve().parents:
-            raise UsageError(f"--out-video: the copy of {name} would land outside {out_video}")
     seen: dict[Path, str] = {}
-    for name, path in zip(names, paths):
+    for (_, name), path in zip(videos, paths):
+        if path in sources:
+            raise UsageError(f"--out-video: the copy of {name} would replace the video {path}")
+        if path != root and root not in path.parents:
+            raise UsageError(f"--out-video: the copy of {name} would land outside {out_video}")
         if path in seen:
             raise UsageError(f"--out-video: {seen[path]} and {name} would both be copied to {path}")
         seen[path] = name
@@ -99,7 +102,7 @@ def main() -> int:
     if not videos:
         raise UsageError("no videos: give VIDEO_OR_DIR arguments or --list")
     if args.out_video is not None:
-        check_copy_paths(args.out_video, [name for _, name in videos])
+        check_copy_paths(args.out_video, videos)
     config = load_config(args.config, args.opt) if args.config is not None else None
     device = init_distributed(args.device).device
     predictor = Predictor.from_checkpoint(args.checkpoint, config, device, args.num_clips, args.crops,

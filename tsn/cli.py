@@ -13,6 +13,7 @@ other ranks (they would otherwise wait forever in the next collective) and exits
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -23,6 +24,7 @@ from tsn.config import ConfigError
 from tsn.data.dataset import AllVideosFailedError
 from tsn.data.lists import ListFormatError, read_video_list, write_class_names
 from tsn.engine.checkpoint import CheckpointError
+from tsn.engine.export import ExportError
 from tsn.io import VideoReadError
 from tsn.io.base import BackendUnavailable
 from tsn.fileio import atomic_write_text
@@ -90,10 +92,10 @@ def add_view_args(parser: argparse.ArgumentParser) -> None:
 
 
 def positive_float(text: str) -> float:
-    """argparse ``type=``: a number > 0 (NaN refused)."""
+    """argparse ``type=``: a finite number > 0 (NaN and infinity refused)."""
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
 
 
@@ -108,6 +110,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     VideoReadError,
     BackendUnavailable,
     CheckpointError,
+    ExportError,
     PretrainedWeightsNotFound,
     FileNotFoundError,
     NotADirectoryError,

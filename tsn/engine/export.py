@@ -156,8 +156,9 @@ def largest_difference(deployed: DeployedTSN, run: Callable[[np.ndarray], np.nda
         if got.shape != expected.shape:
             raise ExportError(f"the exported file returned shape {got.shape} for input {tuple(frames.shape)}, "
                               f"PyTorch {expected.shape}")
-        if not np.isfinite(got).all():  # max() would pass NaN over as 0
-            raise ExportError(f"the exported file returned non-finite probabilities for input {tuple(frames.shape)}")
+        for name, values in (("the exported file", got), ("PyTorch", expected)):
+            if not np.isfinite(values).all():  # max() would pass NaN over as 0
+                raise ExportError(f"{name} returned non-finite probabilities for input {tuple(frames.shape)}")
         worst = max(worst, float(np.abs(got - expected).max()))
     return worst
 
