@@ -260,6 +260,12 @@ class DataConfig(_Section):
             return self.new_length
         return DEFAULT_NEW_LENGTH[self.modality]
 
+    @property
+    def frames_read_per_segment(self) -> int:
+        """Frames the loader reads per segment: L, and one more for RGB difference, which makes L
+        differences of L + 1 frames."""
+        return self.frames_per_segment + (1 if self.modality == "rgbdiff" else 0)
+
 
 @dataclass(frozen=True)
 class ModelConfig(_Section):

@@ -250,10 +250,9 @@ class ClipDataset(torch.utils.data.Dataset):
             info, indices, clip_frames = read_first(path, choose, self.backend, size_for, threads)
             self._infos[index] = info
         else:
-            if info is None:
-                # A frame folder, probed once (listing, first and last frame) and cached: without it
-                # every read would list the folder again to check the indices (2 ms for 500 frames).
-                info = self._infos[index] = probe(path, self.backend)
+            # A frame folder is probed once (listing, first and last frame) and cached: without it
+            # every read would list the folder again to check the indices (2 ms for 500 frames).
+            info = self.video_info(index)
             indices = self._indices(index, self.num_frames(index), rng, frames)
             size = size_for(info.height, info.width) if size_for is not None else None
             # (T,) or (C, T) indices -> frames (C*T, H, W, 3)

@@ -180,7 +180,7 @@ def inference_benchmark(checkpoint: str | Path, batch: int = 8, segments: int | 
     segments = segments or data.num_segments
     size = data.input_size
     # the loader's frames per segment and channels per frame for this stream (tsn.layout)
-    frames = data.frames_per_segment + (1 if data.modality == "rgbdiff" else 0)
+    frames = data.frames_read_per_segment
     channels = 2 if data.modality == "flow" else 3
     trained.model.num_segments = segments
     net = _prepare(trained.model, device, channels_last, compile_model=False)

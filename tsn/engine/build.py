@@ -97,10 +97,8 @@ def build_clip_dataset(cfg: Config, split: Split, records: Sequence[VideoRecord]
     else:
         transform = test_transform(crops if crops is not None else cfg.test.crops, data.input_size, data.short_side)
         mode, clips = "test", num_clips if num_clips is not None else cfg.test.num_clips
-    # RGB difference needs one frame more than the differences it makes of each segment's stack
-    frames_per_segment = data.frames_per_segment + (1 if data.modality == "rgbdiff" else 0)
     return ClipDataset(records, root, "flow" if data.modality == "flow" else data.format,
-                       data.backend, mode, data.num_segments, frames_per_segment, transform, num_clips=clips,
+                       data.backend, mode, data.num_segments, data.frames_read_per_segment, transform, num_clips=clips,
                        on_error=on_error or data.on_error, seed=cfg.train.seed, train_bounds=data.train_sampling)
 
 

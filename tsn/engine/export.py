@@ -76,8 +76,8 @@ class InputSpec:
 def input_spec(trained: TrainedModel) -> InputSpec:
     """What the trained TSN reads: frames per clip, channels per frame, side (``tsn.layout``)."""
     data = trained.config.data
-    per_segment = data.frames_per_segment + (1 if data.modality == "rgbdiff" else 0)
-    return InputSpec(data.num_segments * per_segment, 2 if data.modality == "flow" else 3, data.input_size)
+    return InputSpec(data.num_segments * data.frames_read_per_segment, 2 if data.modality == "flow" else 3,
+                     data.input_size)
 
 
 # The description (input shape, class names, sampling) is kept inside the file under this key (ONNX
@@ -112,7 +112,10 @@ def read_description(path: str | os.PathLike[str]) -> dict:
     """The description an exported file carries (``_description``: input shape, class names, sampling, crop)."""
     path = Path(path)
     if path.suffix == ".onnx":
-        import onnx
+        try:
+            import onnx
+        except ImportError:
+            raise ExportError(f"{path}: reading an ONNX file needs onnx: pip install 'tsn[export]'") from None
         props = {prop.key: prop.value for prop in onnx.load(str(path), load_external_data=False).metadata_props}
         text = props.get(METADATA_KEY)
     else:

@@ -34,7 +34,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -365,6 +365,39 @@ def check_job(video: str, source: Path) -> str:
     return ""
 
 
+def run_distinct(work: Callable[[Any], tuple[int, int | None, str]], tasks: Sequence[Any], task_videos: Sequence[str],
+                 frames_of: dict[str, int | None], reason_of: dict[str, str], workers: int, bar: tqdm) -> int:
+    """Run ``tasks`` in ``workers`` processes (``tsn.pools.run_unordered``): ``work(task)`` gives ``(task index,
+    frame count or None, failure reason)`` for the video ``task_videos[index]``, whose count goes into
+    ``frames_of`` or, on failure, whose reason goes into ``reason_of`` (and out of ``frames_of``). Returns how
+    many tasks succeeded; ``bar`` moves by one per task."""
+    done = 0
+    for index, num_frames, reason in run_unordered(work, tasks, workers):
+        video = task_videos[index]
+        if num_frames is None:
+            del frames_of[video]
+            reason_of[video] = reason
+        else:
+            frames_of[video] = num_frames
+            done += 1
+        bar.update(1)
+    return done
+
+
+def in_job_order(jobs: Sequence[ExtractJob], frames_of: dict[str, int],
+                 reason_of: dict[str, str]) -> tuple[list[tuple[ExtractJob, int]], list[ExtractFailure]]:
+    """The successful jobs with their frame counts, in job order (repeats kept), and one failure per failed
+    distinct video, in job order."""
+    finished, failed, reported = [], [], set()
+    for job in jobs:
+        if job.video in frames_of:
+            finished.append((job, frames_of[job.video]))
+        elif job.video not in reported:
+            reported.add(job.video)
+            failed.append(ExtractFailure(job.video, reason_of[job.video]))
+    return finished, failed
+
+
 def extract_frames(src_root: str | os.PathLike, out_root: str | os.PathLike, jobs: Sequence[ExtractJob],
                    short_side: int = 256, quality: int = 95, workers: int = 1, backend: str = "auto",
                    progress: bool = True, flow: FlowSettings | None = None) -> ExtractSummary:
@@ -423,23 +456,9 @@ def extract_frames(src_root: str | os.PathLike, out_root: str | os.PathLike, job
     with tqdm(total=len(frames_of), initial=summary.skipped_existing, unit="video",
               desc="extract" if flow is None else "flow",
               disable=not progress) as bar:
-        for index, num_frames, reason in run_unordered(_run_task, tasks, workers):
-            video = task_videos[index]
-            if num_frames is None:
-                del frames_of[video]
-                reason_of[video] = reason
-            else:
-                frames_of[video] = num_frames
-                summary.done += 1
-            bar.update(1)
-
-    reported = set()
-    for job in jobs:
-        if job.video in frames_of:
-            summary.extracted.append(ExtractedVideo(frame_dir_name(job.video), frames_of[job.video], job.label))
-        elif job.video not in reported:
-            reported.add(job.video)
-            summary.failed.append(ExtractFailure(job.video, reason_of[job.video]))
+        summary.done = run_distinct(_run_task, tasks, task_videos, frames_of, reason_of, workers, bar)
+    finished, summary.failed = in_job_order(jobs, frames_of, reason_of)
+    summary.extracted = [ExtractedVideo(frame_dir_name(job.video), count, job.label) for job, count in finished]
     return summary
 
 

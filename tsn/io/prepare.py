@@ -46,8 +46,8 @@ from tqdm import tqdm
 
 from tsn.fileio import atomic_write_text
 from tsn.io import VideoReadError, iter_frames, probe
-from tsn.io.extract import ExtractFailure, ExtractJob, check_job, frame_dir_name, resize_short_side
-from tsn.pools import run_unordered
+from tsn.io.extract import (ExtractFailure, ExtractJob, check_job, frame_dir_name, in_job_order, resize_short_side,
+                            run_distinct)
 
 # --codec -> PyAV's encoder; both take CRF, an exact keyframe interval and non-reference B-frames.
 CODECS = {"h264": "libx264", "hevc": "libx265"}
@@ -364,22 +364,8 @@ def prepare_videos(src_root: str | os.PathLike, out_root: str | os.PathLike, job
 
     with tqdm(total=len(frames_of), initial=summary.skipped_existing, unit="video", desc="prepare",
               disable=not progress) as bar:
-        for index, num_frames, reason in run_unordered(_run_task, tasks, workers):
-            video = task_videos[index]
-            if num_frames is None:
-                del frames_of[video]
-                reason_of[video] = reason
-            else:
-                frames_of[video] = num_frames
-                summary.done += 1
-            bar.update(1)
-
-    reported = set()
-    for job in jobs:
-        if job.video in frames_of:
-            summary.prepared.append(PreparedVideo(copy_name(job.video), frames_of[job.video], job.label))
-        elif job.video not in reported:
-            reported.add(job.video)
-            summary.failed.append(ExtractFailure(job.video, reason_of[job.video]))
+        summary.done = run_distinct(_run_task, tasks, task_videos, frames_of, reason_of, workers, bar)
+    finished, summary.failed = in_job_order(jobs, frames_of, reason_of)
+    summary.prepared = [PreparedVideo(copy_name(job.video), count, job.label) for job, count in finished]
     return summary
 
