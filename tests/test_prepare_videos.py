@@ -247,8 +247,8 @@ def test_leftovers_of_killed_runs_are_redone_or_removed(tmp_path):
     tmp_marker.write_text("{")
     summary = prepare_videos(src, out, jobs, settings, progress=False)
     assert (summary.done, summary.skipped_existing, summary.failed) == (3, 2, [])
-    assert contents(out) == contents(clean)
     assert work_files(out) == []
+    assert contents(out) == contents(clean)
 
 
 class _Killed(BaseException):
@@ -313,8 +313,8 @@ def test_sigkill_mid_run_then_rerun_equals_clean_run(tmp_path):
 
     assert tool_process(*args) == 0
     assert tool_process("--src", src, "--out", clean, "--short-side", "48", "--keyframe-interval", "8") == 0
-    assert contents(out) == contents(clean)
     assert work_files(out) == []
+    assert contents(out) == contents(clean)
     lines = (out / "prepared.txt").read_text().splitlines()
     assert lines == [f"c{i % 2}/v{i:02d}.mp4 {i % 2}" for i in sorted(range(count), key=lambda i: (i % 2, i))]
 
