@@ -1,26 +1,27 @@
 """PyAV backend (FFmpeg through the ``av`` package): frames found by their timestamps, non-reference frames skipped.
 
 Index (``build_index``): one demux pass without decoding gives every video packet's timestamp,
-keyframe and discard flags (opening and indexing took 13 ms of CPU per actrecog2 clip, 3 ms per
-100 packets). It is built once, by ``probe``, and kept in the ``VideoInfo``: reads given that info
-do not index the file again. Frame ``i`` is the packet with the ``i``-th smallest timestamp among
-those the container does not mark to be discarded (the display order: what a player shows and
-``ffmpeg -fps_mode passthrough`` decodes; the packets before an MP4 edit list's start are
+keyframe and discard flags. It is built once, by ``probe``, and kept in the ``VideoInfo``: reads
+given that info do not index the file again. Frame ``i`` is the packet with the ``i``-th smallest
+timestamp among those the container does not mark to be discarded (the display order: what a player
+shows and ``ffmpeg -fps_mode passthrough`` decodes; the packets before an MP4 edit list's start are
 decoded when needed, never numbered). A stream whose packets lack timestamps or repeat one is
 refused (``"auto"`` then reads it with OpenCV, whose sequential decode counts the same frames).
 
 Decode plan (``read_sorted``): for sorted frames, seek to the keyframe before the next wanted frame
 only when that keyframe has not been fed to the decoder yet (everything between is skipped), and
 otherwise decode on. Every decoded frame is identified by its timestamp, so a frame is exact by
-construction, never "the frame a seek happened to land on". For H.264 and HEVC, packets of frames that
-are not wanted are decoded with ``skip_frame = NONREF``: FFmpeg's decoder then drops the frames no
-other frame refers to (non-reference B frames) without decoding them, and the frames it does
-decode are the same. Frames must leave the decoder in increasing timestamp order; a stream where
-they do not (MPEG-4 part 2 with packed B-frames) is refused rather than guessed at.
+construction, never "the frame a seek happened to land on". For H.264 and HEVC, packets of frames
+that are not wanted are decoded with ``skip_frame = NONREF``: FFmpeg's decoder then drops the frames
+no other frame refers to (non-reference B frames) without decoding them, and the frames it does
+decode are the same. Once the last wanted frame a run reaches has been fed, the decoder is drained
+instead of fed further packets: it holds frames back to reorder them, and pushing them out with more
+packets would decode reference frames nobody asked for. Frames must leave the decoder in increasing
+timestamp order; a stream where they do not (MPEG-4 part 2 with packed B-frames) is refused rather
+than guessed at.
 
-Only wanted frames are converted to RGB (swscale, bilinear when scaling to ``size``). On the
-H.264 clips of actrecog2 (60 to 70 % B frames) an 8-frame TSN read at short side 256 took 501 ms
-of CPU against decord's 870 ms, which decodes every frame on the way and converts each.
+Only wanted frames are converted to RGB (swscale, bilinear when scaling to ``size``); decord decodes
+every frame on the way and converts each (the README's loader benchmarks compare the two).
 
 Threads: one decoding thread per reader (skipping per packet needs frames decoded in the order
 they are sent); the Dataset decodes several clips at once instead.
@@ -142,46 +143,54 @@ class _Video:
         out = np.empty((len(frames), out_height, out_width, 3), dtype=np.uint8)
         slot_of = {int(self.pts[frame]): slot for slot, frame in enumerate(frames)}
         filled = np.zeros(len(frames), dtype=bool)
-        next_slot = 0
+        unfed = sorted(slot_of)  # wanted timestamps whose packets the decoder has not had yet
         skipping = self.codec.name in _SKIPS_NONREF
-        while next_slot < len(frames):
-            key = self._keyframe_before(int(frames[next_slot]))
-            self._seek(key)
-            fed = key  # highest timestamp whose packet went to the decoder since the seek
-            shown = None  # timestamp of the last frame out of the decoder since the seek
-            try:
+        shown: int | None = None  # timestamp of the last frame out of the decoder since the seek
+
+        def take(decoded_frames: Iterator[av.VideoFrame]) -> None:
+            """Check the decoder's frames come in timestamp order; convert the wanted ones into ``out``."""
+            nonlocal shown
+            for decoded in decoded_frames:
+                if decoded.pts is None or (shown is not None and decoded.pts <= shown):
+                    raise VideoReadError(self.path, f"{NAME}: the decoder gives frames out of timestamp order "
+                                                    f"(packed B-frames?): frames cannot be told apart by their "
+                                                    f"timestamps")
+                shown = decoded.pts
+                slot = slot_of.get(decoded.pts)
+                if slot is None or filled[slot]:
+                    continue
+                if (decoded.height, decoded.width) != (height, width):
+                    raise VideoReadError(self.path, f"{NAME}: frame {int(frames[slot])} is {decoded.width}x"
+                                                    f"{decoded.height}, the stream declares {width}x{height}")
+                out[slot] = decoded.to_ndarray(format="rgb24", width=out_width, height=out_height, threads=1)
+                filled[slot] = True
+
+        try:
+            while unfed:
+                fed = self._keyframe_before(int(frames[slot_of[unfed[0]]]))  # highest timestamp fed since the seek
+                self._seek(fed)
+                shown = None
                 for packet in self.container.demux(self.stream):
-                    if packet.size:
-                        fed = max(fed, int(packet.pts))
-                        if skipping:
-                            self.codec.skip_frame = "DEFAULT" if packet.pts in slot_of else "NONREF"
-                    for decoded in self.codec.decode(packet if packet.size else None):
-                        if decoded.pts is None or (shown is not None and decoded.pts <= shown):
-                            raise VideoReadError(self.path, f"{NAME}: the decoder gives frames out of timestamp "
-                                                            f"order (packed B-frames?): frames cannot be "
-                                                            f"told apart by their timestamps")
-                        shown = decoded.pts
-                        slot = slot_of.get(decoded.pts)
-                        if slot is None or filled[slot]:
-                            continue
-                        if (decoded.height, decoded.width) != (height, width):
-                            raise VideoReadError(self.path, f"{NAME}: frame {int(frames[slot])} is "
-                                                            f"{decoded.width}x{decoded.height}, the stream "
-                                                            f"declares {width}x{height}")
-                        out[slot] = decoded.to_ndarray(format="rgb24", width=out_width, height=out_height, threads=1)
-                        filled[slot] = True
-                    while next_slot < len(frames) and filled[next_slot]:
-                        next_slot += 1
-                    if next_slot == len(frames):
+                    if not packet.size:
+                        unfed.clear()  # the end of the stream: what did not come out is reported below
                         break
-                    # The next wanted frame lies behind a keyframe not fed yet: seek there instead.
-                    if self._keyframe_before(int(frames[next_slot])) > fed:
+                    stamp = int(packet.pts)
+                    fed = max(fed, stamp)
+                    if stamp in unfed:
+                        unfed.remove(stamp)
+                    if skipping:
+                        self.codec.skip_frame = "DEFAULT" if stamp in slot_of else "NONREF"
+                    take(self.codec.decode(packet))
+                    # Every wanted frame this run reaches is fed (the next lies behind a keyframe not fed
+                    # yet): drain the frames the decoder holds back rather than decode more to push them out.
+                    if not unfed or self._keyframe_before(int(frames[slot_of[unfed[0]]])) > fed:
                         break
                 else:
-                    break  # end of stream
-            except av.FFmpegError as error:
-                raise VideoReadError(self.path, f"{NAME}: frames {_span(frames)} do not decode: "
-                                                f"{_reason(error)}") from None
+                    unfed.clear()
+                take(self.codec.decode(None))
+        except av.FFmpegError as error:
+            raise VideoReadError(self.path, f"{NAME}: frames {_span(frames)} do not decode: "
+                                            f"{_reason(error)}") from None
         if not filled.all():
             missing = frames[~filled]
             raise VideoReadError(self.path, f"{NAME}: frame {int(missing[0])} does not decode"
