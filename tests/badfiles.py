@@ -6,7 +6,8 @@ come from ``videos.make_index_video``, so the frames of the readable ones encode
 Unreadable: a zero-byte file; an MP4 cut in half (OpenCV writes the ``moov`` index at the end,
 so the first half has none); a text file named ``.mp4``; an audio-only container
 (``make_audio_only_avi``, see there); a folder where a file should be; a frame folder with fewer
-frames than its list line says, or with a gap in its numbering.
+frames than its list line says, or with a gap in its numbering; an MP4 whose video stream's codec is
+unknown (``make_unknown_codec``).
 
 Readable although they look bad: an AVI whose header overstates its frame count (the tail's frame
 payloads are zeroed: the container claims 40 frames, 25 decode; ``tsn.io.probe`` corrects the
@@ -22,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from videos import index_frame, make_index_video
+from videos import index_frame, make_bframe_index_video, make_index_video
 
 WIDTH, HEIGHT = 64, 48
 OVERSTATED_CLAIM, OVERSTATED_GOOD = 40, 25
@@ -72,7 +73,7 @@ def make_audio_only_avi(folder: Path, name: str = "speech.avi", sample_rate: int
     ``00wb`` audio chunks of 0.1 s (a 440 Hz tone), and an ``idx1`` index. FFmpeg (inside decord
     and OpenCV) parses it as an AVI and finds only audio; ``decord.AudioReader`` decodes its
     samples (the tests check that, so the file is known to be a well-formed container). Made by
-    hand because neither the ffmpeg program nor PyAV is installed here.
+    hand, so that the tests need no ffmpeg program.
     """
     path = folder / name
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,6 +96,18 @@ def make_audio_only_avi(folder: Path, name: str = "speech.avi", sample_rate: int
         movi_payload += _chunk(b"00wb", data)
     body = b"AVI " + hdrl + _list(b"movi", movi_payload) + _chunk(b"idx1", index)
     path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    return path
+
+
+def make_unknown_codec(folder: Path, name: str = "nocodec.mp4", num_frames: int = 20) -> Path:
+    """An H.264 MP4 whose sample entry ``avc1`` is overwritten with ``zzzz``: FFmpeg finds a video
+    stream but no codec for it (as in a file damaged in its header)."""
+    path = folder / name
+    whole = make_bframe_index_video(folder / f".whole-{name}", num_frames, width=WIDTH, height=HEIGHT)
+    data = whole.read_bytes()
+    whole.unlink()
+    assert data.count(b"avc1") >= 1
+    path.write_bytes(data.replace(b"avc1", b"zzzz"))
     return path
 
 

@@ -24,7 +24,7 @@ from torch._utils import ExceptionWrapper
 
 from badfiles import (OVERSTATED_GOOD, make_audio_only_avi, make_cut_in_half, make_folder_for_file,
                       make_frame_folder, make_good_videos, make_narrow, make_overstated_avi, make_text_as_mp4,
-                      make_zero_byte, write_list)
+                      make_unknown_codec, make_zero_byte, write_list)
 from tsn.cli import user_error_message
 from tsn.config import load_config
 from tsn.data import transforms as T
@@ -50,6 +50,8 @@ UNREADABLE = {
     "notes.mp4": TWO_FAILED,
     "speech.avi": r"^no backend can read it: pyav: no video stream.*; "
                   r"opencv: cannot open it \(not a video, no video stream, or a damaged container\)$",
+    "nocodec.mp4": r"^no backend can read it: pyav: the video stream has no codec FFmpeg knows \(a damaged "
+                   r"header\?\); opencv: cannot open it \(not a video, no video stream, or a damaged container\)$",
     "clip.mp4": r"^rawframes: folder without img_00001\.jpg \(neither a video file nor a folder of frames\)$",
     "gone.mp4": r"^no such file or folder$",
 }
@@ -70,6 +72,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_cut_in_half(root, "half.mp4")
     make_text_as_mp4(root, "notes.mp4")
     make_audio_only_avi(root, "speech.avi")
+    make_unknown_codec(root, "nocodec.mp4")
     make_folder_for_file(root, "clip.mp4")
     make_overstated_avi(root, "overstated.avi")
     make_narrow(root, 48)

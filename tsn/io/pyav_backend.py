@@ -101,6 +101,8 @@ class _Video:
             if not self.container.streams.video:
                 raise VideoReadError(path, f"{NAME}: no video stream")
             self.stream = self.container.streams.video[0]
+            if self.stream.codec_context is None:
+                raise VideoReadError(path, f"{NAME}: the video stream has no codec FFmpeg knows (a damaged header?)")
             self.codec = self.stream.codec_context
             self.codec.thread_type = "NONE"
             self.codec.thread_count = 1
