@@ -162,6 +162,41 @@ def test_the_index_is_built_once_per_video(hard_videos: dict[str, Path], monkeyp
     assert builds == {"pyav": 1, "opencv": 0}
 
 
+@pytest.mark.parametrize("name", ["edit-list", "open-gop", "vfr", "hevc"])
+def test_pyav_decodes_each_packet_once_and_none_past_the_last_wanted_frame(
+        hard_videos: dict[str, Path], name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Decoders hold frames back to reorder them: feeding more packets to push the last wanted frame out
+    # decodes reference frames nobody asked for (draining the decoder gives it for free). And the MP4
+    # demuxer lands a GOP early in edit-list files: that GOP must not be decoded again.
+    path = hard_videos.get(name) or make_bframe_index_video(tmp_path / "hevc.mkv", 60, codec="libx265")
+    info = probe(path, "pyav")
+    stamps, keyframes = info.index.stamps(), set(info.index.keyframes.tolist())
+    runs: list[tuple[int, list[int]]] = []  # (keyframe asked for, timestamps of the packets fed after it)
+    real_packets_from = pyav_backend._Video.packets_from
+
+    def recorded(video: pyav_backend._Video, key_pts: int):
+        runs.append((key_pts, []))
+        for packet in real_packets_from(video, key_pts):
+            if packet.size:
+                runs[-1][1].append(int(packet.pts))
+            yield packet  # the reader feeds every packet it takes
+
+    monkeypatch.setattr(pyav_backend._Video, "packets_from", recorded)
+    shown, _ = reference_decode(path)
+    count = info.num_frames
+    rng = np.random.default_rng(1)
+    for wanted in [[0], [count - 1], [5, 6, 7], [count // 2, count - 2],
+                   *(rng.integers(0, count, size=8).tolist() for _ in range(30))]:
+        runs.clear()
+        assert indices_of(read(path, wanted, "pyav", info)) == [shown[i] for i in wanted]
+        wanted_stamps = {int(stamps[i]) for i in wanted}
+        for key, fed in runs:
+            assert key in keyframes and fed[0] == key, (wanted, runs)
+            assert fed[-1] in wanted_stamps, (wanted, runs)
+        fed_all = [stamp for _, fed in runs for stamp in fed]
+        assert len(fed_all) == len(set(fed_all)), (wanted, runs)
+
+
 def test_no_fallback_per_read_once_the_backend_is_chosen(hard_videos: dict[str, Path],
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     # A backend that probed the video reads all its frames: a failed read is an error, never another

@@ -178,53 +178,6 @@ def test_pyav_reads_exact_frames_of_b_frame_videos(bframe_videos: dict[str, Path
     assert np.abs(ours - theirs).max() <= 3
 
 
-class _RecordingContainer:
-    """A PyAV container that records, per seek, the timestamps of the packets a reader takes from it."""
-
-    def __init__(self, container: object) -> None:
-        self._container = container
-        self.runs: list[list[int]] = [[]]
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._container, name)
-
-    def seek(self, *args: object, **kwargs: object) -> None:
-        self.runs.append([])
-        self._container.seek(*args, **kwargs)
-
-    def demux(self, stream: object):
-        for packet in self._container.demux(stream):
-            if packet.size:
-                self.runs[-1].append(int(packet.pts))
-            yield packet
-
-
-@pytest.mark.parametrize("name", ["h264", "h264-open-gop", "hevc"])
-def test_pyav_feeds_the_decoder_no_packet_past_the_last_wanted_frame(bframe_videos: dict[str, Path], name: str,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    # Decoders hold frames back to reorder them; feeding more packets to push the last wanted frame
-    # out decodes reference frames nobody asked for. Draining the decoder gives it for free.
-    path = bframe_videos[name]
-    info = probe(path, "pyav")
-    stamps = info.index.stamps()
-    opened: list[_RecordingContainer] = []
-    real_open = pyav_backend.av.open
-
-    def recording_open(*args: object, **kwargs: object) -> _RecordingContainer:
-        opened.append(_RecordingContainer(real_open(*args, **kwargs)))
-        return opened[-1]
-
-    monkeypatch.setattr(pyav_backend.av, "open", recording_open)
-    rng = np.random.default_rng(1)
-    for wanted in [[0], [59], [5, 6, 7], [11, 12], *(rng.integers(0, 60, size=8).tolist() for _ in range(30))]:
-        assert indices_of(read(path, wanted, "pyav", info)) == wanted
-        runs = [run for run in opened[-1].runs if run]
-        wanted_stamps = {int(stamps[i]) for i in wanted}
-        assert [run[-1] in wanted_stamps for run in runs] == [True] * len(runs), (wanted, runs)
-        fed = [stamp for run in runs for stamp in run]
-        assert len(fed) == len(set(fed)), (wanted, runs)  # no packet decoded twice
-
-
 def test_pyav_refusal_falls_back_to_opencv_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = damaged_avi(tmp_path, "zero_tail", 25)
     with pytest.raises(VideoReadError, match=r"pyav: frame 39, the last of the 40 packets, does not decode"):

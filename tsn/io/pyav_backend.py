@@ -132,12 +132,27 @@ class _Video:
         self._seek(int(self.key_pts[0]))
 
     def _seek(self, key_pts: int) -> None:
-        """Position the demuxer on the keyframe at timestamp ``key_pts`` and empty the decoder."""
+        """Position the demuxer at or before the keyframe at timestamp ``key_pts`` and empty the decoder."""
         try:
             self.container.seek(key_pts, stream=self.stream, backward=True, any_frame=False)
         except av.FFmpegError as error:
             raise VideoReadError(self.path, f"{NAME}: cannot seek to timestamp {key_pts}: {_reason(error)}") from None
         self.codec.flush_buffers()
+
+    def packets_from(self, key_pts: int) -> Iterator[av.Packet]:
+        """The video packets in decoding order from the keyframe at timestamp ``key_pts`` on (the decoder emptied),
+        the empty end-of-stream packet last.
+
+        FFmpeg's MP4 demuxer lands a whole GOP early in files whose edit list cuts the start (``ffmpeg -ss T
+        -c copy``): the packets before the keyframe asked for are read past, not decoded.
+        """
+        self._seek(key_pts)
+        packets = self.container.demux(self.stream)
+        for packet in packets:
+            if not packet.size or packet.pts == key_pts:
+                yield packet
+                break
+        yield from packets
 
     def decode(self, frames: np.ndarray, height: int, width: int, size: tuple[int, int] | None) -> np.ndarray:
         """Sorted, unique, in-range ``frames`` -> uint8 (T, h, w, 3) RGB at ``size`` (None: height x width)."""
@@ -170,9 +185,8 @@ class _Video:
         try:
             while unfed:
                 fed = self._keyframe_before(int(frames[slot_of[unfed[0]]]))  # highest timestamp fed since the seek
-                self._seek(fed)
                 shown = None
-                for packet in self.container.demux(self.stream):
+                for packet in self.packets_from(fed):
                     if not packet.size:
                         unfed.clear()  # the end of the stream: what did not come out is reported below
                         break
