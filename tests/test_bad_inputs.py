@@ -262,12 +262,13 @@ def video_check_list(root: Path) -> tuple[Path, list[tuple[int, str, str]]]:
     """A video list with every bad entry between good ones, and the (line, path, reason pattern) expected."""
     lines = ["a.mp4 0", "empty.mp4 1", "half.mp4 0", "# a comment", "notes.mp4 1", "overstated.avi 0",
              "speech.avi 1", "clip.mp4 0", "gone.mp4 1", "b.mp4", "narrow48.mp4 1", "c.mp4 2", "narrow72.mp4 0",
-             "d.mp4 1"]
+             "d.mp4 1", "nocodec.mp4 0"]
     expected = [(2, "empty.mp4", UNREADABLE["empty.mp4"]), (3, "half.mp4", UNREADABLE["half.mp4"]),
                 (5, "notes.mp4", UNREADABLE["notes.mp4"]), (7, "speech.avi", UNREADABLE["speech.avi"]),
                 (8, "clip.mp4", UNREADABLE["clip.mp4"]), (9, "gone.mp4", UNREADABLE["gone.mp4"]),
                 (10, "", r"^expected 'PATH LABEL', got 'b\.mp4' \(missing label\)$"),
-                (12, "c.mp4", r"^label 2 is outside the class list \(2 classes, labels 0\.\.1\)$")]
+                (12, "c.mp4", r"^label 2 is outside the class list \(2 classes, labels 0\.\.1\)$"),
+                (15, "nocodec.mp4", UNREADABLE["nocodec.mp4"])]
     return write_list(root / "check.txt", lines), expected
 
 
@@ -281,7 +282,7 @@ def assert_problems(problems: list[Problem] | tuple[Problem, ...], list_path: Pa
 def test_check_reports_every_bad_entry_with_its_line(root: Path) -> None:
     list_path, expected = video_check_list(root)
     report = check_lists(root, [list_path], "video", num_classes=2, workers=0, progress=False)
-    assert report.entries == 12  # every line but the comment and the malformed one
+    assert report.entries == 13  # every line but the comment and the malformed one
     assert_problems(report.problems, list_path, expected)
     frames = write_list(root / "frames.txt", ["frames/good 20 0", "frames/short 30 1", "frames/gap 20 0",
                                               "frames/good 21 1", "frames/good 19 1", "frames/good 20"])
@@ -307,7 +308,7 @@ def test_check_videos_tool_with_workers(root: Path, tmp_path: Path) -> None:
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stdout.splitlines()
-    assert lines[-1] == f"12 entries checked, 8 bad line(s) -> {out}"
+    assert lines[-1] == f"13 entries checked, 9 bad line(s) -> {out}"
     with open(out, newline="") as handle:
         rows = list(csv.DictReader(handle))
     problems = [Problem(row["list_path"], int(row["line"]), row["path"], row["reason"]) for row in rows]
