@@ -12,7 +12,8 @@ closed GOPs, no scene-cut keyframes. Between them, up to ``bframes`` B-frames th
 11 % smaller and the PyAV reader's 8-frame TSN reads 12 to 18 % faster (it skips unwanted non-reference
 frames without decoding them), decord's and OpenCV's about 5 % slower. Encoding runs on one thread
 (``workers`` processes share the cores). The bytes are not reproducible: libx264 gave a few different bytes in
-one copy of twelve in about one process of sixteen here, with the same frames. Frames keep the coded orientation the readers give (a display rotation is not carried over).
+one copy of twelve in about one process of sixteen here, with the same frames. Frames keep the coded
+orientation the readers give (a display rotation is not carried over).
 
 Crash safety (SIGKILL, power aside): a video is encoded into the hidden sibling ``OUT/<parent>/.<stem>.partial-
 <pid>.mp4``, its frames are counted, it is fsynced, and then, in this order: (1) the old marker

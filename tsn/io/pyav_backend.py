@@ -123,9 +123,9 @@ class _Video:
         return VideoInfo(height=height, width=width, num_frames=int(self.pts.size),
                          fps=fps if np.isfinite(fps) and fps > 0 else 0.0, backend=NAME, index=self.index)
 
-    def _keyframe_before(self, frame: int) -> int:
-        """The timestamp of the last keyframe at or before frame ``frame``."""
-        return int(self.key_pts[np.searchsorted(self.key_pts, self.pts[frame], side="right") - 1])
+    def _keyframe_before(self, stamp: int) -> int:
+        """The timestamp of the last keyframe at or before timestamp ``stamp``."""
+        return int(self.key_pts[np.searchsorted(self.key_pts, stamp, side="right") - 1])
 
     def seek_start(self) -> None:
         """Back to the first keyframe (indexing read the whole file)."""
@@ -184,7 +184,7 @@ class _Video:
 
         try:
             while unfed:
-                fed = self._keyframe_before(int(frames[slot_of[unfed[0]]]))  # highest timestamp fed since the seek
+                fed = self._keyframe_before(unfed[0])  # highest timestamp fed since the seek
                 shown = None
                 for packet in self.packets_from(fed):
                     if not packet.size:
@@ -199,7 +199,7 @@ class _Video:
                     take(self.codec.decode(packet))
                     # Every wanted frame this run reaches is fed (the next lies behind a keyframe not fed
                     # yet): drain the frames the decoder holds back rather than decode more to push them out.
-                    if not unfed or self._keyframe_before(int(frames[slot_of[unfed[0]]])) > fed:
+                    if not unfed or self._keyframe_before(unfed[0]) > fed:
                         break
                 else:
                     unfed.clear()
