@@ -417,7 +417,8 @@ def test_testing_skip_and_raise(root: Path, trained, tmp_path: Path) -> None:
     assert np.isnan(scores).all(axis=1).tolist() == [entry in UNREADABLE for entry in entries]
     with open(out / "skipped.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert [Path(row["path"]).name for row in rows] == ["clip.mp4", "half.mp4"]  # sorted by path
+    # in list order, with their rows of scores.npy
+    assert [(row["index"], Path(row["path"]).name) for row in rows] == [("1", "half.mp4"), ("3", "clip.mp4")]
     for row in rows:
         assert re.search(UNREADABLE[Path(row["path"]).name], row["reason"]), row
 

@@ -162,7 +162,7 @@ def test_decoder_threads_share_the_cpus(monkeypatch: pytest.MonkeyPatch) -> None
 def test_device_prefetcher_on_cpu_normalises_and_lays_out_channels_last() -> None:
     generator = torch.Generator().manual_seed(0)
     clips = torch.randint(0, 256, (2, 3, 3, 8, 8), dtype=torch.uint8, generator=generator)  # (B, T, C, H, W)
-    batch = ClipBatch(clips, torch.tensor([0, 1]), torch.tensor([0, 1]), ())
+    batch = ClipBatch(clips, torch.tensor([0, 1]), torch.tensor([0, 1]), (), torch.tensor([0, 1]))
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
     out = list(DevicePrefetcher([batch, batch], torch.device("cpu"), mean, std, channels_last=True))
     assert len(out) == 2

@@ -83,7 +83,7 @@ def test_stratified_folds_balanced_and_seeded() -> None:
 
 def test_fit_probe_picks_the_lowest_cross_validated_log_loss() -> None:
     features, labels = blobs(12, 3, 6, seed=5, spread=2.0)
-    train = P.ViewFeatures(features[:, None, :].astype(np.float32), labels, ())
+    train = P.ViewFeatures(features[:, None, :].astype(np.float32), labels, (), np.ones(labels.size, dtype=bool))
     fit = P.fit_probe(train, 3, seed=0)
     assert set(fit.cv_nll) == set(P.L2_GRID) and fit.l2 == min(fit.cv_nll, key=fit.cv_nll.get)
     assert all(0.0 <= v <= 1.0 for v in fit.cv_top1.values())
@@ -93,7 +93,9 @@ def test_fit_probe_picks_the_lowest_cross_validated_log_loss() -> None:
     # unread videos (NaN rows) take no part
     holes = train.features.copy()
     holes[0] = np.nan
-    partial = P.fit_probe(P.ViewFeatures(holes, labels, ()), 3, l2=0.5)
+    read = np.ones(labels.size, dtype=bool)
+    read[0] = False
+    partial = P.fit_probe(P.ViewFeatures(holes, labels, (), read), 3, l2=0.5)
     reference = P.fit_standardized(features[1:], labels[1:], 3, 0.5)
     np.testing.assert_allclose(partial.classifier.weight, reference.weight, atol=1e-5)
 

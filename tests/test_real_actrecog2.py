@@ -66,8 +66,11 @@ def test_two_epochs_reach_90_percent_on_val_and_test_tool_writes_the_report(real
     assert done.returncode == 0, done.stderr[-3000:]
     assert "5 videos of" in done.stderr and "6 view(s) each" in done.stderr
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"top1", "top5", "mean_class_accuracy", "num_videos", "conventions"}
-    assert metrics["num_videos"] == 5 and metrics["top5"] == 1.0
+    assert set(metrics) == {"top1", "top5", "mean_class_accuracy", "num_videos", "num_skipped",
+                            "checkpoint_chosen_on_this_list", "conventions"}
+    # best.pth was chosen on the val list, not on this test list
+    assert metrics["num_videos"] == 5 and metrics["num_skipped"] == 0 and metrics["top5"] == 1.0
+    assert metrics["checkpoint_chosen_on_this_list"] is False
     assert all(0.0 <= metrics[key] <= 1.0 for key in ("top1", "mean_class_accuracy"))
     with open(out / "per_class.csv", newline="") as handle:
         rows = list(csv.reader(handle))

@@ -101,7 +101,9 @@ def check_report(out: Path, scores: np.ndarray, labels: np.ndarray, names: list[
     """The five report files of ``out`` against metrics computed by hand from ``scores``."""
     expected = hand_metrics(scores, labels, len(names))
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"top1", "top5", "mean_class_accuracy", "num_videos", "conventions"}
+    assert set(metrics) - {"checkpoint_chosen_on_this_list"} == {"top1", "top5", "mean_class_accuracy", "num_videos",
+                                                                 "num_skipped", "conventions"}
+    assert metrics["num_skipped"] == 0 and not metrics.get("checkpoint_chosen_on_this_list")
     assert "classes present in the labels" in metrics["conventions"]["mean_class_accuracy"]
     assert metrics["num_videos"] == len(labels)
     assert metrics["top1"] == pytest.approx(expected["top1"], abs=1e-12)
@@ -211,7 +213,8 @@ def test_fuse_scores_equals_hand_computed_fusion(fuse_inputs: Path, monkeypatch:
     # class d neither predicted nor present
     metrics = json.loads((out / "metrics.json").read_text())
     metrics.pop("conventions")
-    assert metrics == pytest.approx({"top1": 0.5, "top5": 1.0, "mean_class_accuracy": 0.5, "num_videos": 4})
+    assert metrics == pytest.approx({"top1": 0.5, "top5": 1.0, "mean_class_accuracy": 0.5, "num_videos": 4,
+                                     "num_skipped": 0})
     assert (out / "per_class.csv").read_text().splitlines() == [
         "class,precision,recall,f1,support",
         "a,0.000000,0.000000,0.000000,1",

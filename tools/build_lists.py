@@ -8,16 +8,24 @@ Examples (each data set's steps are in datasets/<name>/README.md):
       --out data/kinetics400 --videos data/kinetics400 --only-existing
   python tools/build_lists.py --dataset sthv2 --src data/sthv2/labels --out data/sthv2
   python tools/build_lists.py --dataset folder --src my_videos --out my_videos/lists --split train val
+
+--carve-val F also writes, for each training list <split>.txt, <split>_val.txt (about F of its videos,
+stratified by class, whole groups: UCF101's gXX, HMDB51's source films, or --group REGEX) and
+<split>_minus_val.txt (the rest): train on the second, choose the checkpoint on the first, test on the
+test list.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
 from tsn.data.builders import (
+    VALIDATION_GROUPS,
     DatasetLists,
+    carve_validation_splits,
     folder_lists,
     hmdb51_lists,
     keep_existing,
@@ -41,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "subfolders above the class folders (default: none)")
     parser.add_argument("--videos", help="video root, for --only-existing (folder: --src)")
     parser.add_argument("--only-existing", action="store_true", help="drop entries whose file is absent under --videos")
+    carve = parser.add_argument_group("validation split")
+    carve.add_argument("--carve-val", type=float, metavar="F",
+                       help="also write <train split>_val.txt (about F of it, whole groups) and _minus_val.txt")
+    carve.add_argument("--group", metavar="REGEX",
+                       help="with --carve-val: the videos whose paths give the same first capture group stay together "
+                            "(default: UCF101 '_g(\\d+)_c\\d+', HMDB51 the clip's source film, else none)")
+    carve.add_argument("--seed", type=int, default=0, help="with --carve-val: the seed of the split (default 0)")
     kinetics = parser.add_argument_group("kinetics")
     kinetics.add_argument("--classes", help="class list fixing the label order (default: sorted CSV labels)")
     kinetics.add_argument("--underscores", action="store_true", help="class folders with spaces -> '_' (mmaction2)")
@@ -67,6 +82,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--split applies to ucf101, hmdb51 and folder only")
     if args.split and args.dataset in ("ucf101", "hmdb51") and not set(args.split) <= {"1", "2", "3"}:
         parser.error(f"--split: {args.dataset} has splits 1, 2 and 3, got {' '.join(args.split)}")
+    if args.carve_val is not None and not 0 < args.carve_val <= 0.5:
+        parser.error(f"--carve-val must be in (0, 0.5], got {args.carve_val}")
+    if args.group is not None and args.carve_val is None:
+        parser.error("--group applies to --carve-val only")
     for item in args.split_dir:
         if "=" not in item:
             parser.error(f"--split-dir {item!r}: expected SPLIT=DIR")
@@ -74,11 +93,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def build(args: argparse.Namespace) -> DatasetLists:
-    splits = tuple(sorted({int(split) for split in args.split})) if args.split else (1, 2, 3)
-    if args.dataset == "ucf101":
-        return ucf101_lists(args.src[0], splits)
-    if args.dataset == "hmdb51":
-        return hmdb51_lists(args.src[0], splits)
+    if args.dataset in ("ucf101", "hmdb51"):
+        splits = tuple(sorted({int(split) for split in args.split})) if args.split else (1, 2, 3)
+        builder = ucf101_lists if args.dataset == "ucf101" else hmdb51_lists
+        return builder(args.src[0], splits)
     if args.dataset == "kinetics":
         return kinetics_lists(
             args.src,
@@ -99,8 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         lists = build(args)
         if args.only_existing:
             lists = keep_existing(lists, args.videos or args.src[0])
+        if args.carve_val is not None:
+            group = args.group if args.group is not None else VALIDATION_GROUPS.get(args.dataset)
+            lists = carve_validation_splits(lists, args.carve_val, args.seed, group)
         written = write_dataset_lists(lists, args.out)
-    except (OSError, ValueError) as err:  # ListFormatError is a ValueError
+    except (OSError, ValueError, re.error) as err:  # ListFormatError is a ValueError; re.error: a bad --group
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"{args.dataset}: {len(lists.class_names)} classes")

@@ -3,7 +3,9 @@
     python tools/fuse_scores.py --scores rgb/scores.npy flow/scores.npy --weights 1 1.5 \
         --list test.txt --classes classes.txt --out fused [--format video|rawframes]
 
-The score files must come from tools/test.py runs over the same list (rows in list order).
+The score files must come from tools/test.py runs over the same list (rows in list order). A row with NaN or
+infinite scores is accepted only where the skipped.csv beside its file lists it (a video that run could not
+score); it is then left out of the fused metrics and listed in OUT/skipped.csv.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 
 from tsn.cli import UsageError, run_main
 from tsn.data.lists import read_class_names, read_list
-from tsn.engine.testing import format_per_class_table, fuse_scores, score_report, write_report
+from tsn.engine.testing import UnscoredRow, format_per_class_table, fuse_scores, score_report, write_report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,18 +42,23 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     class_names = read_class_names(args.classes)
-    labels = np.array([record.label for record in read_list(args.list, args.format)], dtype=np.int64)
+    records = read_list(args.list, args.format)
+    labels = np.array([record.label for record in records], dtype=np.int64)
     for path in args.scores:
         if not path.is_file():
             raise UsageError(f"--scores {path}: no such file")
     try:
-        scores = fuse_scores(args.scores, args.weights or [1.0] * len(args.scores))
-    except ValueError as err:  # a file that is not a score array, or shapes that differ
+        fused = fuse_scores(args.scores, args.weights or [1.0] * len(args.scores), [r.path for r in records])
+    except ValueError as err:  # not a score array, shapes that differ, unexplained NaN rows, an old skipped.csv
         raise UsageError(str(err)) from None
+    scores = fused.scores
     if scores.shape != (len(labels), len(class_names)):
         raise UsageError(f"scores of shape {scores.shape} do not fit {len(labels)} videos x {len(class_names)} classes")
-    report = score_report(scores, labels, len(class_names))
-    write_report(report, class_names, args.out, scores)
+    scored = np.ones(len(labels), dtype=bool)
+    scored[list(fused.unscored)] = False
+    report = score_report(scores[scored], labels[scored], len(class_names))
+    unscored = [UnscoredRow(row, records[row].path, reason) for row, reason in sorted(fused.unscored.items())]
+    write_report(report, class_names, args.out, scores, unscored)
     print(format_per_class_table(report, class_names))
 
 

@@ -24,6 +24,7 @@ from tsn.config import ConfigError
 from tsn.data.dataset import AllVideosFailedError
 from tsn.data.lists import ListFormatError, read_video_list, write_class_names
 from tsn.engine.checkpoint import CheckpointError
+from tsn.engine.evaluate import NonFiniteError
 from tsn.engine.export import ExportError
 from tsn.io import VideoReadError
 from tsn.io.base import BackendUnavailable
@@ -116,6 +117,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     NotADirectoryError,
     IsADirectoryError,
     AllVideosFailedError,
+    NonFiniteError,
 )
 
 # torch.utils.data re-raises a worker's exception as ``Caught <Type> in DataLoader worker process
@@ -207,7 +209,8 @@ def run_main(main: Callable[[], int | None]) -> None:
         message = user_error_message(error)
         if message is None:
             raise
-        print(f"error: {message}", file=sys.stderr)
+        for line in message.splitlines() or [""]:  # one "error:" line each (NonFiniteError names videos)
+            print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -451,6 +451,10 @@ class TestConfig(_Section):
             Clips are normalised to float one chunk at a time, and ``tools/test.py`` loads at most
             ``max(1, clips_per_forward // views)`` videos per batch (``data.batch_size`` at most;
             ``--batch-size`` sets it), so the loader's memory stays bounded too.
+        on_nonfinite: (added key) a video that was read but whose scores (or linear-probe features) are NaN
+            or infinite, in validation, testing and the linear probe: ``raise`` (default) stops with an
+            error naming the videos (a diverged model, an fp16 overflow or a corrupt checkpoint must not
+            pass as a result); ``skip`` leaves them out of every metric and lists them in ``skipped.csv``.
     """
 
     __test__: ClassVar[bool] = False  # not a pytest test class despite its name
@@ -459,6 +463,7 @@ class TestConfig(_Section):
     num_clips: int = _bounded(2, ge=1)
     crops: Literal[1, 3, 10] = 3
     clips_per_forward: int = _bounded(16, ge=1)
+    on_nonfinite: Literal["raise", "skip"] = "raise"
 
 
 @dataclass(frozen=True)
@@ -480,14 +485,18 @@ class Config(_Section):
         return _plain(dataclasses.asdict(self))
 
     def _check(self) -> None:
-        if self.data.modality != "rgb" and not self.model.freeze_bn and self.train.head_init == "linear_probe":
-            # the probe would fit the head on features through the first BatchNorm's ImageNet statistics, and
-            # training would feed it features through that layer's batch statistics of flow: measured on
-            # UT-Interaction, the loss went from the probe's 0.8 to 11.7 and training stayed at chance
+        model = self.model
+        # LP-FT: the probe is fitted on eval-mode features, so every BatchNorm they pass through must keep
+        # fixed statistics in training too; one on batch statistics feeds the head other features than the
+        # probe was fitted on (flow on UT-Interaction: the loss went from the probe's 0.8 to 11.7, at chance).
+        # The first BatchNorm is fixed by freeze_bn, a frozen backbone, or partial BN with frozen stages (the
+        # stem goes with the first stage); tsn.engine.probe checks the built model exactly.
+        first_bn_fixed = model.freeze_bn or model.freeze_backbone or (model.partial_bn and model.frozen_stages > 0)
+        if self.train.head_init == "linear_probe" and not first_bn_fixed:
             raise ConfigError("model.freeze_bn", f"data.modality {self.data.modality} with train.head_init "
                                                  f"linear_probe needs model.freeze_bn: true (the probe and training "
-                                                 f"must see the same first BatchNorm); for TSN's partial BN, where "
-                                                 f"the first BatchNorm trains, use train.head_init: random")
+                                                 f"must see the same BatchNorm statistics); for TSN's partial BN, "
+                                                 f"where the first BatchNorm trains, use train.head_init: random")
 
 
 def _plain(value: Any) -> Any:

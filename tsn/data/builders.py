@@ -49,6 +49,7 @@ from tsn.data.lists import (
     write_video_list,
 )
 from tsn.fileio import atomic_write_text
+from tsn.data.splits import carve_validation
 
 logger = logging.getLogger("tsn.data")
 
@@ -394,6 +395,29 @@ def keep_existing(lists: DatasetLists, root: str | os.PathLike) -> DatasetLists:
             missing[split] = absent
             logger.warning("%s: %d of %d videos missing under %s", split, len(absent), len(records), base)
     return DatasetLists(list(lists.class_names), kept, missing)
+
+
+# Videos that must stay on one side of a validation split carved from a training list (``carve_validation``):
+# UCF101's groups (``v_<Class>_g08_c01.avi``: the same actors and scene, split by group number in the official
+# lists); HMDB51's clips of one source film within a class (``<film>_<action>_<tags>_<n>.avi``, the tags being
+# visible body part, camera motion, people, viewpoint, quality). Other data sets: every video on its own.
+VALIDATION_GROUPS: dict[str, str] = {
+    "ucf101": r"_g(\d+)_c\d+",
+    "hmdb51": r"([^/]+)_[a-z]_(?:cm|nm)_np\d+_(?:fr|ba|le|ri)_(?:bad|med|goo)_\d+\.\w+$",
+}
+
+
+def carve_validation_splits(lists: DatasetLists, fraction: float, seed: int = 0,
+                            group: str | None = None) -> DatasetLists:
+    """``lists`` plus, for each training split ``train*``, ``<split>_val`` (about ``fraction`` of its videos, whole
+    groups, stratified by class) and ``<split>_minus_val`` (the rest), so that a run can choose its checkpoint
+    on videos that are neither trained on nor tested on."""
+    splits = dict(lists.splits)
+    for name, records in lists.splits.items():
+        if name.startswith("train") and records:
+            rest, held = carve_validation(records, fraction, seed, group)
+            splits[f"{name}_minus_val"], splits[f"{name}_val"] = rest, held
+    return DatasetLists(lists.class_names, splits, lists.missing)
 
 
 def write_dataset_lists(lists: DatasetLists, out_dir: str | os.PathLike) -> list[Path]:

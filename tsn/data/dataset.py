@@ -1,6 +1,6 @@
 """The clip Dataset: list records -> sampled, transformed clips in the layout of ``tsn.layout``.
 
-One sample is ``ClipSample(clip, label, index, skipped)``:
+One sample is ``ClipSample(clip, label, index, skipped, requested)``:
 
 - ``clip``: torch uint8 ``(T, C, H, W)`` in train/val mode, ``(V, T, C, H, W)`` in test mode
   (V = num_clips temporal clips x crops of the transform, clip-major; C = 3 for RGB frames, 2 for
@@ -12,6 +12,10 @@ One sample is ``ClipSample(clip, label, index, skipped)``:
   from. With ``on_error="skip"`` a sample whose video cannot be read is replaced by the next
   readable video of the list (index + 1, + 2, ... wrapping around), and label and index are
   that video's: labels never shift.
+- ``requested``: the list index the sample was asked for; it differs from ``index`` exactly when
+  that video was unreadable and replaced. Metrics count a video only where the two are equal
+  (each readable list entry is counted once, at its own index, however often it stands in for a
+  bad one), and count the others as skipped.
 - ``skipped``: ``SkippedVideo(path, reason)`` for every unreadable video passed over while
   producing this sample (empty almost always). A video found bad once is remembered by this
   process and not decoded again, but still reported each time it is passed over, so samples
@@ -65,21 +69,30 @@ class ClipKey(NamedTuple):
 
 
 class ClipSample(NamedTuple):
-    """One video: clip (T,3,H,W) or (V,T,3,H,W), its label and list index, and the videos skipped for it."""
+    """One video: clip (T,3,H,W) or (V,T,3,H,W), its label and list index, the videos skipped for it, and the
+    list index it was asked for (``index`` unless that one was unreadable)."""
 
     clip: torch.Tensor
     label: int
     index: int
     skipped: tuple[SkippedVideo, ...]
+    requested: int
 
 
 class ClipBatch(NamedTuple):
-    """A batch: clips (B,T,3,H,W) or (B,V,T,3,H,W), int64 labels (B,), int64 list indices (B,), all skips."""
+    """A batch: clips (B,T,3,H,W) or (B,V,T,3,H,W), int64 labels (B,), int64 list indices read (B,), all skips,
+    int64 list indices asked for (B,) (equal to ``indices`` where no video was replaced)."""
 
     clips: torch.Tensor
     labels: torch.Tensor
     indices: torch.Tensor
     skipped: tuple[SkippedVideo, ...]
+    requested: torch.Tensor
+
+    @property
+    def replaced(self) -> torch.Tensor:
+        """Bool (B,): the samples that stand in for an unreadable video (their own video counts elsewhere)."""
+        return self.indices != self.requested
 
 
 class AllVideosFailedError(RuntimeError):
@@ -319,7 +332,7 @@ class ClipDataset(torch.utils.data.Dataset):
                     bad = SkippedVideo(self.path(video), reason)
                     self._bad[video] = bad
                 else:
-                    return ClipSample(clip, int(self.records[video].label), video, tuple(skipped))
+                    return ClipSample(clip, int(self.records[video].label), video, tuple(skipped), index)
             skipped.append(bad)
         first = skipped[0]
         raise AllVideosFailedError(f"all {size} videos under {self.root} failed to load "
@@ -327,7 +340,8 @@ class ClipDataset(torch.utils.data.Dataset):
 
 
 def collate_clips(samples: Sequence[ClipSample]) -> ClipBatch:
-    """Stack samples into a ``ClipBatch``: clips (B, ...), int64 labels and indices (B,), skips concatenated."""
+    """Stack samples into a ``ClipBatch``: clips (B, ...), int64 labels and indices (B,), skips concatenated,
+    int64 requested indices (B,)."""
     # numpy's single-threaded copy: torch.stack runs on the intra-op threads, which in the main
     # process of a busy machine made stacking one 1.2 MB clip take 9 ms instead of 0.2 ms.
     # (B, T, 3, H, W) or (B, V, T, 3, H, W)
@@ -335,4 +349,5 @@ def collate_clips(samples: Sequence[ClipSample]) -> ClipBatch:
     labels = torch.tensor([sample.label for sample in samples], dtype=torch.int64)
     indices = torch.tensor([sample.index for sample in samples], dtype=torch.int64)
     skipped = tuple(skip for sample in samples for skip in sample.skipped)
-    return ClipBatch(clips, labels, indices, skipped)
+    requested = torch.tensor([sample.requested for sample in samples], dtype=torch.int64)
+    return ClipBatch(clips, labels, indices, skipped, requested)

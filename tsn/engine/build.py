@@ -51,6 +51,8 @@ def build_tsn(cfg: Config, num_classes: int, load_pretrained: bool = True) -> TS
         bilinear_dim=cfg.model.bilinear_dim,
         modality=cfg.data.modality,
         new_length=cfg.data.frames_per_segment,
+        # LP-FT's probe sees the head's BatchNorm in eval mode: so must training
+        fixed_head_statistics=cfg.train.head_init == "linear_probe",
     )
     if cfg.model.frozen_stages and not cfg.model.freeze_backbone:
         try:
@@ -64,6 +66,19 @@ def list_path(cfg: Config, split: Split) -> Path:
     """The annotation list of ``split``, resolved against ``data.root``."""
     value = {"train": cfg.data.train_list, "val": cfg.data.val_list, "test": cfg.data.test_list}[split]
     return resolve_path(cfg.data, value)
+
+
+def same_list(first: Path, second: Path) -> bool:
+    """Whether two annotation lists are the same: the same file, or files with the same lines (a copy)."""
+    if not (first.is_file() and second.is_file()):
+        return False
+    return first.resolve() == second.resolve() or first.read_bytes() == second.read_bytes()
+
+
+def val_is_test_list(cfg: Config) -> bool:
+    """Whether the run validates on its test list: a checkpoint chosen by validation (``best.pth``) was then
+    chosen on the list it is tested on, and its test accuracy is optimistic."""
+    return same_list(list_path(cfg, "val"), list_path(cfg, "test"))
 
 
 def build_dataset(cfg: Config, split: Split, num_classes: int, list_file: Path | None = None,

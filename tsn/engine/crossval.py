@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 
 from tsn.config import Config, ConfigError
 from tsn.data.lists import VideoRecord, read_list, write_rawframe_list, write_video_list
+from tsn.data.splits import assign_folds, group_of  # noqa: F401  (group_of: part of this module's interface)
 from tsn.engine.probe import run_linear_probe
 from tsn.engine.testing import run_test
 from tsn.engine.trainer import LATEST, train
@@ -60,58 +60,6 @@ class CrossValResult:
     def mean_std(self, field: str) -> tuple[float, float]:
         values = np.array([getattr(fold, field) for fold in self.folds], dtype=np.float64)
         return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
-
-
-def group_of(path: str, pattern: re.Pattern[str] | None) -> str:
-    """The group a path belongs to: the first capture group of ``pattern`` (or its whole match); the path
-    itself without a pattern. ValueError naming the path when the pattern does not match it."""
-    if pattern is None:
-        return path
-    match = pattern.search(path)
-    if match is None:
-        raise ValueError(f"{path}: --group pattern {pattern.pattern!r} does not match it")
-    return match.group(1) if pattern.groups else match.group(0)
-
-
-def assign_folds(records: Sequence[VideoRecord], folds: int, seed: int = 0,
-                 group: str | None = None) -> np.ndarray:
-    """Fold index ``(N,)`` in ``[0, folds)`` for every record: stratified by label, grouped by ``group``.
-
-    Groups (see ``group_of``) are visited in a seeded random order, largest first (a stable sort on
-    size), and each goes to the fold that, after taking it, has the smallest largest per-class
-    excess over the ideal share (ties: fewer videos, then the lower fold). Without groups every video
-    is its own group, and each class is dealt evenly: per-class fold counts differ by at most one.
-    """
-    if folds < 2:
-        raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
-    pattern = re.compile(group) if group is not None else None
-    labels = np.array([record.label for record in records], dtype=np.int64)
-    names = [group_of(record.path, pattern) for record in records]
-    groups: dict[str, list[int]] = {}
-    for index, name in enumerate(names):
-        groups.setdefault(name, []).append(index)
-    if len(groups) < folds:
-        raise ValueError(f"{len(groups)} group(s) cannot fill {folds} folds")
-    num_classes = int(labels.max()) + 1 if labels.size else 0
-    ideal = np.bincount(labels, minlength=num_classes) / folds  # (classes,) per fold
-    rng = np.random.default_rng(seed)
-    order = [list(groups)[i] for i in rng.permutation(len(groups))]
-    order.sort(key=lambda name: -len(groups[name]))  # stable: equal sizes keep the seeded order
-    counts = np.zeros((folds, num_classes), dtype=np.int64)
-    assignment = np.empty(labels.size, dtype=np.int64)
-    for name in order:
-        members = groups[name]
-        adds = np.bincount(labels[members], minlength=num_classes)
-        # (folds,) largest excess over the ideal share among the classes the group adds, if it went to
-        # that fold (classes it does not add must not hide the ones it does)
-        excess = np.where(adds > 0, (counts + adds) - ideal, -np.inf).max(axis=1)
-        best = min(range(folds), key=lambda f: (excess[f], counts[f].sum(), f))
-        counts[best] += adds
-        assignment[members] = best
-    empty = [f for f in range(folds) if counts[f].sum() == 0]
-    if empty:
-        raise ValueError(f"fold {empty[0]} got no videos: fewer groups than folds can fill")
-    return assignment
 
 
 def write_fold_lists(records: Sequence[VideoRecord], assignment: np.ndarray, format: str,

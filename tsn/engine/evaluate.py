@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -22,14 +22,48 @@ from tsn.engine.prefetch import channels_last_clips
 from tsn.layout import normalize_clips
 
 
+# What to do with a video that was read but got NaN or infinite scores or features: "raise" (the default: a
+# diverged model, an fp16 overflow or a corrupt checkpoint must not pass as a result) or "skip" (leave it out
+# of every metric and report it, as an unreadable video).
+ON_NONFINITE = ("raise", "skip")
+NONFINITE_REASON = "non-finite scores (NaN or infinity)"
+# The videos a NonFiniteError names one line each; the count says how many more there were.
+NONFINITE_SHOWN = 20
+
+
+class NonFiniteError(ValueError):
+    """Videos that were read gave NaN or infinite scores (or features): one line for the count and the likely
+    causes, then one line per video (``NONFINITE_SHOWN`` at most)."""
+
+    def __init__(self, what: str, paths: Sequence[str], total: int | None = None) -> None:
+        total = len(paths) if total is None else total
+        lines = [f"{what} are NaN or infinite for {total} video(s) that were read: a diverged model (see the "
+                 f"training loss), an fp16 overflow (train.amp: bf16 or none) or a corrupt checkpoint"]
+        lines += [f"{path}: {what} not finite" for path in list(paths)[:NONFINITE_SHOWN]]
+        if len(paths) > NONFINITE_SHOWN:
+            lines.append(f"... and {len(paths) - NONFINITE_SHOWN} more")
+        super().__init__("\n".join(lines))
+        self.paths = tuple(paths)
+
+
+def check_on_nonfinite(value: str) -> str:
+    if value not in ON_NONFINITE:
+        raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Predictions:
-    """Scores ``(N, num_classes)`` (float64, rows in list order), labels ``(N,)``, list indices, skips."""
+    """The scores of the list entries counted in the metrics, in loader order: scores ``(N, num_classes)``
+    (float64), labels ``(N,)``, list indices ``(N,)`` (each at most once); ``skipped``: the unreadable videos
+    passed over (one report per pass); ``nonfinite``: videos read whose scores were NaN or infinite, left
+    out (``on_nonfinite="skip"``), with their list indices."""
 
     scores: np.ndarray
     labels: np.ndarray
     indices: np.ndarray
     skipped: tuple[SkippedVideo, ...]
+    nonfinite: tuple[tuple[int, str], ...] = ()
 
 
 def autocast_context(device: torch.device, amp: str):
@@ -88,54 +122,75 @@ def view_scores(model: nn.Module, clips: torch.Tensor, clips_per_forward: int | 
 
 
 def _counted(loader: DataLoader, start: int, count: int) -> torch.Tensor:
-    """Bool ``(count,)``: which of this rank's samples ``start .. start + count - 1`` count in the metrics
-    (all but ``DistributedSampler``'s padding repeats, so that every video counts once across ranks)."""
+    """Bool ``(count,)``: which of this rank's samples ``start .. start + count - 1`` are list entries of their
+    own (all but ``DistributedSampler``'s padding repeats, so that every video counts once across ranks)."""
     sampler = loader.sampler
     if not isinstance(sampler, EpochSampler):
         return torch.ones(count, dtype=torch.bool)
     return torch.tensor([not sampler.is_padding(start + i) for i in range(count)], dtype=torch.bool)
 
 
+def video_path(loader: DataLoader, index: int) -> str:
+    """The path of list entry ``index`` of the loader's dataset (its list index where it has no paths)."""
+    path = getattr(loader.dataset, "path", None)
+    return path(index) if callable(path) else f"list entry {index}"
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_classes: int,
              mean: tuple[float, ...], std: tuple[float, ...], amp: str = "none",
              progress: bool = False, channels_last: bool = False,
-             clips_per_forward: int | None = None) -> tuple[EpochMetrics, Predictions]:
-    """Run ``model`` in eval mode over ``loader``: metrics (synced across ranks, each video counted once:
-    ``DistributedSampler``'s padding repeats are left out) and this rank's scores.
+             clips_per_forward: int | None = None, on_nonfinite: str = "raise") -> tuple[EpochMetrics, Predictions]:
+    """Run ``model`` in eval mode over ``loader``: metrics (synced across ranks) and this rank's scores.
+
+    Each list entry counts at most once: ``DistributedSampler``'s padding repeats are left out, and so is a
+    sample that stands in for an unreadable video (``ClipBatch.replaced``: its own video counts at its own
+    index), which counts as skipped instead. A video read whose scores are NaN or infinite raises
+    ``NonFiniteError`` on every rank (``on_nonfinite="raise"``), or is left out and reported (``"skip"``).
 
     The loss is the cross-entropy of the scores (of the logits for one view, of the averaged
     probabilities for several). ``channels_last`` and ``clips_per_forward``: see ``chunked_forward``.
     """
     from tqdm import tqdm
 
+    check_on_nonfinite(on_nonfinite)
     model.eval()
     meter = MetricAccumulator(num_classes, device)
     scores, labels, indices, skipped = [], [], [], []
+    nonfinite: list[tuple[int, str]] = []
     seen = 0  # this rank's samples so far, to tell DistributedSampler's padding repeats apart
     for batch in tqdm(loader, desc="eval", leave=False, disable=not progress, dynamic_ncols=True):
         clips = batch.clips.to(device, non_blocking=True)  # uint8: normalised chunk by chunk
-        target = batch.labels.to(device, non_blocking=True)
         is_prob = clips.dim() == 6  # several views: their probabilities were averaged
         with autocast_context(device, amp):
             out = view_scores(model, clips, clips_per_forward, channels_last, mean, std).float()
-        # the model runs on the repeats too (every rank makes as many forwards); only the counting skips them
-        keep = _counted(loader, seen, len(batch.indices))
+        # the model runs on the repeats and stand-ins too (every rank makes as many forwards); only counting skips them
+        own = _counted(loader, seen, len(batch.indices))
         seen += len(batch.indices)
-        if not keep.all():  # a CPU check: no device sync in the common case
-            out, target = out[keep.to(out.device)], target[keep.to(target.device)]
-        if out.shape[0]:
-            loss = nn.functional.nll_loss(out.clamp_min(1e-12).log(), target) if is_prob else \
-                nn.functional.cross_entropy(out, target)
-            meter.update(out, target, loss)
-        scores.append(out.double().cpu())
+        replaced = own & batch.replaced
+        out_host = out.double().cpu()  # (B, classes)
+        finite = torch.isfinite(out_host).all(dim=1)
+        bad = own & ~replaced & ~finite
+        nonfinite += [(int(i), video_path(loader, int(i))) for i in batch.indices[bad].tolist()]
+        keep = own & ~replaced & finite
+        meter.leave_out(skipped=int(replaced.sum()), nonfinite=int(bad.sum()))
+        if keep.any():
+            kept, target = out[keep.to(out.device)], batch.labels[keep].to(device)
+            loss = nn.functional.nll_loss(kept.clamp_min(1e-12).log(), target) if is_prob else \
+                nn.functional.cross_entropy(kept, target)
+            meter.update(kept, target, loss)
+        scores.append(out_host[keep])
         labels.append(batch.labels[keep])
         indices.append(batch.indices[keep])
         skipped.extend(batch.skipped)
+    metrics = meter.compute()  # every rank: the non-finite count below is the same on all of them
+    if metrics.nonfinite and on_nonfinite == "raise":
+        raise NonFiniteError("scores", [path for _, path in nonfinite], metrics.nonfinite)
     predictions = Predictions(
         scores=torch.cat(scores).numpy() if scores else np.zeros((0, num_classes)),
         labels=torch.cat(labels).numpy() if labels else np.zeros(0, dtype=np.int64),
         indices=torch.cat(indices).numpy() if indices else np.zeros(0, dtype=np.int64),
         skipped=tuple(skipped),
+        nonfinite=tuple(nonfinite),
     )
-    return meter.compute(), predictions
+    return metrics, predictions

@@ -36,7 +36,7 @@ from tsn.data.dataset import SkippedVideo
 from tsn.data.lists import VideoRecord
 from tsn.engine.build import build_class_names, build_dataset, build_loader, build_tsn
 from tsn.engine.inference import load_trained
-from tsn.engine.evaluate import autocast_context, batch_to_device
+from tsn.engine.evaluate import NonFiniteError, autocast_context, batch_to_device, check_on_nonfinite, video_path
 from tsn.fileio import atomic_write, atomic_write_text
 from tsn.models import TSN, FeatureExtractor
 from tsn.models.modality import stack_segments
@@ -113,11 +113,16 @@ def video_features(model: TSN, clips: torch.Tensor, layer: str | None = None) ->
 
 @torch.inference_mode()
 def extract_features(model: TSN, loader: DataLoader, device: torch.device, num_videos: int,
-                     layer: str | None = None, amp: str = "none", progress: bool = False) -> FeatureSet:
+                     layer: str | None = None, amp: str = "none", progress: bool = False,
+                     on_nonfinite: str = "raise") -> FeatureSet:
     """Run ``model``'s backbone in eval mode over ``loader`` (val-mode ``ClipBatch``es of a list of
-    ``num_videos`` videos) -> ``FeatureSet`` with one row per list index; rows never produced stay NaN."""
+    ``num_videos`` videos) -> ``FeatureSet`` with one row per list index; rows never produced stay NaN. A video
+    read whose features are NaN or infinite raises ``NonFiniteError`` (``on_nonfinite="raise"``), or its row
+    is left NaN and it is listed in ``skipped`` (``"skip"``)."""
     from tqdm import tqdm
 
+    check_on_nonfinite(on_nonfinite)
+    read = np.zeros(num_videos, dtype=bool)
     model.eval()
     if layer is not None:
         check_layer(model, layer)
@@ -133,9 +138,16 @@ def extract_features(model: TSN, loader: DataLoader, device: torch.device, num_v
             features = np.full((num_videos, out.shape[1]), np.nan, dtype=np.float32)
         # indices are the videos really read: a skipped video's row stays NaN
         features[batch.indices.numpy()] = out
+        read[batch.indices.numpy()] = True
         skipped.extend(batch.skipped)
     if features is None:
         raise ValueError("no videos to extract features from")
+    bad = np.flatnonzero(read & ~np.isfinite(features).all(axis=1))
+    paths = [video_path(loader, int(i)) for i in bad]
+    if bad.size and on_nonfinite == "raise":
+        raise NonFiniteError("features", paths)
+    features[bad] = np.nan
+    skipped += [SkippedVideo(path, "non-finite features (NaN or infinity)") for path in paths]
     return FeatureSet(features, tuple(sorted(set(skipped))))
 
 
@@ -275,7 +287,8 @@ def run_extract(cfg: Config, list_file: Path, out_dir: Path, checkpoint: Path | 
     loader = build_loader(cfg, dataset, train=False, distributed=False, batch_size=batch_size)
     logger.info("features of %d videos of %s (%s, layer %s) on %s", len(dataset), list_file,
                 checkpoint or "ImageNet weights", layer or "output", torch_device)
-    features = extract_features(model, loader, torch_device, len(dataset), layer, cfg.train.amp, progress)
+    features = extract_features(model, loader, torch_device, len(dataset), layer, cfg.train.amp, progress,
+                                cfg.test.on_nonfinite)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_features(out_dir, features, dataset.records)
     for item in features.skipped:

@@ -29,6 +29,7 @@ class TrainedModel:
     model: TSN
     class_names: list[str]
     config: Config
+    selected_on: str | None = None  # the validation list a best.pth was chosen on (None: not chosen by validation)
 
 
 def load_trained(checkpoint: str | os.PathLike[str], config: Config | None = None,
@@ -74,7 +75,8 @@ def load_trained(checkpoint: str | os.PathLike[str], config: Config | None = Non
                                     f"(first: {misfits[0]})")
     model.load_state_dict(weights, strict=True)
     model.eval()
-    return TrainedModel(model.to(device), class_names, config)
+    selected_on = state.get("selected_on")
+    return TrainedModel(model.to(device), class_names, config, selected_on if isinstance(selected_on, str) else None)
 
 
 def _class_names(state: dict, path: Path, config: Config) -> list[str]:

@@ -191,13 +191,17 @@ def plot_confusion_matrix(cm: torch.Tensor | np.ndarray, class_names: Sequence[s
 
 @dataclass(frozen=True)
 class EpochMetrics:
-    """Synced totals of one epoch: mean loss, top-1/top-5 fractions, sample count, confusion matrix (CPU)."""
+    """Synced totals of one epoch: mean loss, top-1/top-5 fractions, sample count, confusion matrix (CPU), and
+    the list entries left out of them: ``skipped`` (unreadable videos) and ``nonfinite`` (videos read whose
+    scores were NaN or infinite)."""
 
     loss: float
     top1: float
     top5: float
     count: int
     confusion: torch.Tensor
+    skipped: int = 0
+    nonfinite: int = 0
 
     @property
     def mean_class_accuracy(self) -> float:
@@ -221,6 +225,7 @@ class MetricAccumulator:
         self._loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self._hits = torch.zeros(2, dtype=torch.int64, device=self.device)  # top-1, top-5
         self._count = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._left_out = [0, 0]  # host counts of skipped and non-finite entries (known on the host already)
         self._confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=self.device)
         self._result: EpochMetrics | None = None
 
@@ -237,6 +242,12 @@ class MetricAccumulator:
         self._count += batch
         self._confusion += confusion_matrix(scores.argmax(dim=1), labels, self.num_classes)
 
+    def leave_out(self, skipped: int = 0, nonfinite: int = 0) -> None:
+        """Count list entries left out of the metrics: ``skipped`` unreadable videos, ``nonfinite`` videos
+        whose scores were NaN or infinite."""
+        self._left_out[0] += skipped
+        self._left_out[1] += nonfinite
+
     def compute(self) -> EpochMetrics:
         """Sync once across ranks and return the epoch's metrics (cached: later calls do not sync)."""
         if self._result is None:
@@ -245,12 +256,13 @@ class MetricAccumulator:
                     self._loss_sum.view(1),
                     self._hits.to(torch.float64),
                     self._count.to(torch.float64).view(1),
+                    torch.tensor(self._left_out, dtype=torch.float64, device=self.device),
                     self._confusion.to(torch.float64).view(-1),
                 ]
-            )  # (1 + 2 + 1 + C*C,)
+            )  # (1 + 2 + 1 + 2 + C*C,)
             packed = all_reduce_sum(packed).cpu()
-            loss_sum, top1, top5, count = (float(v) for v in packed[:4])
-            confusion = packed[4:].round().to(torch.int64).view(self.num_classes, self.num_classes)
+            loss_sum, top1, top5, count, skipped, nonfinite = (float(v) for v in packed[:6])
+            confusion = packed[6:].round().to(torch.int64).view(self.num_classes, self.num_classes)
             n = int(count)
             self._result = EpochMetrics(
                 loss=loss_sum / n if n else 0.0,
@@ -258,5 +270,7 @@ class MetricAccumulator:
                 top5=top5 / n if n else 0.0,
                 count=n,
                 confusion=confusion,
+                skipped=int(round(skipped)),
+                nonfinite=int(round(nonfinite)),
             )
         return self._result

@@ -38,10 +38,10 @@ from torch.utils.data import DataLoader
 from tsn.config import Config, ConfigError, resolve_path
 from tsn.data.dataset import ClipDataset, SkippedVideo
 from tsn.engine.build import build_class_names, build_dataset, build_loader, list_path
-from tsn.engine.evaluate import autocast_context, chunked_forward
+from tsn.engine.evaluate import NonFiniteError, autocast_context, check_on_nonfinite, chunked_forward, video_path
 from tsn.engine.features import load_model as load_inference_model
 from tsn.engine.features import resolve_device
-from tsn.engine.testing import Report, score_report, write_report
+from tsn.engine.testing import Report, score_report, unscored_rows, write_report
 from tsn.fileio import atomic_write, atomic_write_text
 from tsn.models import TSN
 
@@ -54,16 +54,19 @@ CV_FOLDS = 5
 
 @dataclass(frozen=True)
 class ViewFeatures:
-    """Features ``(N, V, F)`` float32 in list order (NaN rows: unread videos), labels ``(N,)``, skips."""
+    """Features ``(N, V, F)`` float32 in list order, labels ``(N,)``, skips, and ``read`` ``(N,)``: the videos
+    whose features exist (the other rows are NaN: unreadable videos, or, with ``on_nonfinite="skip"``, videos
+    whose features were not finite, listed in ``skipped``)."""
 
     features: np.ndarray
     labels: np.ndarray
     skipped: tuple[SkippedVideo, ...]
+    read: np.ndarray
 
     @property
     def readable(self) -> np.ndarray:
         """Bool ``(N,)``: the videos whose features exist."""
-        return np.isfinite(self.features).all(axis=(1, 2))
+        return self.read
 
 
 @dataclass(frozen=True)
@@ -100,16 +103,20 @@ class ProbeFit:
 @torch.no_grad()
 def extract_view_features(model: TSN, loader: DataLoader, device: torch.device, num_videos: int,
                           amp: str = "none", progress: bool = False, channels_last: bool = False,
-                          clips_per_forward: int | None = None) -> ViewFeatures:
+                          clips_per_forward: int | None = None, on_nonfinite: str = "raise") -> ViewFeatures:
     """Run ``model`` in eval mode over a test-mode ``loader`` (clips ``(B, V, T, C, H, W)``) of a list of
-    ``num_videos`` videos -> ``ViewFeatures``; rows of videos never read stay NaN. ``channels_last`` and
-    ``clips_per_forward``: see ``tsn.engine.evaluate.chunked_forward``."""
+    ``num_videos`` videos -> ``ViewFeatures``; rows of videos never read stay NaN. A video read whose features
+    are NaN or infinite raises ``NonFiniteError`` (``on_nonfinite="raise"``) or is left out and listed in
+    ``skipped`` (``"skip"``). ``channels_last`` and ``clips_per_forward``: see
+    ``tsn.engine.evaluate.chunked_forward``."""
     from tqdm import tqdm
 
+    check_on_nonfinite(on_nonfinite)
     was_training = model.training
     model.eval()
     features: np.ndarray | None = None
     labels = np.full(num_videos, -1, dtype=np.int64)
+    read = np.zeros(num_videos, dtype=bool)
     skipped: list[SkippedVideo] = []
     for batch in tqdm(loader, desc="probe features", leave=False, disable=not progress, dynamic_ncols=True):
         clips = batch.clips.to(device, non_blocking=True)  # uint8: normalised chunk by chunk
@@ -123,14 +130,23 @@ def extract_view_features(model: TSN, loader: DataLoader, device: torch.device, 
         out = descriptors.float().reshape(b, v, -1).cpu().numpy()  # (B, V, F)
         if features is None:
             features = np.full((num_videos, v, out.shape[-1]), np.nan, dtype=np.float32)
-        rows = batch.indices.numpy()
-        features[rows] = out
-        labels[rows] = batch.labels.numpy()
+        own = ~batch.replaced.numpy()  # a stand-in for an unreadable video fills its own row when it is asked for
+        rows = batch.indices.numpy()[own]
+        features[rows] = out[own]
+        labels[rows] = batch.labels.numpy()[own]
+        read[rows] = True
         skipped.extend(batch.skipped)
     model.train(was_training)
     if features is None:
         raise ValueError("no videos to compute probe features from")
-    return ViewFeatures(features, labels, tuple(sorted(set(skipped))))
+    bad = np.flatnonzero(read & ~np.isfinite(features).all(axis=(1, 2)))
+    paths = [video_path(loader, int(i)) for i in bad]
+    if bad.size and on_nonfinite == "raise":
+        raise NonFiniteError("features", paths)
+    features[bad] = np.nan
+    read[bad] = False
+    skipped += [SkippedVideo(path, "non-finite features (NaN or infinity)") for path in paths]
+    return ViewFeatures(features, labels, tuple(sorted(set(skipped))), read)
 
 
 def fit_logistic_regression(features: np.ndarray, labels: np.ndarray, num_classes: int, l2: float,
@@ -271,7 +287,7 @@ def load_cached(path: Path) -> ViewFeatures | None:
         with np.load(path, allow_pickle=False) as data:
             skipped = tuple(SkippedVideo(p, r) for p, r in zip(data["skipped_paths"].tolist(),
                                                                data["skipped_reasons"].tolist()))
-            return ViewFeatures(data["features"], data["labels"], skipped)
+            return ViewFeatures(data["features"], data["labels"], skipped, data["read"])
     except (OSError, ValueError, KeyError) as err:
         logger.warning("probe cache %s unreadable (%s): recomputing", path, err)
         return None
@@ -283,7 +299,7 @@ def save_cached(path: Path, features: ViewFeatures) -> None:
     paths = np.array([item.path for item in features.skipped], dtype=str)
     reasons = np.array([item.reason for item in features.skipped], dtype=str)
     atomic_write(path, lambda handle: np.savez(handle, features=features.features, labels=features.labels,
-                                              skipped_paths=paths, skipped_reasons=reasons))
+                                              skipped_paths=paths, skipped_reasons=reasons, read=features.read))
 
 
 def write_probe_summary(out_dir: Path, fit: ProbeFit, seconds: float) -> None:
@@ -338,7 +354,7 @@ def probe_features(cfg: Config, model: TSN, dataset: ClipDataset, weights: str, 
         return cached
     loader = build_loader(cfg, dataset, train=False, distributed=distributed)
     features = extract_view_features(model, loader, device, len(dataset), cfg.train.amp, progress,
-                                     cfg.train.channels_last, cfg.test.clips_per_forward)
+                                     cfg.train.channels_last, cfg.test.clips_per_forward, cfg.test.on_nonfinite)
     if distributed:
         features = _gather_features(features)
     if path is not None and (not distributed or torch.distributed.get_rank() == 0):
@@ -352,14 +368,16 @@ def _gather_features(local: ViewFeatures) -> ViewFeatures:
     torch.distributed.all_gather_object(gathered, local)
     features = local.features.copy()
     labels = local.labels.copy()
+    read = local.read.copy()
     skipped = set(local.skipped)
     for part in gathered:
         assert part is not None  # all_gather_object filled every slot
-        rows = np.isfinite(part.features).all(axis=(1, 2))
+        rows = part.read
         features[rows] = part.features[rows]
         labels[rows] = part.labels[rows]
+        read |= rows
         skipped.update(part.skipped)
-    return ViewFeatures(features, labels, tuple(sorted(skipped)))
+    return ViewFeatures(features, labels, tuple(sorted(skipped)), read)
 
 
 def pretrained_name(cfg: Config) -> str:
@@ -401,8 +419,9 @@ def run_linear_probe(cfg: Config, out_dir: Path, train_list: Path | None = None,
     readable = test.readable
     scores[readable] = fit.classifier.video_scores(test.features[readable])
     labels = np.array([record.label for record in test_set.records], dtype=np.int64)
-    report = score_report(scores, labels, num_classes)
-    write_report(report, class_names, out_dir, scores, tuple(train.skipped) + tuple(test.skipped))
+    report = score_report(scores[readable], labels[readable], num_classes)
+    write_report(report, class_names, out_dir, scores, unscored_rows(test_set, readable, test.skipped),
+                 train_skipped=train.skipped)
     write_probe_summary(out_dir, fit, seconds)
     atomic_write(out_dir / "classifier.npz",
                  lambda handle: np.savez(handle, weight=fit.classifier.weight, bias=fit.classifier.bias))
@@ -416,6 +435,11 @@ def probe_init_head(cfg: Config, model: TSN, num_classes: int, device: torch.dev
     if cfg.model.consensus not in ("avg", "feature_max"):
         raise ConfigError("train.head_init", "linear_probe needs model.consensus: avg or feature_max (the probe is "
                           "a linear classifier of the pooled segment features, which max of scores does not compute)")
+    moving = model.batch_statistics_layers()
+    if moving:
+        raise ConfigError("train.head_init", f"linear_probe: {len(moving)} BatchNorm layer(s) would train on batch "
+                          f"statistics (first: {moving[0]}), so the head would not see the features the probe is "
+                          f"fitted on: set model.freeze_bn: true, or train.head_init: random")
     dataset = probe_dataset(cfg, list_path(cfg, "train"), num_classes, None, None)
     logger.info("linear probe for the head: %d train videos, %d view(s) each", len(dataset),
                 dataset.num_clips * cfg.test.crops)

@@ -10,22 +10,23 @@ rows of videos that could not be read are NaN, left out of the metrics and liste
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
 
 from tsn.config import Config
-from tsn.data.dataset import SkippedVideo
-from tsn.engine.build import build_class_names, build_dataset, build_loader, list_path
+from tsn.data.dataset import ClipDataset, SkippedVideo
+from tsn.engine.build import build_class_names, build_dataset, build_loader, list_path, same_list
 from tsn.engine.checkpoint import CheckpointError
 from tsn.engine.inference import load_trained
 from tsn.engine.distributed import init_distributed
-from tsn.engine.evaluate import evaluate
+from tsn.engine.evaluate import NONFINITE_REASON, NonFiniteError, evaluate
 from tsn.engine.metrics import (
     ClassMetrics,
     confusion_matrix,
@@ -54,11 +55,13 @@ class Report:
 
 
 def score_report(scores: np.ndarray, labels: np.ndarray, num_classes: int) -> Report:
-    """``scores (N, C)``, ``labels (N,)`` -> Report; rows with NaN scores (unread videos) are left out."""
-    keep = ~np.isnan(scores).any(axis=1)
-    scores_t = torch.from_numpy(scores[keep])
-    labels_t = torch.from_numpy(labels[keep]).to(torch.int64)
-    count = int(keep.sum())
+    """``scores (N, C)``, ``labels (N,)`` of the videos scored (no unread row) -> Report. A NaN or infinite
+    score is a ValueError: the callers leave the unscored rows out (``scored_rows``) and report them."""
+    if not np.isfinite(scores).all():
+        raise ValueError("scores to report must be finite: leave the rows of unread videos out")
+    scores_t = torch.from_numpy(scores)
+    labels_t = torch.from_numpy(labels).to(torch.int64)
+    count = int(labels.shape[0])
     cm = confusion_matrix(scores_t.argmax(dim=1), labels_t, num_classes).numpy() if count else \
         np.zeros((num_classes, num_classes), dtype=np.int64)
     hits = topk_correct(scores_t, labels_t, (1, 5)).tolist() if count else [0, 0]
@@ -67,32 +70,76 @@ def score_report(scores: np.ndarray, labels: np.ndarray, num_classes: int) -> Re
                   per_class=per_class_metrics(cm), confusion=cm)
 
 
+class UnscoredRow(NamedTuple):
+    """A list entry without scores: its row in ``scores.npy`` (NaN there), its path and why."""
+
+    index: int
+    path: str
+    reason: str
+
+
+def unscored_rows(dataset: ClipDataset, scored: np.ndarray, skipped: Sequence[SkippedVideo],
+                  nonfinite: Sequence[tuple[int, str]] = ()) -> list[UnscoredRow]:
+    """The rows of ``dataset``'s list that ``scored`` (bool ``(N,)``) leaves out, each with its reason: from the
+    loader's ``skipped`` reports (unreadable) or ``nonfinite`` (list index, path: scores not finite)."""
+    reasons = {item.path: item.reason for item in skipped}
+    reasons.update({path: NONFINITE_REASON for _, path in nonfinite})
+    rows = []
+    for index in np.flatnonzero(~scored).tolist():
+        path = dataset.path(index)
+        rows.append(UnscoredRow(index, path, reasons.get(path, "not read")))
+    return rows
+
+
 # Written into metrics.json, so that its numbers can be compared with papers' without the README.
 METRIC_CONVENTIONS = {
     "top_k": "a video is a hit when its label is among its k highest scores; exact ties go to the lower class id",
     "mean_class_accuracy": "recall averaged over the classes present in the labels (scikit-learn's "
                            "balanced_accuracy_score; mmaction2 also counts predicted but absent classes, as 0)",
     "views": "softmax probabilities averaged over a video's clips x crops",
-    "skipped": "unreadable videos are left out of every metric and listed in skipped.csv",
+    "skipped": "each list entry counts at most once; unreadable videos (and, with test.on_nonfinite: skip, videos "
+               "whose scores were NaN or infinite) are left out of every metric, counted in num_skipped and listed "
+               "in skipped.csv with their row of scores.npy",
 }
 
 
 def write_report(report: Report, class_names: Sequence[str], out_dir: Path, scores: np.ndarray | None = None,
-                 skipped: Sequence[SkippedVideo] = ()) -> None:
-    """Write the report files under ``out_dir`` (see the module docstring)."""
+                 unscored: Sequence[UnscoredRow] = (), train_skipped: Sequence[SkippedVideo] = (),
+                 extra: dict | None = None) -> None:
+    """Write the report files under ``out_dir`` (see the module docstring); ``unscored``: the list's rows left
+    out (``skipped.csv``); ``train_skipped``: training videos passed over (the linear probe's
+    ``train_skipped.csv``); ``extra``: more keys for ``metrics.json``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = {"top1": report.top1, "top5": report.top5, "mean_class_accuracy": report.mean_class_accuracy,
-               "num_videos": report.num_videos, "conventions": METRIC_CONVENTIONS}
+               "num_videos": report.num_videos, "num_skipped": len(unscored), **(extra or {}),
+               "conventions": METRIC_CONVENTIONS}
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_per_class_csv(out_dir / "per_class.csv", class_names, report.per_class)
     write_confusion_csv(out_dir / "confusion_matrix.csv", report.confusion, class_names)
     if scores is not None:
         atomic_write(out_dir / "scores.npy", lambda handle: np.save(handle, scores))
-    if skipped:
-        atomic_write_csv(out_dir / "skipped.csv", ["path", "reason"], sorted(set(skipped)))
+    skipped_csv = out_dir / "skipped.csv"
+    if unscored:
+        atomic_write_csv(skipped_csv, list(UnscoredRow._fields), [list(row) for row in unscored])
+    else:
+        skipped_csv.unlink(missing_ok=True)  # an earlier run's list would name videos this one scored
+    if train_skipped:
+        atomic_write_csv(out_dir / "train_skipped.csv", ["path", "reason"], sorted(set(train_skipped)))
     # last: the data files are written even where the drawing fails (an environment from before
     # matplotlib became a requirement)
     plot_confusion_matrix(report.confusion, class_names, out_dir / "confusion_matrix.png")
+
+
+def read_unscored_rows(path: Path) -> set[int]:
+    """The rows of ``scores.npy`` that the ``skipped.csv`` at ``path`` lists (empty when there is no such file).
+    A file without the ``index`` column (written before it existed) is a ValueError naming it."""
+    if not path.is_file():
+        return set()
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        if "index" not in (reader.fieldnames or ()):
+            raise ValueError(f"{path}: no index column (written by an older tools/test.py): test again")
+        return {int(row["index"]) for row in reader}
 
 
 def format_per_class_table(report: Report, class_names: Sequence[str]) -> str:
@@ -138,18 +185,28 @@ def run_test(cfg: Config, checkpoint: Path, out_dir: Path, list_file: Path | Non
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
     spec = model.spec
+    test_list = list_file or list_path(cfg, "test")
     logger.info("testing %s on %d videos of %s, %d view(s) each, %d video(s) per batch", checkpoint, len(dataset),
-                list_file or list_path(cfg, "test"), views, batch_size)
+                test_list, views, batch_size)
+    chosen_here = trained.selected_on is not None and same_list(Path(trained.selected_on), test_list)
+    if chosen_here:
+        logger.warning("%s was chosen as the best on this list (%s): its accuracy here is optimistic; test "
+                       "latest.pth, or choose on a validation list carved from the training list", checkpoint,
+                       test_list)
     _, predictions = evaluate(model, loader, info.device, len(class_names), tuple(spec.mean), tuple(spec.std),
                               cfg.train.amp, progress=progress, channels_last=cfg.train.channels_last,
-                              clips_per_forward=cfg.test.clips_per_forward)
-    scores = np.full((len(dataset), len(class_names)), np.nan)
+                              clips_per_forward=cfg.test.clips_per_forward, on_nonfinite=cfg.test.on_nonfinite)
+    scores = np.full((len(dataset), len(class_names)), np.nan)  # unscored rows stay NaN
     scores[predictions.indices] = predictions.scores
+    scored = np.zeros(len(dataset), dtype=bool)
+    scored[predictions.indices] = True
     labels = np.array([record.label for record in dataset.records], dtype=np.int64)
-    report = score_report(scores, labels, len(class_names))
-    write_report(report, class_names, out_dir, scores, predictions.skipped)
-    for item in sorted(set(predictions.skipped)):
-        logger.warning("not scored: %s: %s", item.path, item.reason)
+    report = score_report(scores[scored], labels[scored], len(class_names))
+    unscored = unscored_rows(dataset, scored, predictions.skipped, predictions.nonfinite)
+    write_report(report, class_names, out_dir, scores, unscored,
+                 extra={"checkpoint_chosen_on_this_list": chosen_here})
+    for row in unscored:
+        logger.warning("not scored: %s: %s", row.path, row.reason)
     return report
 
 
@@ -157,11 +214,21 @@ def _names(names: Sequence[str], shown: int = 3) -> str:
     return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
-def fuse_scores(score_files: Sequence[Path], weights: Sequence[float]) -> np.ndarray:
+class FusedScores(NamedTuple):
+    """Fused scores ``(N, C)`` (NaN rows where any input was unscored) and, per unscored row, why."""
+
+    scores: np.ndarray
+    unscored: dict[int, str]
+
+
+def fuse_scores(score_files: Sequence[Path], weights: Sequence[float],
+                names: Sequence[str] | None = None) -> FusedScores:
     """Weighted sum of video-level score files (e.g. RGB and flow streams); all in the same list order.
 
-    Each file holds a (videos, classes) array as ``tools/test.py`` writes it. A file that is not
-    such an array, or whose shape differs from the first file's, is a ValueError naming it.
+    Each file holds a (videos, classes) array as ``tools/test.py`` writes it. A file that is not such an
+    array, or whose shape differs from the first file's, is a ValueError naming it. A row with NaN or infinite
+    scores must be one the ``skipped.csv`` beside its file lists (a video that run could not score); any other
+    is a ``NonFiniteError`` naming the videos (``names``: the list's paths, row numbers without them).
     """
     if len(score_files) != len(weights):
         raise ValueError(f"{len(score_files)} score files but {len(weights)} weights")
@@ -175,7 +242,18 @@ def fuse_scores(score_files: Sequence[Path], weights: Sequence[float]) -> np.nda
             raise ValueError(f"{path}: expected scores of shape (videos, classes), got {array.shape}")
         arrays.append(array)
     shape = arrays[0].shape
+    unscored: dict[int, str] = {}
     for path, array in zip(score_files, arrays):
         if array.shape != shape:
             raise ValueError(f"{path}: scores of shape {array.shape}, expected {shape} like {score_files[0]}")
-    return sum(weight * array for weight, array in zip(weights, arrays))
+        rows = set(np.flatnonzero(~np.isfinite(array).all(axis=1)).tolist())
+        listed = read_unscored_rows(path.parent / "skipped.csv")
+        unexplained = sorted(rows - listed)
+        if unexplained:
+            raise NonFiniteError(f"scores in {path}",
+                                 [names[i] if names is not None and i < len(names) else f"row {i}" for i in unexplained])
+        for row in sorted(rows):
+            unscored.setdefault(row, f"not scored in {path}")
+    fused = sum(weight * array for weight, array in zip(weights, arrays))
+    fused[sorted(unscored)] = np.nan
+    return FusedScores(fused, unscored)

@@ -33,7 +33,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tsn.config import Config, TrainConfig, save_config
 from tsn.data.dataset import SkippedVideo
 from tsn.data.loader import set_loader_epoch
-from tsn.engine.build import build_class_names, build_dataset, build_loader, build_optimizer, build_tsn
+from tsn.engine.build import (build_class_names, build_dataset, build_loader, build_optimizer, build_tsn, list_path,
+                              val_is_test_list)
 from tsn.engine.checkpoint import (
     CheckpointError,
     capture_rng_state,
@@ -215,6 +216,14 @@ def _train(cfg: Config, work_dir: Path, resume: bool, info: DistInfo, progress: 
                          f"per process: lower data.batch_size")
     logger.info("%d classes; %d train and %d val videos; %d steps per epoch on %d process(es), device %s",
                 num_classes, len(train_set), len(val_set), len(train_loader), info.world_size, info.device)
+    val_is_test = val_is_test_list(cfg)
+    if val_is_test and tcfg.val_every >= tcfg.epochs:
+        logger.info("the validation list is the test list, validated only after the last epoch: nothing is chosen "
+                    "on it")
+    elif val_is_test:
+        logger.warning("the validation list is the test list (%s): best.pth is chosen on the videos it would be "
+                       "tested on, so its test accuracy is optimistic; test latest.pth, or validate on a split of "
+                       "the training list (tools/build_lists.py --carve-val)", list_path(cfg, "val"))
 
     model = build_tsn(cfg, num_classes)
     spec = model.spec
@@ -274,7 +283,8 @@ def _train(cfg: Config, work_dir: Path, resume: bool, info: DistInfo, progress: 
             val_metrics, predictions = evaluate(evaluated, val_loader, info.device, num_classes, mean, std, tcfg.amp,
                                                 progress=progress and info.is_main,
                                                 channels_last=tcfg.channels_last,
-                                                clips_per_forward=cfg.test.clips_per_forward)
+                                                clips_per_forward=cfg.test.clips_per_forward,
+                                                on_nonfinite=cfg.test.on_nonfinite)
             skip_log.add(gather_skipped(list(predictions.skipped), info), "val")
             last_val = val_metrics
         schedule.step_epoch(val_metrics.top1 if val_metrics is not None else None)
@@ -289,6 +299,8 @@ def _train(cfg: Config, work_dir: Path, resume: bool, info: DistInfo, progress: 
                       "val_mean_class_accuracy": val_metrics.mean_class_accuracy if val_metrics else None,
                       "lr": first_lr, "lr_last": last_lr,
                       "train_samples": train_metrics.count, "val_samples": val_metrics.count if val_metrics else None,
+                      "val_skipped": val_metrics.skipped if val_metrics else None,
+                      "val_is_test_list": val_is_test,
                       "seconds": round(time.time() - started, 2)}
             _append_jsonl(work_dir / "metrics.jsonl", record)
             _log_scalars(writer, record, epoch + 1)
@@ -299,10 +311,14 @@ def _train(cfg: Config, work_dir: Path, resume: bool, info: DistInfo, progress: 
             # best first: latest.pth records the new best, so a kill between the two writes must leave
             # best.pth ahead of it (the resumed epoch writes both again), never behind it for good
             if is_best:
-                save_checkpoint(state, work_dir / BEST, keep_previous=False)
+                # best.pth names the list it was chosen on, so that testing it on that list is flagged
+                save_checkpoint({**state, "selected_on": str(list_path(cfg, "val").resolve())}, work_dir / BEST,
+                                keep_previous=False)
             save_checkpoint(state, work_dir / LATEST)
             val_text = (f"val loss {val_metrics.loss:.4f} top1 {val_metrics.top1:.4f} "
-                        f"mca {val_metrics.mean_class_accuracy:.4f}") if val_metrics else "no val"
+                        f"mca {val_metrics.mean_class_accuracy:.4f} on {val_metrics.count} videos"
+                        + (f" ({val_metrics.skipped} skipped)" if val_metrics.skipped else "")) \
+                if val_metrics else "no val"
             logger.info("epoch %d/%d: train loss %.4f top1 %.4f mca %.4f, %s, lr %.3g to %.3g, %.1fs", epoch + 1,
                         tcfg.epochs, train_metrics.loss, train_metrics.top1, train_metrics.mean_class_accuracy,
                         val_text, first_lr, last_lr, time.time() - started)

@@ -32,13 +32,15 @@ def build_model(
     bilinear_dim: int | None = 256,
     modality: str = "rgb",
     new_length: int = 1,
+    fixed_head_statistics: bool = False,
 ) -> TSN:
     """A TSN: ``build_backbone(backbone, pretrained)``, a "gap" or "bilinear" head (the bilinear
     one reduces the features to ``bilinear_dim`` channels first; None keeps all), the consensus,
     partial BN and, with ``freeze_backbone``, only the head trainable, or with ``frozen_stages`` the
     backbone's first stages frozen (``tsn.models.finetune.freeze_stages``). ``modality`` "flow" or
     "rgbdiff" with ``new_length`` L: the first convolution takes 2 L or 3 L channels, initialised from
-    the RGB weights (``tsn.models.modality.cross_modality_init``)."""
+    the RGB weights (``tsn.models.modality.cross_modality_init``). ``fixed_head_statistics``: the head's
+    BatchNorm (the bilinear reduction's) keeps its running statistics in training (see ``TSN``)."""
     if head not in HEAD_TYPES:
         raise ValueError(f"head {head!r} is not one of {', '.join(HEAD_TYPES)}")
     if num_classes < 1:
@@ -56,7 +58,7 @@ def build_model(
     else:
         head_module = BilinearHead(spec.feature_dim, num_classes, dropout, reduce_dim=bilinear_dim)
     model = TSN(net, spec, head_module, num_segments, consensus=consensus, partial_bn=partial_bn,
-                freeze_bn=freeze_bn, modality=modality)
+                freeze_bn=freeze_bn, modality=modality, fixed_head_statistics=fixed_head_statistics)
     if freeze_backbone:
         _freeze_backbone(model)
     elif frozen_stages:

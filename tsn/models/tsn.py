@@ -45,6 +45,10 @@ class TSN(nn.Module):
     in eval mode in ``train()``, ``frozen_modules`` (set by ``freeze_stages``) those modules.
     modality: "rgb", or "flow"/"rgbdiff", whose frames are first stacked per segment
     (``tsn.models.modality.stack_segments``) into the inputs of a backbone adapted to them.
+    fixed_head_statistics: the head's BatchNorm layers (the bilinear head's reduction) stay in eval
+    mode in ``train()``, normalising with their running statistics while their scale and shift
+    train. LP-FT needs it: its probe is fitted on eval-mode descriptors, and a BatchNorm on batch
+    statistics would give the classifier other ones from the first step on.
     """
 
     def __init__(
@@ -57,6 +61,7 @@ class TSN(nn.Module):
         partial_bn: bool = False,
         freeze_bn: bool = False,
         modality: str = "rgb",
+        fixed_head_statistics: bool = False,
     ) -> None:
         super().__init__()
         if modality not in MODALITIES:
@@ -73,6 +78,7 @@ class TSN(nn.Module):
         self.modality = modality
         self.partial_bn = partial_bn or freeze_bn
         self.freeze_bn = freeze_bn
+        self.fixed_head_statistics = fixed_head_statistics
         self.backbone_frozen = False
         # modules whose parameters ``tsn.models.finetune.freeze_stages`` froze: eval mode in train()
         self.frozen_modules: list[nn.Module] = []
@@ -94,6 +100,9 @@ class TSN(nn.Module):
         """Like ``nn.Module.train``, but frozen BatchNorm layers stay in eval mode, so that their
         running statistics do not move."""
         super().train(mode)
+        if mode and self.fixed_head_statistics:
+            for bn in batchnorm_layers(self.head):
+                bn.eval()
         if mode and self.backbone_frozen:
             self.backbone.eval()
         elif mode:
@@ -103,6 +112,16 @@ class TSN(nn.Module):
                 for bn in self.partial_bn_layers():
                     bn.eval()
         return self
+
+    def batch_statistics_layers(self) -> list[str]:
+        """The names of the BatchNorm layers that normalise with batch statistics in ``train()`` mode (the
+        model's own mode is left as it was)."""
+        was_training = self.training
+        self.train(True)
+        names = [name for name, m in self.named_modules()
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+        self.train(was_training)
+        return names
 
     def _check_frames(self, num_frames: int) -> None:
         if num_frames % self.num_segments != 0:
