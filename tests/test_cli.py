@@ -20,6 +20,7 @@ CANONICAL: dict[str, dict] = {
     "--config": {"type": Path},
     "--opt": {"default": [], "action": argparse._AppendAction, "metavar": "KEY=VALUE"},
     "--checkpoint": {"type": Path},
+    "--model": {"type": Path},
     "--list": {"type": Path, "nargs": None},
     "--src": {"nargs": None},
     "--out": {"type": Path},

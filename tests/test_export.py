@@ -132,3 +132,42 @@ def test_the_deployed_benchmark_runs_each_runtime_on_the_same_input(tmp_path: Pa
                for path in (tmp_path / "m.onnx", tmp_path / "m.pt", checkpoint)}
     assert [r["runtime"] for r in results.values()] == ["onnxruntime", "torchscript", "pytorch eager"]
     assert all(r["input"] == [2, 3, 3, SIZE, SIZE] and r["cpu_ms_per_clip"] > 0 for r in results.values())
+
+
+def test_test_and_predict_run_an_exported_file_as_they_run_the_checkpoint(tmp_path: Path) -> None:
+    """tools/test.py --model and Predictor.from_exported give the checkpoint's scores (issue 22)."""
+    from tsn.config import save_config
+    from tsn.engine.testing import run_test
+
+    for i in range(3):
+        make_index_video(tmp_path / "videos" / f"v{i}.mp4", 30 + 7 * i, width=80, height=64)
+    (tmp_path / "test.txt").write_text("videos/v0.mp4 0\nvideos/v1.mp4 1\nvideos/v2.mp4 3\n")
+    (tmp_path / "classes.txt").write_text("".join(f"{name}\n" for name in CLASSES))
+    cfg, checkpoint = make_checkpoint(tmp_path, ["data.test_list=test.txt", "data.num_workers=0",
+                                                 "test.num_clips=2", "test.crops=3"])
+    for format, name in (("onnx", "m.onnx"), ("torchscript", "m.pt")):
+        export(load_trained(checkpoint), format, tmp_path / name)
+        run_test(cfg, checkpoint, tmp_path / "eager", device="cpu", progress=False)
+        run_test(cfg, tmp_path / name, tmp_path / format, device="cpu", progress=False, exported=True)
+        eager, exported = np.load(tmp_path / "eager" / "scores.npy"), np.load(tmp_path / format / "scores.npy")
+        assert eager.max() > 0.5  # far from uniform: a wrong view average would show
+        np.testing.assert_allclose(exported, eager, rtol=0, atol=1e-4)
+        video = tmp_path / "videos" / "v1.mp4"
+        from_file = Predictor.from_exported(tmp_path / name, num_clips=2, crops=3)
+        assert from_file.runtime == ("onnxruntime (CPUExecutionProvider)" if format == "onnx" else "torchscript (CPU)")
+        got = from_file.predict(video, window=0.8)
+        expected = Predictor.from_checkpoint(checkpoint, num_clips=2, crops=3).predict(video, window=0.8)
+        np.testing.assert_allclose(got.probabilities, expected.probabilities, rtol=0, atol=1e-4)
+        assert [w.top[0].name for w in got.windows] == [w.top[0].name for w in expected.windows]
+    config = tmp_path / "config.yaml"
+    save_config(cfg, config)
+    done = run_tool("predict.py", ["--model", str(tmp_path / "m.onnx"), str(tmp_path / "videos" / "v0.mp4"),
+                                   "--json", "--no-progress"], env=tool_env())
+    assert done.returncode == 0, done.stderr
+    assert f"running {tmp_path / 'm.onnx'} with onnxruntime (CPUExecutionProvider)" in done.stderr
+    assert json.loads(done.stdout)["top"][0]["name"] in CLASSES
+    done = run_tool("test.py", ["--config", str(config), "--model", str(tmp_path / "m.onnx"), "--out",
+                                str(tmp_path / "tool"), "--no-progress", "--opt", "data.num_segments=4"],
+                    env=tool_env())
+    assert done.returncode == 2
+    assert f"error: data.num_segments: {tmp_path / 'm.onnx'} was exported with 3, the config says 4" in done.stderr

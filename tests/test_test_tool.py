@@ -294,5 +294,5 @@ def test_uint8_views_are_normalised_chunk_by_chunk_with_the_same_scores() -> Non
         chunked = view_scores(model, clips, 3, False, mean, std)
     assert seen == [3, 3, 3, 1]
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="uint8 clips need the mean and std"):
-        view_scores(model, clips, 3)
+    with pytest.raises(ValueError, match="give both the mean and the std"):
+        view_scores(model, clips, 3, False, mean, None)

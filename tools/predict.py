@@ -2,9 +2,12 @@
 
     python tools/predict.py --checkpoint P [VIDEO_OR_DIR ...] [--list L --src ROOT] [--top-k 5]
                             [--window SECONDS [--stride SECONDS]] [--json | --csv] [--out-video PATH]
+    python tools/predict.py --model model.onnx VIDEO ...     # a file of tools/export.py, on onnxruntime
 
 A folder stands for every video under it. The checkpoint carries the network, its config and its
-class names; --config and --opt only change them. Results go to stdout (a table, JSON lines or CSV),
+class names; --config and --opt only change them. An exported file (--model) carries its config and class
+names too and runs on onnxruntime (CUDA with --device cuda where its provider is installed, else the
+CPU) or TorchScript; the line "running ... with ..." on stderr says which. Results go to stdout (a table, JSON lines or CSV),
 failures to stderr as "failed: <video>: <reason>". Exit status: 0; 1 when every video failed, or
 with --strict when any did; 2 for bad arguments.
 """
@@ -29,7 +32,10 @@ from tsn.io.extract import VIDEO_EXTENSIONS, find_videos
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("videos", nargs="*", type=Path, metavar="VIDEO_OR_DIR", help="videos, or folders of them")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint of tools/train.py")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", type=Path, help="checkpoint of tools/train.py")
+    model.add_argument("--model", type=Path, help="model.onnx (onnxruntime) or model.pt (TorchScript) of "
+                                                   "tools/export.py: several times faster on a CPU")
     add_config_args(parser, required=False, what="YAML config replacing the checkpoint's own")
     parser.add_argument("--list", type=Path, help="video list 'rel/path.ext LABEL' (paths relative to --src)")
     parser.add_argument("--src", type=Path, default=Path("."), help="root of the --list paths (default: .)")
@@ -103,10 +109,16 @@ def main() -> int:
         raise UsageError("no videos: give VIDEO_OR_DIR arguments or --list")
     if args.out_video is not None:
         check_copy_paths(args.out_video, videos)
-    config = load_config(args.config, args.opt) if args.config is not None else None
     device = init_distributed(args.device).device
-    predictor = Predictor.from_checkpoint(args.checkpoint, config, device, args.num_clips, args.crops,
-                                          overrides=() if config is not None else args.opt)
+    if args.model is not None:
+        if args.config is not None or args.opt:
+            raise UsageError("--model carries its own config: --config and --opt apply to --checkpoint only")
+        predictor = Predictor.from_exported(args.model, device, args.num_clips, args.crops)
+    else:
+        config = load_config(args.config, args.opt) if args.config is not None else None
+        predictor = Predictor.from_checkpoint(args.checkpoint, config, device, args.num_clips, args.crops,
+                                              overrides=() if config is not None else args.opt)
+    print(f"running {args.model or args.checkpoint} with {predictor.runtime}", file=sys.stderr)
     failed = 0
     if args.csv:
         print(",".join(CSV_HEADER))

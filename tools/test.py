@@ -2,6 +2,7 @@
 
     python tools/test.py --config C --checkpoint P --out O [--list L] [--num-clips N] [--crops 1|3|10] [--batch-size B]
                          [--no-progress]
+    python tools/test.py --config C --model model.onnx --out O ...    # a file of tools/export.py (onnxruntime)
 
 Writes O/metrics.json, O/per_class.csv, O/confusion_matrix.csv, O/confusion_matrix.png, O/scores.npy.
 """
@@ -21,7 +22,10 @@ from tsn.engine.trainer import setup_logging
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
-    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint of tools/train.py")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", type=Path, help="checkpoint of tools/train.py")
+    model.add_argument("--model", type=Path, help="model.onnx (onnxruntime: CUDA with --device cuda where present, "
+                                                   "else CPU) or model.pt (TorchScript) of tools/export.py")
     parser.add_argument("--out", type=Path, required=True, help="folder for the report files")
     parser.add_argument("--list", type=Path, help="list to test (default: data.test_list)")
     add_view_args(parser)
@@ -38,9 +42,9 @@ def main() -> None:
         raise FileNotFoundError(f"--config {args.config}: no such file")
     cfg = load_config(args.config, args.opt)
     setup_logging(None, True)
-    report = run_test(cfg, args.checkpoint, args.out, list_file=args.list, num_clips=args.num_clips,
+    report = run_test(cfg, args.checkpoint or args.model, args.out, list_file=args.list, num_clips=args.num_clips,
                       crops=args.crops, device=args.device, batch_size=args.batch_size,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, exported=args.model is not None)
     print(format_per_class_table(report, build_class_names(cfg)))
     print(f"report written to {args.out}")
 

@@ -93,22 +93,24 @@ def chunked_forward(model: Callable[[torch.Tensor], torch.Tensor], clips: torch.
 
     uint8 clips are normalised with ``mean`` and ``std`` one chunk at a time, so that only one chunk
     is ever float: the 250 views of 8 frames of one video at 224 px are 301 MB as uint8 and 1.2 GB
-    as float32. Eval mode has no cross-sample dependence, so the result equals one pass over all N
-    clips (up to floating-point rounding: kernels may sum in another order for another batch size)."""
-    if not clips.is_floating_point() and (mean is None or std is None):
-        raise ValueError("uint8 clips need the mean and std to normalise them with")
+    as float32. Without ``mean`` and ``std`` they reach the model as uint8 (an exported model,
+    ``tsn.engine.export.ExportedTSN``, normalises them itself). Eval mode has no cross-sample dependence,
+    so the result equals one pass over all N clips (up to floating-point rounding: kernels may sum in
+    another order for another batch size)."""
+    if (mean is None) != (std is None):
+        raise ValueError("give both the mean and the std to normalise uint8 clips with, or neither")
     step = clips.shape[0] if clips_per_forward is None else max(1, clips_per_forward)
     outputs = []
     for start in range(0, clips.shape[0], step):
         chunk = clips[start:start + step]  # (n, T, C, H, W)
-        if not chunk.is_floating_point():
+        if not chunk.is_floating_point() and mean is not None and std is not None:
             chunk = normalize_clips(chunk, mean, std)
         outputs.append(model(channels_last_clips(chunk) if channels_last else chunk))
     return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
 
-def view_scores(model: nn.Module, clips: torch.Tensor, clips_per_forward: int | None = None,
-                channels_last: bool = False, mean: tuple[float, ...] | None = None,
+def view_scores(model: Callable[[torch.Tensor], torch.Tensor], clips: torch.Tensor,
+                clips_per_forward: int | None = None, channels_last: bool = False, mean: tuple[float, ...] | None = None,
                 std: tuple[float, ...] | None = None) -> torch.Tensor:
     """Video scores from ``clips`` (B, T, C, H, W) -> logits (B, classes), or from several views
     (B, V, T, C, H, W) -> mean softmax probability over the V views (B, classes); the model sees at
@@ -137,8 +139,8 @@ def video_path(loader: DataLoader, index: int) -> str:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_classes: int,
-             mean: tuple[float, ...], std: tuple[float, ...], amp: str = "none",
+def evaluate(model: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, device: torch.device,
+             num_classes: int, mean: tuple[float, ...] | None, std: tuple[float, ...] | None, amp: str = "none",
              progress: bool = False, channels_last: bool = False,
              clips_per_forward: int | None = None, on_nonfinite: str = "raise") -> tuple[EpochMetrics, Predictions]:
     """Run ``model`` in eval mode over ``loader``: metrics (synced across ranks) and this rank's scores.
@@ -149,12 +151,14 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_cla
     ``NonFiniteError`` on every rank (``on_nonfinite="raise"``), or is left out and reported (``"skip"``).
 
     The loss is the cross-entropy of the scores (of the logits for one view, of the averaged
-    probabilities for several). ``channels_last`` and ``clips_per_forward``: see ``chunked_forward``.
+    probabilities for several). ``channels_last``, ``clips_per_forward``, ``mean`` and ``std`` (None: the
+    model takes uint8 clips): see ``chunked_forward``.
     """
     from tqdm import tqdm
 
     check_on_nonfinite(on_nonfinite)
-    model.eval()
+    if isinstance(model, nn.Module):
+        model.eval()
     meter = MetricAccumulator(num_classes, device)
     scores, labels, indices, skipped = [], [], [], []
     nonfinite: list[tuple[int, str]] = []

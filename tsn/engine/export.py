@@ -129,14 +129,25 @@ def read_description(path: str | os.PathLike[str]) -> dict:
     return json.loads(text)
 
 
-def load_runner(path: Path, format: str) -> Callable[[np.ndarray], np.ndarray]:
-    """A function running the exported file at ``path``: uint8 frames (B, T, C, H, W) -> probabilities (B, classes)."""
+def onnx_providers(device: torch.device) -> list[str]:
+    """onnxruntime's execution providers for ``device``: CUDA first where asked for and present, else the CPU."""
+    import onnxruntime
+
+    if device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def load_runner(path: Path, format: str,
+                device: torch.device = torch.device("cpu")) -> Callable[[np.ndarray], np.ndarray]:
+    """A function running the exported file at ``path``: uint8 frames (B, T, C, H, W) -> probabilities (B, classes);
+    an ONNX file on onnxruntime's CUDA provider when ``device`` is CUDA and the provider is there, else the CPU."""
     if format == "onnx":
         try:
             import onnxruntime
         except ImportError:
-            raise ExportError("checking an ONNX file needs onnxruntime: pip install 'tsn[export]'") from None
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            raise ExportError("running an ONNX file needs onnxruntime: pip install 'tsn[export]'") from None
+        session = onnxruntime.InferenceSession(str(path), providers=onnx_providers(device))
         return lambda frames: session.run(None, {"frames": frames})[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -212,6 +223,48 @@ def export(trained: TrainedModel, format: str, out: str | os.PathLike[str], real
     return ExportReport(target, random_difference, real_difference, spec)
 
 
+class ExportedTSN:
+    """A file of ``tools/export.py`` run as a model: uint8 clips ``(N, T, C, H, W)`` -> log-probabilities
+    ``(N, classes)`` (so that a softmax, as ``tsn.engine.evaluate.view_scores`` takes of logits, gives the
+    file's probabilities back), with the class names and run config it carries. It normalises its frames
+    itself: give it uint8 clips, no mean and std. ``runtime`` names what runs it (onnxruntime and its
+    provider, or TorchScript)."""
+
+    def __init__(self, path: str | os.PathLike[str], device: torch.device = torch.device("cpu")) -> None:
+        from tsn.config import Config, ConfigError
+
+        self.path = Path(path)
+        if self.path.suffix not in (".onnx", ".pt"):
+            raise ExportError(f"{self.path}: an exported model is a .onnx or .pt file of tools/export.py")
+        if not self.path.is_file():
+            raise ExportError(f"{self.path}: no such file")
+        description = read_description(self.path)
+        if "config" not in description:
+            raise ExportError(f"{self.path}: carries no run config (exported by an older tools/export.py): export "
+                              "it again")
+        try:
+            self.config = Config.from_dict(description["config"])
+        except ConfigError as error:
+            raise ExportError(f"{self.path}: its run config is not valid here: {error}") from None
+        self.class_names: list[str] = list(description["class_names"])
+        shape = description["input"]["shape"]
+        self.spec = InputSpec(int(shape[1]), int(shape[2]), int(shape[3]))
+        self.format = "onnx" if self.path.suffix == ".onnx" else "torchscript"
+        self.device = device
+        self._run = load_runner(self.path, self.format, device)
+        self.runtime = f"onnxruntime ({onnx_providers(device)[0]})" if self.format == "onnx" else "torchscript (CPU)"
+
+    def __call__(self, clips: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(N, T, C, H, W)`` -> float32 log-probabilities ``(N, classes)`` on the clips' device."""
+        if clips.dtype != torch.uint8 or tuple(clips.shape[1:]) != (self.spec.frames, self.spec.channels,
+                                                                    self.spec.size, self.spec.size):
+            raise ValueError(f"{self.path} takes uint8 clips (N, {self.spec.frames}, {self.spec.channels}, "
+                             f"{self.spec.size}, {self.spec.size}), got {clips.dtype} {tuple(clips.shape)}")
+        probabilities = self._run(np.ascontiguousarray(clips.cpu().numpy()))
+        # log(0) would be -inf where float32 underflowed; the floor changes no probability that float32 shows
+        return torch.from_numpy(probabilities).clamp_min(1e-38).log().to(clips.device)
+
+
 def _description(trained: TrainedModel, spec: InputSpec, format: str) -> dict:
     data = trained.config.data
     return {
@@ -226,4 +279,6 @@ def _description(trained: TrainedModel, spec: InputSpec, format: str) -> dict:
                      "how": "the middle frames of num_segments equal parts of the video (tsn.data.sampling.val_indices)"},
         "crop": {"short_side": data.short_side, "size": data.input_size,
                  "how": "resize the short side to short_side, then take the centre size x size square"},
+        "config": trained.config.to_dict(),  # the run's config: tools/test.py and predict.py read videos by it
     }
+

@@ -31,9 +31,11 @@ from tsn.data.dataset import ClipDataset
 from tsn.data.lists import VideoRecord
 from tsn.engine.build import build_clip_dataset
 from tsn.engine.evaluate import autocast_context, view_scores
+from tsn.engine.export import ExportedTSN
 from tsn.engine.inference import TrainedModel, load_trained
 from tsn.io import VideoInfo, VideoReadError, iter_frames
 from tsn.io.writer import write_video
+from tsn.models import TSN
 
 # A frame on a window's boundary belongs to the window starting there; timestamps converted to
 # seconds carry rounding errors far below this.
@@ -164,24 +166,36 @@ def single_video_dataset(config: Config, path: str | os.PathLike[str], num_clips
 class Predictor:
     """A trained TSN and its test views, scoring videos one at a time.
 
-    ``num_clips``/``crops``: views per video (or per window); default the checkpoint config's
-    ``test.num_clips`` and ``test.crops``. Videos are read with the config's ``data.backend``.
+    ``trained``: a checkpoint's ``TrainedModel`` (PyTorch), or an ``ExportedTSN`` (a file of
+    ``tools/export.py`` on onnxruntime or TorchScript, which normalises its uint8 frames itself).
+    ``num_clips``/``crops``: views per video (or per window); default the config's ``test.num_clips``
+    and ``test.crops``. Videos are read with the config's ``data.backend``. ``runtime`` says what runs
+    the network.
     """
 
-    def __init__(self, trained: TrainedModel, device: torch.device | str = "cpu", num_clips: int | None = None,
-                 crops: int | None = None) -> None:
+    def __init__(self, trained: TrainedModel | ExportedTSN, device: torch.device | str = "cpu",
+                 num_clips: int | None = None, crops: int | None = None) -> None:
         cfg = trained.config
         if cfg.data.modality == "flow":
             raise ConfigError("data.modality", "flow: a flow model reads flow folders, not videos: extract "
                                                "them with tools/extract_flow.py and score them with tools/test.py")
         self.config = cfg
         self.device = torch.device(device)
-        self.model = trained.model.to(self.device)
-        if cfg.train.channels_last:
-            self.model.to(memory_format=torch.channels_last)
         self.class_names = list(trained.class_names)
         self.num_clips = num_clips
         self.crops = crops
+        if isinstance(trained, ExportedTSN):
+            self.model: TSN | ExportedTSN = trained
+            self.normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # inside the file
+            self.channels_last = False
+            self.runtime = trained.runtime
+            return
+        self.model = trained.model.to(self.device)
+        self.channels_last = cfg.train.channels_last
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.normalize = (tuple(self.model.spec.mean), tuple(self.model.spec.std))
+        self.runtime = f"pytorch eager ({self.device.type})"
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | os.PathLike[str], config: Config | None = None,
@@ -191,6 +205,13 @@ class Predictor:
         network and class names come from the checkpoint; ``config`` and ``overrides`` only to change them)."""
         return cls(load_trained(checkpoint, config, device, overrides), device, num_clips, crops)
 
+    @classmethod
+    def from_exported(cls, path: str | os.PathLike[str], device: torch.device | str = "cpu",
+                      num_clips: int | None = None, crops: int | None = None) -> Predictor:
+        """The predictor of a file of ``tools/export.py`` (the class names and config it carries), run by
+        onnxruntime (its CUDA provider on a CUDA ``device`` where present) or TorchScript."""
+        return cls(ExportedTSN(path, torch.device(device)), device, num_clips, crops)
+
     def _dataset(self, video: str | os.PathLike[str]) -> ClipDataset:
         return single_video_dataset(self.config, video, self.num_clips, self.crops)
 
@@ -198,11 +219,11 @@ class Predictor:
     def _probabilities(self, dataset: ClipDataset, frames: tuple[int, int] | None = None) -> np.ndarray:
         """Mean softmax over the views of the video (or of its frames ``first .. stop - 1``) -> (classes,)."""
         clip = dataset.load(0, np.random.default_rng(0), frames=frames)  # (V, T, C, H, W) uint8
-        spec = self.model.spec
+        mean, std = self.normalize if self.normalize is not None else (None, None)
         test = self.config.test
         with autocast_context(self.device, self.config.train.amp):
             probs = view_scores(self.model, clip[None].to(self.device), test.clips_per_forward,
-                                self.config.train.channels_last, tuple(spec.mean), tuple(spec.std))  # (1, classes)
+                                self.channels_last, mean, std)  # (1, classes)
         return probs[0].double().cpu().numpy()
 
     def predict(self, video: str | os.PathLike[str], top_k: int = 5, window: float | None = None,

@@ -1,4 +1,5 @@
-"""Worker memory over many epochs of the real Dataset and DataLoader (``tools/soak.py``).
+"""Memory over a long run (``tools/soak.py``): loader workers over many epochs, and a training process over
+many steps (``train_soak``).
 
 ``soak`` reads the same list for ``epochs`` epochs through ``ClipDataset`` (training sampling and
 augmentation, so new frames every epoch) and ``build_dataloader`` (persistent workers, as in
@@ -13,6 +14,11 @@ A reader that leaks (decord ``VideoReader`` objects kept alive: decord issues 15
 with every video read, so ``end - start`` over many epochs shows it; flat memory is a few MB of
 allocator noise. Workers are the main process's children that run the same program (the
 multiprocessing resource tracker, also a child, is left out). Linux only (``/proc``).
+
+``train_soak`` runs training steps of a TSN on new random clips every step and samples the process's
+resident memory after every step: an allocator that keeps freed blocks (``tsn.allocator``) must level off
+after the first steps, not grow with them. It reports the mean of the first and of the last tenth of the
+samples and their ratio.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from tsn.data.dataset import ClipDataset
 from tsn.data.lists import VideoRecord
 from tsn.data.loader import build_dataloader, set_loader_epoch
 from tsn.data.transforms import train_transform
+from tsn.allocator import strategy as allocator_strategy
 
 
 @dataclass(frozen=True)
@@ -132,3 +139,47 @@ def soak(records: Sequence[VideoRecord], root: str | os.PathLike, backend: str, 
     return SoakResult(backend, epochs, len(dataset), workers, tuple(start[pid] for pid in pids),
                       tuple(end[pid] for pid in pids), main_start, rss_mb(os.getpid()),
                       time.monotonic() - started, tuple(tuple(epoch[pid] for pid in pids) for epoch in by_epoch))
+
+
+def train_soak(backbone: str, steps: int, batch_size: int = 8, num_segments: int = 8, input_size: int = 224,
+               channels_last: bool = True, seed: int = 0, progress: bool = True) -> dict[str, object]:
+    """``steps`` training steps (forward, loss, backward, SGD) of a TSN with a random ``backbone`` on new random
+    clips ``(batch_size, num_segments, 3, input_size, input_size)`` every step; the process's resident memory
+    (MB) after each step, summarised: mean of the first and the last tenth of the steps, their ratio, peak."""
+    import numpy as np
+    import torch
+
+    from tsn.config import TrainConfig
+    from tsn.engine.prefetch import channels_last_clips
+    from tsn.engine.trainer import compute_loss, optimizer_step
+    from tsn.models import build_model
+
+    if steps < 10:
+        raise ValueError(f"steps must be >= 10 (a tenth of them is the start), got {steps}")
+    torch.manual_seed(seed)
+    model = build_model(backbone=backbone, pretrained=False, num_classes=400, num_segments=num_segments)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    generator = torch.Generator().manual_seed(seed)
+    recipe, mix_rng, device = TrainConfig(), np.random.default_rng(seed), torch.device("cpu")
+    model.train()
+    samples = []
+    started = time.monotonic()
+    for _ in tqdm(range(steps), desc=f"soak {backbone}", unit="step", disable=not progress):
+        clips = torch.randn((batch_size, num_segments, 3, input_size, input_size), generator=generator)
+        clips = channels_last_clips(clips) if channels_last else clips  # (B, T, C, H, W)
+        labels = torch.randint(0, 400, (batch_size,), generator=generator)
+        _, loss = compute_loss(model, model, clips, labels, recipe, mix_rng, device)
+        optimizer_step(loss, model, optimizer, scaler, None)
+        samples.append(rss_mb(os.getpid()))
+    seconds = time.monotonic() - started
+    tenth = max(1, steps // 10)
+    first, last = float(np.mean(samples[:tenth])), float(np.mean(samples[-tenth:]))
+    return {"mode": "train", "backbone": backbone, "allocator": allocator_strategy(), "steps": steps,
+            "batch": batch_size, "segments": num_segments, "input_size": input_size,
+            "seconds": round(seconds, 1), "images_per_s": round(steps * batch_size * num_segments / seconds, 2),
+            "rss_first_tenth_mb": round(first, 1), "rss_last_tenth_mb": round(last, 1),
+            "last_over_first": round(last / first, 4), "rss_peak_mb": max(samples),
+            "rss_every_tenth_mb": samples[tenth - 1::tenth]}

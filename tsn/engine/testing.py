@@ -15,15 +15,17 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
-from tsn.config import Config
+from tsn.allocator import strategy as allocator_strategy
+from tsn.config import Config, ConfigError
 from tsn.data.dataset import ClipDataset, SkippedVideo
 from tsn.engine.build import build_class_names, build_dataset, build_loader, list_path, same_list
 from tsn.engine.checkpoint import CheckpointError
+from tsn.engine.export import ExportedTSN
 from tsn.engine.inference import load_trained
 from tsn.engine.distributed import init_distributed
 from tsn.engine.evaluate import NONFINITE_REASON, NonFiniteError, evaluate
@@ -162,17 +164,55 @@ def videos_per_test_batch(batch_size: int, views: int, clips_per_forward: int) -
     return max(1, min(batch_size, clips_per_forward // views))
 
 
+class ModelUnderTest(NamedTuple):
+    """What ``run_test`` runs: clips -> scores, the class names of its outputs, the mean and std to normalise
+    uint8 clips with (None: it takes them as they are), channels-last input, and the validation list a
+    ``best.pth`` was chosen on (None: not chosen by validation)."""
+
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    class_names: list[str]
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    channels_last: bool
+    selected_on: str | None
+
+
+def load_model_under_test(cfg: Config, path: Path, device: torch.device, exported: bool) -> ModelUnderTest:
+    """A checkpoint (``load_trained`` with ``cfg``'s network) or, with ``exported``, a file of ``tools/export.py``
+    run by onnxruntime or TorchScript, whose clips must be the ones ``cfg`` makes (a ``ConfigError`` names the
+    first difference)."""
+    if not exported:
+        trained = load_trained(path, cfg, device)
+        model = trained.model
+        if cfg.train.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return ModelUnderTest(model, trained.class_names, tuple(model.spec.mean), tuple(model.spec.std),
+                           cfg.train.channels_last, trained.selected_on)
+    deployed = ExportedTSN(path, device)
+    data = cfg.data
+    wanted = {"data.modality": (deployed.config.data.modality, data.modality),
+              "data.num_segments": (deployed.config.data.num_segments, data.num_segments),
+              "data.new_length": (deployed.config.data.frames_per_segment, data.frames_per_segment),
+              "data.input_size": (deployed.spec.size, data.input_size)}
+    for key, (theirs, ours) in wanted.items():
+        if theirs != ours:
+            raise ConfigError(key, f"{path} was exported with {theirs}, the config says {ours}")
+    logger.info("running %s with %s", path, deployed.runtime)
+    return ModelUnderTest(deployed, deployed.class_names, None, None, False, None)
+
+
 def run_test(cfg: Config, checkpoint: Path, out_dir: Path, list_file: Path | None = None,
              num_clips: int | None = None, crops: int | None = None, device: str = "auto",
-             progress: bool = True, batch_size: int | None = None) -> Report:
-    """Test ``checkpoint`` on ``list_file`` (default ``data.test_list``) with clips x crops views; writes the files.
+             progress: bool = True, batch_size: int | None = None, exported: bool = False) -> Report:
+    """Test ``checkpoint`` (with ``exported``: a file of ``tools/export.py``) on ``list_file`` (default
+    ``data.test_list``) with clips x crops views; writes the files.
 
     ``batch_size``: videos per loader batch (default: ``videos_per_test_batch`` of ``data.batch_size``)."""
     info = init_distributed(device)
     if info.distributed:
         raise RuntimeError("tools/test.py runs in one process; launch it without torchrun")
-    trained = load_trained(checkpoint, cfg, info.device)
-    class_names = trained.class_names
+    model = load_model_under_test(cfg, checkpoint, info.device, exported)
+    class_names = model.class_names
     listed = build_class_names(cfg)  # what the list's labels mean
     if listed != class_names:
         raise CheckpointError(checkpoint, f"trained on {len(class_names)} classes ({_names(class_names)}), but "
@@ -181,20 +221,17 @@ def run_test(cfg: Config, checkpoint: Path, out_dir: Path, list_file: Path | Non
     views = dataset.num_clips * (crops if crops is not None else cfg.test.crops)
     batch_size = batch_size or videos_per_test_batch(cfg.data.batch_size, views, cfg.test.clips_per_forward)
     loader = build_loader(cfg, dataset, train=False, distributed=False, batch_size=batch_size)
-    model = trained.model
-    if cfg.train.channels_last:
-        model.to(memory_format=torch.channels_last)
-    spec = model.spec
     test_list = list_file or list_path(cfg, "test")
     logger.info("testing %s on %d videos of %s, %d view(s) each, %d video(s) per batch", checkpoint, len(dataset),
                 test_list, views, batch_size)
-    chosen_here = trained.selected_on is not None and same_list(Path(trained.selected_on), test_list)
+    logger.info("memory allocator: %s", allocator_strategy())
+    chosen_here = model.selected_on is not None and same_list(Path(model.selected_on), test_list)
     if chosen_here:
         logger.warning("%s was chosen as the best on this list (%s): its accuracy here is optimistic; test "
                        "latest.pth, or choose on a validation list carved from the training list", checkpoint,
                        test_list)
-    _, predictions = evaluate(model, loader, info.device, len(class_names), tuple(spec.mean), tuple(spec.std),
-                              cfg.train.amp, progress=progress, channels_last=cfg.train.channels_last,
+    _, predictions = evaluate(model.forward, loader, info.device, len(class_names), model.mean, model.std,
+                              cfg.train.amp, progress=progress, channels_last=model.channels_last,
                               clips_per_forward=cfg.test.clips_per_forward, on_nonfinite=cfg.test.on_nonfinite)
     scores = np.full((len(dataset), len(class_names)), np.nan)  # unscored rows stay NaN
     scores[predictions.indices] = predictions.scores

@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from tsn.allocator import strategy as allocator_strategy
 from tsn.config import Config, TrainConfig, save_config
 from tsn.data.dataset import SkippedVideo
 from tsn.data.loader import set_loader_epoch
@@ -216,6 +217,7 @@ def _train(cfg: Config, work_dir: Path, resume: bool, info: DistInfo, progress: 
                          f"per process: lower data.batch_size")
     logger.info("%d classes; %d train and %d val videos; %d steps per epoch on %d process(es), device %s",
                 num_classes, len(train_set), len(val_set), len(train_loader), info.world_size, info.device)
+    logger.info("memory allocator: %s", allocator_strategy())
     val_is_test = val_is_test_list(cfg)
     if val_is_test and tcfg.val_every >= tcfg.epochs:
         logger.info("the validation list is the test list, validated only after the last epoch: nothing is chosen "
