@@ -104,9 +104,13 @@ def mimalloc_library() -> Path | None:
 
 
 def _is_tool() -> bool:
-    """Whether this process runs one of this repository's ``tools/*.py`` as its main script."""
+    """Whether this process runs one of this project's ``tools/*.py`` as its main script: a script in a folder
+    ``tools`` beside a ``tsn`` package (the repository, whether tsn is installed editable or not)."""
     main = sys.argv[0] if sys.argv else ""
-    return main.endswith(".py") and Path(main).resolve().parent == TOOLS_DIR
+    if not main.endswith(".py"):
+        return False
+    folder = Path(main).resolve().parent
+    return folder == TOOLS_DIR or (folder.name == "tools" and (folder.parent / "tsn" / "allocator.py").is_file())
 
 
 def _relaunch_with(library: Path) -> None:
