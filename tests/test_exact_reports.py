@@ -245,17 +245,21 @@ def test_the_probe_fits_the_descriptor_the_head_gets_in_the_first_step(opts: lis
     ["model.partial_bn=false", "model.freeze_bn=false"],
     ["model.freeze_bn=false", "model.head=bilinear"],
 ])
-def test_lp_ft_refuses_a_batchnorm_on_batch_statistics(opts: list[str]) -> None:
-    with pytest.raises(ConfigError, match=r"^model\.freeze_bn: data\.modality rgb with train\.head_init linear_probe "
-                                          r"needs model\.freeze_bn: true"):
-        load_config(None, opts)
-    cfg = load_config(None, [*opts, "train.head_init=random", "model.backbone=resnet18", "model.pretrained=false"])
+def test_lp_ft_refuses_a_batchnorm_on_batch_statistics(opts: list[str], tmp_path: Path) -> None:
+    # flow and RGB difference: at once, by the config; every modality: when training starts, on the built model
+    with pytest.raises(ConfigError, match=r"^model\.freeze_bn: data\.modality rgbdiff with train\.head_init "
+                                          r"linear_probe needs model\.freeze_bn: true"):
+        load_config(None, [*opts, "data.modality=rgbdiff"])
+    cfg = load_config(None, [*opts, "model.backbone=resnet18", "model.pretrained=false"])
     model = build_tsn(cfg, 3)
-    assert model.batch_statistics_layers()[:1] == (["backbone.bn1"] if "model.partial_bn=true" in opts else
-                                                    ["backbone.bn1"])
+    assert model.batch_statistics_layers()[0] == "backbone.bn1"
     with pytest.raises(ConfigError, match=r"^train\.head_init: linear_probe: \d+ BatchNorm layer\(s\) would train on "
                                           r"batch statistics \(first: backbone\.bn1\)"):
         probe_init_head(cfg, model, 3, torch.device("cpu"), None)
+    data = make_tiny_data(tmp_path / "data")
+    overrides = [*tiny_overrides(data, epochs=1), *opts]
+    with pytest.raises(ConfigError, match=r"^train\.head_init: linear_probe: "):
+        train(load_config(None, overrides), tmp_path / "work", progress=False)
 
 
 def test_bilinear_head_statistics_stay_fixed_under_lp_ft_only() -> None:

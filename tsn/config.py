@@ -24,6 +24,7 @@ plain arguments.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import os
@@ -215,7 +216,12 @@ class DataConfig(_Section):
             nearly the whole height, as the test views do (on UT-Interaction TSN's 1, .875, .75,
             .66 cut the two people apart and cost 0.10 top-1 after LP-FT; README, Accuracy).
         flip: (added key) random horizontal flip in training; set false for data whose labels
-            depend on direction (Something-Something v2: "left to right").
+            depend on direction (Something-Something v2: "left to right"), or keep it and give
+            ``flip_label_map``.
+        flip_label_map: (added key) pairs of class names that a horizontal mirror swaps, e.g.
+            ``[[moving left, moving right]]`` (mmaction2's ``Flip(flip_label_map=...)``): a flipped
+            training clip of one gets the other's label, and the mirrored views of ``test.crops: 10``
+            count for the swapped class.
         train_sampling: (added key) segment boundaries of the random training frames:
             ``fractional`` (the validation boundaries ``k * n // K``, so every frame can be
             drawn) or ``mmaction2`` (segments of ``n // K`` frames, the last ``n % K`` frames
@@ -242,6 +248,7 @@ class DataConfig(_Section):
     train_augment: Literal["multiscale", "random_resized_crop"] = "multiscale"
     train_scales: tuple[float, ...] = (1.0, 0.875)
     flip: bool = True
+    flip_label_map: tuple[tuple[str, ...], ...] = ()
     train_sampling: Literal["fractional", "mmaction2"] = "fractional"
 
     def _check(self) -> None:
@@ -250,6 +257,12 @@ class DataConfig(_Section):
         if self.modality == "flow" and self.format != "rawframes":
             raise ConfigError("data.format", "modality flow reads flow folders (tools/extract_flow.py): "
                                              "set data.format: rawframes")
+        for pair in self.flip_label_map:
+            if len(pair) != 2 or pair[0] == pair[1]:
+                raise ConfigError("data.flip_label_map", f"expected pairs of two different class names, got {list(pair)}")
+        names = [name for pair in self.flip_label_map for name in pair]
+        if len(set(names)) != len(names):
+            raise ConfigError("data.flip_label_map", "a class is in two pairs")
         if self.modality == "rgb" and self.new_length not in (None, 1):
             raise ConfigError("data.new_length", "the RGB stream takes one frame per segment (new_length: 1)")
 
@@ -301,6 +314,15 @@ class ModelConfig(_Section):
             0 = fine-tune every layer.
         bilinear_dim: (added key) channels the bilinear head first reduces to with a 1x1
             convolution (D*D features: 256 -> 65,536); null = no reduction.
+        temporal: (added key) ``none`` (TSN: every frame seen alone, the segments pooled without order)
+            or ``tsm``: the temporal shift module (``tsn.models.temporal``) in every residual block of
+            the backbone, so that the network sees the order of its segments (ResNets,
+            mobilenet_v3_large, efficientnet_lite0; not vgg16_bn, bninception or timm models).
+        shift_div: (added key) with ``tsm``, 1/shift_div of the channels move one segment each way (8,
+            the paper's).
+        shift_direction: (added key) ``bidirectional`` (from the previous and the next segment) or
+            ``causal`` (from the previous one only: the online model, which runs on a live stream one
+            frame at a time; ``tsn.engine.stream``).
     """
 
     SECTION: ClassVar[str] = "model"
@@ -315,6 +337,9 @@ class ModelConfig(_Section):
     freeze_backbone: bool = False
     frozen_stages: int = _bounded(0, ge=0)
     bilinear_dim: int | None = _bounded(256, ge=1)
+    temporal: Literal["none", "tsm"] = "none"
+    shift_div: int = _bounded(8, ge=2)
+    shift_direction: Literal["bidirectional", "causal"] = "bidirectional"
 
     def _check(self) -> None:
         if isinstance(self.pretrained, str) and not self.pretrained.strip():
@@ -490,9 +515,11 @@ class Config(_Section):
         # fixed statistics in training too; one on batch statistics feeds the head other features than the
         # probe was fitted on (flow on UT-Interaction: the loss went from the probe's 0.8 to 11.7, at chance).
         # The first BatchNorm is fixed by freeze_bn, a frozen backbone, or partial BN with frozen stages (the
-        # stem goes with the first stage); tsn.engine.probe checks the built model exactly.
+        # stem goes with the first stage). Refused here for flow and RGB difference, as always; for every
+        # modality tsn.engine.probe checks the built model exactly when training starts (a check here would
+        # also refuse to load the checkpoints of earlier RGB runs for testing).
         first_bn_fixed = model.freeze_bn or model.freeze_backbone or (model.partial_bn and model.frozen_stages > 0)
-        if self.train.head_init == "linear_probe" and not first_bn_fixed:
+        if self.data.modality != "rgb" and self.train.head_init == "linear_probe" and not first_bn_fixed:
             raise ConfigError("model.freeze_bn", f"data.modality {self.data.modality} with train.head_init "
                                                  f"linear_probe needs model.freeze_bn: true (the probe and training "
                                                  f"must see the same BatchNorm statistics); for TSN's partial BN, "
@@ -603,7 +630,13 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = 
 
 def override_config(cfg: Config, overrides: Sequence[str]) -> Config:
     """``cfg`` with ``section.key=value`` overrides applied (parsed and checked as by ``load_config``)."""
-    raw = cfg.to_dict()
+    return config_from_dict(cfg.to_dict(), overrides)
+
+
+def config_from_dict(raw: dict[str, Any], overrides: Sequence[str] = ()) -> Config:
+    """A plain config dict (a checkpoint's) with ``section.key=value`` overrides applied *before* it is checked,
+    so that an override can mend a value that is no longer valid on its own."""
+    raw = copy.deepcopy(raw)
     for item in overrides:
         _apply_override(raw, item)
     return Config.from_dict(raw)

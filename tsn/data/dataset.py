@@ -42,7 +42,7 @@ import torch
 
 from tsn.data.lists import LIST_FORMATS, VideoRecord
 from tsn.data.sampling import TRAIN_BOUNDS, test_indices, train_indices, val_indices
-from tsn.data.transforms import DecodesResized, FrameTransform, to_tensor_clip
+from tsn.data.transforms import ClipTransform, DecodesResized, FrameTransform, MultiCrop, to_tensor_clip
 from tsn.io import VideoInfo, VideoReadError, count_flow_frames, probe, read, read_first, read_flow
 from tsn.layout import normalize_clips
 from tsn.pools import thread_pool
@@ -147,7 +147,8 @@ class ClipDataset(torch.utils.data.Dataset):
     def __init__(self, records: Sequence[VideoRecord], root: str | os.PathLike, format: str, backend: str,
                  mode: str, num_segments: int, new_length: int, transform: FrameTransform, num_clips: int = 1,
                  on_error: str = "skip", seed: int = 0, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, train_bounds: str = "fractional") -> None:
+                 std: Sequence[float] | None = None, train_bounds: str = "fractional",
+                 label_mirror: Sequence[int] | None = None) -> None:
         if format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
         if mode not in MODES:
@@ -175,6 +176,7 @@ class ClipDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.num_clips = num_clips
         self.train_bounds = train_bounds
+        self.label_mirror = None if label_mirror is None else tuple(int(c) for c in label_mirror)
         self.on_error = on_error
         self.seed = _non_negative(seed, "seed")
         self.mean = None if mean is None else tuple(float(m) for m in mean)
@@ -211,6 +213,23 @@ class ClipDataset(torch.utils.data.Dataset):
             info = self._infos[index] = probe(self.path(index), self.backend)
         return info
 
+    def segment_seconds(self, sample: int = 16) -> float | None:
+        """The median time between two segments of a clip, ``duration / num_segments``, over ``sample`` videos
+        spread over the list (probed, and cached as reads would); None for frame folders or where no sampled
+        video has a frame rate. A stream is fed to a model at about this spacing (``tsn.engine.stream``)."""
+        if self.format != "video":
+            return None
+        picks = np.unique(np.linspace(0, len(self.records) - 1, min(sample, len(self.records))).round().astype(int))
+        spacings = []
+        for index in picks.tolist():
+            try:
+                info = self.video_info(index)
+            except (VideoReadError, OSError):
+                continue
+            if info.fps > 0 and info.num_frames > 0:
+                spacings.append(info.num_frames / info.fps / self.num_segments)
+        return float(np.median(spacings)) if spacings else None
+
     def frame_indices(self, index: int, rng: np.random.Generator) -> np.ndarray:
         """0-based frames of record ``index`` for this mode: int64 (T,) or (num_clips, T) in test mode."""
         return self._indices(index, self.num_frames(index), rng)
@@ -241,6 +260,22 @@ class ClipDataset(torch.utils.data.Dataset):
         mode, sample only frames ``first .. stop - 1`` of the video (a window of a long video): only the
         sampled frames are decoded, whatever the video's length.
         """
+        return self._load(index, rng, threads, frames)[0]
+
+    def view_mirror(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """With ``label_mirror`` and a test transform whose views include mirrored ones: bool ``(V,)`` (which
+        views are mirrored, clip-major) and int64 ``(classes,)`` (class c of a mirrored view is class
+        ``label_mirror[c]`` of the video), for ``tsn.engine.evaluate.view_scores``; else None."""
+        if self.label_mirror is None or self.mode != "test" or not isinstance(self.transform, MultiCrop):
+            return None
+        views = torch.tensor(self.transform.mirrored_views() * self.num_clips)  # clip-major: crops repeat per clip
+        if not views.any():
+            return None
+        return views, torch.tensor(self.label_mirror, dtype=torch.int64)
+
+    def _load(self, index: int, rng: np.random.Generator, threads: int | None = None,
+              frames: tuple[int, int] | None = None) -> tuple[torch.Tensor, bool]:
+        """``load``, and whether a training flip mirrored the clip."""
         path = self.path(index)
         threads = threads if threads is not None else decoder_threads()
         # Frames at the size the transform scales to anyway, where the backend can decode at it.
@@ -271,7 +306,11 @@ class ClipDataset(torch.utils.data.Dataset):
             # (T,) or (C, T) indices -> frames (C*T, H, W, 3)
             clip_frames = read(path, indices.reshape(-1), backend=self.backend, info=info, size=size,
                                threads=threads)
-        out = self.transform(clip_frames, rng)
+        mirrored = False
+        if isinstance(self.transform, ClipTransform):
+            out, mirrored = self.transform.mirrored(clip_frames, rng)
+        else:
+            out = self.transform(clip_frames, rng)
         if self.mode != "test":
             if out.ndim != 4:
                 raise ValueError(f"mode {self.mode!r} needs a transform returning (T, h, w, C), got {out.shape}")
@@ -287,7 +326,7 @@ class ClipDataset(torch.utils.data.Dataset):
             clip = views.permute(1, 0, 2, 5, 3, 4).reshape(self.num_clips * crops, steps, channels, height, width)
         if self.mean is not None and self.std is not None:
             clip = normalize_clips(clip, self.mean, self.std)
-        return clip
+        return clip, mirrored
 
     def __getitem__(self, key: int | ClipKey) -> ClipSample:
         """The sample for list index ``key`` (or ``ClipKey(epoch, index)``); see the module docstring."""
@@ -322,7 +361,7 @@ class ClipDataset(torch.utils.data.Dataset):
             if bad is None:
                 rng = np.random.default_rng([self.seed, epoch, index, video])
                 try:
-                    clip = self.load(video, rng, threads)
+                    clip, mirrored = self._load(video, rng, threads)
                 except (VideoReadError, OSError) as err:
                     reason = err.reason if isinstance(err, VideoReadError) else f"{type(err).__name__}: {err}"
                     if self.on_error == "raise":
@@ -332,7 +371,10 @@ class ClipDataset(torch.utils.data.Dataset):
                     bad = SkippedVideo(self.path(video), reason)
                     self._bad[video] = bad
                 else:
-                    return ClipSample(clip, int(self.records[video].label), video, tuple(skipped), index)
+                    label = int(self.records[video].label)
+                    if mirrored and self.label_mirror is not None:
+                        label = self.label_mirror[label]  # "left to right" mirrored is "right to left"
+                    return ClipSample(clip, label, video, tuple(skipped), index)
             skipped.append(bad)
         first = skipped[0]
         raise AllVideosFailedError(f"all {size} videos under {self.root} failed to load "

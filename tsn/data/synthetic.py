@@ -158,14 +158,14 @@ def demo_video_frames(label: int, num_classes: int, num_frames: int, size: int,
     return frames
 
 
-def _write_video(path: Path, frames: np.ndarray) -> None:
-    """Write RGB frames to ``path`` with OpenCV's mp4v encoder (through a temporary name, then rename)."""
+def _write_video(path: Path, frames: np.ndarray, fourcc: str = "mp4v") -> None:
+    """Write RGB frames to ``path`` with OpenCV's ``fourcc`` encoder (through a temporary name, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.stem}.partial{path.suffix}")
     height, width = frames.shape[1:3]
-    writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (width, height))
+    writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*fourcc), FPS, (width, height))
     if not writer.isOpened():
-        raise RuntimeError(f"{path}: OpenCV cannot write mp4v video here")
+        raise RuntimeError(f"{path}: OpenCV cannot write {fourcc} video here")
     for frame in frames:
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     writer.release()
@@ -230,4 +230,39 @@ def make_demo_dataset(out_dir: str | os.PathLike, num_classes: int = 4, videos_p
     files[result.classes.name] = result.classes.stat().st_size
     manifest = {"version": MANIFEST_VERSION, "params": params, "files": files}
     atomic_write_text(root / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return result
+
+
+ORDER_CLASSES = ("growing", "shrinking")
+
+
+def make_order_dataset(out_dir: str | os.PathLike, videos_train: int = 24, videos_val: int = 12, num_frames: int = 8,
+                       size: int = 64, seed: int = 0) -> DemoData:
+    """A data set whose two classes differ only in the order of their frames: a shape that grows
+    (``growing``) and the same frames played backwards (``shrinking``).
+
+    Every clip of ``num_frames`` frames is written twice, forwards with label 0 and backwards with label 1,
+    as intra-only MJPEG AVIs (each frame coded alone, so both copies decode to the very same frames). A
+    model that pools its frames without order (TSN with ``avg``, ``max`` or ``feature_max``) scores both
+    copies alike when it samples every frame (``data.num_segments`` = ``num_frames``): it is at chance by
+    construction, while a model that sees order (TSM) can learn it. Layout as ``make_demo_dataset``
+    (``videos/<class>/<split>_<NNN>.avi``, ``train.txt``, ``val.txt``, ``classes.txt``), rewritten on every call.
+    """
+    if videos_train < 1 or videos_val < 1 or num_frames < 2:
+        raise ValueError("videos per split must be >= 1 and num_frames >= 2")
+    root = Path(out_dir)
+    result = DemoData(root, root / "train.txt", root / "val.txt", root / "classes.txt")
+    for split_code, (split, count, list_path) in enumerate(zip(SPLITS, (videos_train, videos_val),
+                                                                 (result.train_list, result.val_list))):
+        records = []
+        for i in range(count):
+            rng = np.random.default_rng([seed, split_code, 99, i])
+            # the triangle_growing class of the demo, in a random colour
+            frames = demo_video_frames(2, 6, num_frames, size, rng)
+            for label, ordered in enumerate((frames, frames[::-1])):
+                relative = f"videos/{ORDER_CLASSES[label]}/{split}_{i:03d}.avi"
+                _write_video(root / relative, np.ascontiguousarray(ordered), fourcc="MJPG")
+                records.append(VideoRecord(relative, label))
+        write_video_list(records, list_path)
+    write_class_names(list(ORDER_CLASSES), result.classes)
     return result

@@ -290,10 +290,13 @@ class Flip:
             raise ValueError(f"flip probability must be in [0, 1], got {p}")
         self.p = p
 
+    def draw(self, rng: np.random.Generator) -> bool:
+        """Whether this clip is mirrored; always one draw, so the generator advances the same way whatever p is."""
+        return rng.random() < self.p
+
     def __call__(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """uint8 (T, H, W, 3) -> the same shape, mirrored or not."""
-        # Always draw, so the generator advances the same way whatever p is.
-        return flip_clip(frames) if rng.random() < self.p else frames
+        return flip_clip(frames) if self.draw(rng) else frames
 
 
 class MultiCrop:
@@ -342,6 +345,10 @@ class MultiCrop:
                 for top, left in corners]
         return [(box, False) for box in five] + [(box, True) for box in five]
 
+    def mirrored_views(self) -> list[bool]:
+        """Which of the ``num_crops`` views are mirrored (the last 5 of 10)."""
+        return [mirrored for _, mirrored in self.boxes(2 * self.short_side, 2 * self.short_side)]
+
     def __call__(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """uint8 (T, H, W, 3) -> uint8 (V, T, size, size, 3); ``rng`` is not used."""
         views = []
@@ -363,9 +370,18 @@ class ClipTransform:
         return first.decode_size(height, width) if isinstance(first, DecodesResized) else None
 
     def __call__(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return self.mirrored(frames, rng)[0]
+
+    def mirrored(self, frames: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+        """The transformed frames, and whether a ``Flip`` step mirrored them (an odd number of times)."""
+        mirrored = False
         for step in self.steps:
-            frames = step(frames, rng)
-        return frames
+            if isinstance(step, Flip):
+                flip = step.draw(rng)
+                frames, mirrored = (flip_clip(frames), not mirrored) if flip else (frames, mirrored)
+            else:
+                frames = step(frames, rng)
+        return frames, mirrored
 
 
 def train_transform(kind: str = "random_resized_crop", input_size: int = 224, short_side: int = 256,

@@ -18,6 +18,7 @@ from tsn.data.lists import VideoRecord, check_labels, read_class_names, read_lis
 from tsn.data.loader import build_dataloader
 from tsn.data.transforms import test_transform, train_transform, val_transform
 from tsn.models import TSN, build_model, freeze_stages, param_groups
+from tsn.models.temporal import NoResidualBlocks
 
 Split = Literal["train", "val", "test"]
 
@@ -37,7 +38,21 @@ def build_tsn(cfg: Config, num_classes: int, load_pretrained: bool = True) -> TS
     pretrained: bool | str | Path = cfg.model.pretrained if load_pretrained else False
     if isinstance(pretrained, str):
         pretrained = resolve_path(cfg.data, pretrained)
-    model = build_model(
+    try:
+        model = _build_model(cfg, pretrained, num_classes)
+    except NoResidualBlocks as error:
+        raise ConfigError("model.temporal", str(error)) from None
+    if cfg.model.frozen_stages and not cfg.model.freeze_backbone:
+        try:
+            freeze_stages(model, cfg.model.frozen_stages)
+        except ValueError as err:
+            raise ConfigError("model.frozen_stages", str(err)) from None
+    return model
+
+
+def _build_model(cfg: Config, pretrained: bool | str | Path, num_classes: int) -> TSN:
+    """``build_model`` with the config's model and data keys."""
+    return build_model(
         backbone=cfg.model.backbone,
         pretrained=pretrained,
         head=cfg.model.head,
@@ -53,13 +68,19 @@ def build_tsn(cfg: Config, num_classes: int, load_pretrained: bool = True) -> TS
         new_length=cfg.data.frames_per_segment,
         # LP-FT's probe sees the head's BatchNorm in eval mode: so must training
         fixed_head_statistics=cfg.train.head_init == "linear_probe",
+        temporal=cfg.model.temporal,
+        shift_div=cfg.model.shift_div,
+        shift_direction=cfg.model.shift_direction,
     )
-    if cfg.model.frozen_stages and not cfg.model.freeze_backbone:
-        try:
-            freeze_stages(model, cfg.model.frozen_stages)
-        except ValueError as err:
-            raise ConfigError("model.frozen_stages", str(err)) from None
-    return model
+
+
+def temporal_settings(cfg: Config) -> dict[str, object]:
+    """The config keys a checkpoint must have been trained with for its weights to mean the same here (given to
+    ``tsn.engine.checkpoint.check_trained_with``): the temporal shift, and its width and direction with TSM."""
+    settings: dict[str, object] = {"model.temporal": cfg.model.temporal}
+    if cfg.model.temporal == "tsm":
+        settings.update({"model.shift_div": cfg.model.shift_div, "model.shift_direction": cfg.model.shift_direction})
+    return settings
 
 
 def list_path(cfg: Config, split: Split) -> Path:
@@ -98,9 +119,10 @@ def build_dataset(cfg: Config, split: Split, num_classes: int, list_file: Path |
 
 def build_clip_dataset(cfg: Config, split: Split, records: Sequence[VideoRecord], root: Path,
                        num_clips: int | None = None, crops: int | None = None,
-                       on_error: str | None = None) -> ClipDataset:
+                       on_error: str | None = None, class_names: Sequence[str] | None = None) -> ClipDataset:
     """The dataset of ``split`` (see ``build_dataset``) over ``records`` with paths relative to ``root``;
-    ``on_error`` overrides ``data.on_error`` (``tsn.engine.predict`` raises per video)."""
+    ``on_error`` overrides ``data.on_error`` (``tsn.engine.predict`` raises per video); ``class_names``: the
+    model's, where ``data.classes`` may be absent (a checkpoint's)."""
     data = cfg.data
     if split == "train":
         transform = train_transform(data.train_augment, data.input_size, data.short_side, flip=data.flip,
@@ -110,11 +132,35 @@ def build_clip_dataset(cfg: Config, split: Split, records: Sequence[VideoRecord]
         transform = val_transform(data.input_size, data.short_side)
         mode, clips = "val", 1
     else:
-        transform = test_transform(crops if crops is not None else cfg.test.crops, data.input_size, data.short_side)
+        views = crops if crops is not None else cfg.test.crops
+        if views == 10 and not data.flip and not data.flip_label_map:
+            raise ConfigError("test.crops", "10 crops include mirrored views, and a model trained with data.flip: "
+                                            "false has never seen a mirror: use 1 or 3 crops (--crops), or give "
+                                            "data.flip_label_map")
+        transform = test_transform(views, data.input_size, data.short_side)
         mode, clips = "test", num_clips if num_clips is not None else cfg.test.num_clips
     return ClipDataset(records, root, "flow" if data.modality == "flow" else data.format,
                        data.backend, mode, data.num_segments, data.frames_read_per_segment, transform, num_clips=clips,
-                       on_error=on_error or data.on_error, seed=cfg.train.seed, train_bounds=data.train_sampling)
+                       on_error=on_error or data.on_error, seed=cfg.train.seed, train_bounds=data.train_sampling,
+                       label_mirror=build_label_mirror(cfg, class_names))
+
+
+def build_label_mirror(cfg: Config, class_names: Sequence[str] | None = None) -> list[int] | None:
+    """``data.flip_label_map`` as the class each class becomes in a mirror (itself where no pair names it);
+    None without a map. A name that is not a class (``class_names``, else ``data.classes``'s) is a
+    ``ConfigError`` naming it."""
+    if not cfg.data.flip_label_map:
+        return None
+    names = list(class_names) if class_names is not None else build_class_names(cfg)
+    mirror = list(range(len(names)))
+    for first, second in cfg.data.flip_label_map:
+        for name in (first, second):
+            if name not in names:
+                raise ConfigError("data.flip_label_map", f"{name!r} is not one of the classes "
+                                                         f"({cfg.data.classes if class_names is None else 'the model'}'s)")
+        a, b = names.index(first), names.index(second)
+        mirror[a], mirror[b] = b, a
+    return mirror
 
 
 def build_loader(cfg: Config, dataset: ClipDataset, train: bool, distributed: bool,

@@ -189,17 +189,23 @@ def set_generator_state(rng: np.random.Generator, state: dict[str, Any]) -> None
     rng.bit_generator.state = state
 
 
+# What a checkpoint saved before a key existed was trained with: every model was a TSN before model.temporal.
+ABSENT_KEYS: dict[str, Any] = {"model.temporal": "none"}
+
+
 def check_trained_with(state: dict[str, Any], path: str | os.PathLike[str], settings: dict[str, Any]) -> None:
     """Refuse a checkpoint whose saved config (``state["config"]``, written by the trainer) differs from
     ``settings`` (dotted key -> the value the caller will use) on any key: the weights would load
     (same tensors) and silently compute something else, e.g. an ``avg``-trained head under ``feature_max``
-    after a change of the defaults. A checkpoint without a saved config (a bare state dict) passes."""
+    after a change of the defaults. A checkpoint without a saved config (a bare state dict) passes; a key its
+    config does not have (saved before the key existed) counts as ``ABSENT_KEYS`` says, where it says."""
     saved = state.get("config")
     if not isinstance(saved, dict):
         return
     for key, value in settings.items():
         section, _, name = key.partition(".")
         trained = saved.get(section, {}).get(name) if isinstance(saved.get(section), dict) else None
+        trained = ABSENT_KEYS.get(key) if trained is None else trained
         if trained is not None and trained != value:
             raise CheckpointError(path, f"trained with {key}: {trained}, but the config says {value}: pass "
                                         f"--opt {key}={trained} or the run's own config.yaml")

@@ -111,15 +111,23 @@ def chunked_forward(model: Callable[[torch.Tensor], torch.Tensor], clips: torch.
 
 def view_scores(model: Callable[[torch.Tensor], torch.Tensor], clips: torch.Tensor,
                 clips_per_forward: int | None = None, channels_last: bool = False, mean: tuple[float, ...] | None = None,
-                std: tuple[float, ...] | None = None) -> torch.Tensor:
+                std: tuple[float, ...] | None = None,
+                mirror: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Video scores from ``clips`` (B, T, C, H, W) -> logits (B, classes), or from several views
     (B, V, T, C, H, W) -> mean softmax probability over the V views (B, classes); the model sees at
-    most ``clips_per_forward`` clips at once, normalised chunk by chunk when uint8 (``chunked_forward``)."""
+    most ``clips_per_forward`` clips at once, normalised chunk by chunk when uint8 (``chunked_forward``).
+
+    ``mirror`` (``ClipDataset.view_mirror``): which views are mirrored, bool ``(V,)``, and the class each
+    class becomes in a mirror, int64 ``(classes,)``: a mirrored view's probability of ``mirror[c]`` counts for
+    class c ("moving left" seen in a mirror is "moving right")."""
     if clips.dim() == 5:
         return chunked_forward(model, clips, clips_per_forward, channels_last, mean, std)
     batch, views = clips.shape[:2]
     logits = chunked_forward(model, clips.flatten(0, 1), clips_per_forward, channels_last, mean, std)  # (B*V, classes)
     probs = logits.float().softmax(dim=1).view(batch, views, -1)  # (B, V, classes)
+    if mirror is not None:
+        mirrored, classes = (part.to(probs.device) for part in mirror)
+        probs = torch.where(mirrored.view(1, -1, 1), probs[:, :, classes], probs)  # (B, V, classes)
     return probs.mean(dim=1)
 
 
@@ -159,6 +167,8 @@ def evaluate(model: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, 
     check_on_nonfinite(on_nonfinite)
     if isinstance(model, nn.Module):
         model.eval()
+    view_mirror = getattr(loader.dataset, "view_mirror", None)
+    mirror = view_mirror() if callable(view_mirror) else None
     meter = MetricAccumulator(num_classes, device)
     scores, labels, indices, skipped = [], [], [], []
     nonfinite: list[tuple[int, str]] = []
@@ -167,7 +177,7 @@ def evaluate(model: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, 
         clips = batch.clips.to(device, non_blocking=True)  # uint8: normalised chunk by chunk
         is_prob = clips.dim() == 6  # several views: their probabilities were averaged
         with autocast_context(device, amp):
-            out = view_scores(model, clips, clips_per_forward, channels_last, mean, std).float()
+            out = view_scores(model, clips, clips_per_forward, channels_last, mean, std, mirror).float()
         # the model runs on the repeats and stand-ins too (every rank makes as many forwards); only counting skips them
         own = _counted(loader, seen, len(batch.indices))
         seen += len(batch.indices)

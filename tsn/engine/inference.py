@@ -15,8 +15,8 @@ from typing import Sequence
 
 import torch
 
-from tsn.config import Config, ConfigError, override_config
-from tsn.engine.build import build_class_names, build_tsn
+from tsn.config import Config, ConfigError, config_from_dict, override_config
+from tsn.engine.build import build_class_names, build_tsn, temporal_settings
 from tsn.engine.checkpoint import CheckpointError, check_trained_with, inference_weights, load_checkpoint
 from tsn.models import TSN, match_module_prefix
 
@@ -30,6 +30,7 @@ class TrainedModel:
     class_names: list[str]
     config: Config
     selected_on: str | None = None  # the validation list a best.pth was chosen on (None: not chosen by validation)
+    segment_seconds: float | None = None  # the training clips' median time between segments (None: not known)
 
 
 def load_trained(checkpoint: str | os.PathLike[str], config: Config | None = None,
@@ -57,12 +58,15 @@ def load_trained(checkpoint: str | os.PathLike[str], config: Config | None = Non
         if not isinstance(saved, dict):
             raise CheckpointError(path, "holds no config (a bare state dict): pass the run's config")
         try:
-            config = Config.from_dict(saved)
+            config = config_from_dict(saved, overrides)
         except ConfigError as error:
-            raise CheckpointError(path, f"its saved config is not valid here: {error}") from None
-    config = override_config(config, overrides) if overrides else config
+            raise CheckpointError(path, f"its saved config is not valid here: {error} (mend it with --opt, or "
+                                        f"pass --config)") from None
+    else:
+        config = override_config(config, overrides) if overrides else config
     check_trained_with(state, path, {"model.consensus": config.model.consensus,
-                                     "data.modality": config.data.modality})
+                                     "data.modality": config.data.modality,
+                                     **temporal_settings(config)})
     class_names = _class_names(state, path, config)
     model = build_tsn(config, len(class_names), load_pretrained=False)
     weights = match_module_prefix(inference_weights(state), model)
@@ -76,7 +80,9 @@ def load_trained(checkpoint: str | os.PathLike[str], config: Config | None = Non
     model.load_state_dict(weights, strict=True)
     model.eval()
     selected_on = state.get("selected_on")
-    return TrainedModel(model.to(device), class_names, config, selected_on if isinstance(selected_on, str) else None)
+    seconds = state.get("segment_seconds")
+    return TrainedModel(model.to(device), class_names, config, selected_on if isinstance(selected_on, str) else None,
+                        float(seconds) if isinstance(seconds, (int, float)) else None)
 
 
 def _class_names(state: dict, path: Path, config: Config) -> list[str]:

@@ -150,7 +150,7 @@ def top_classes(probabilities: np.ndarray, class_names: Sequence[str], k: int) -
 
 
 def single_video_dataset(config: Config, path: str | os.PathLike[str], num_clips: int | None = None,
-                         crops: int | None = None) -> ClipDataset:
+                         crops: int | None = None, class_names: Sequence[str] | None = None) -> ClipDataset:
     """A test-mode dataset (``build_clip_dataset``) of the one video at ``path``: a video file, or a frame
     folder (a flow folder for a flow model); read errors are raised, not skipped."""
     is_folder = Path(path).is_dir()
@@ -160,7 +160,8 @@ def single_video_dataset(config: Config, path: str | os.PathLike[str], num_clips
     if config.data.modality != "flow":
         data = dataclasses.replace(config.data, format="rawframes" if is_folder else "video")
         config = dataclasses.replace(config, data=data)
-    return build_clip_dataset(config, "test", [VideoRecord(os.fspath(path), 0)], Path(""), num_clips, crops, "raise")
+    return build_clip_dataset(config, "test", [VideoRecord(os.fspath(path), 0)], Path(""), num_clips, crops, "raise",
+                              class_names)
 
 
 class Predictor:
@@ -213,7 +214,7 @@ class Predictor:
         return cls(ExportedTSN(path, torch.device(device)), device, num_clips, crops)
 
     def _dataset(self, video: str | os.PathLike[str]) -> ClipDataset:
-        return single_video_dataset(self.config, video, self.num_clips, self.crops)
+        return single_video_dataset(self.config, video, self.num_clips, self.crops, self.class_names)
 
     @torch.no_grad()
     def _probabilities(self, dataset: ClipDataset, frames: tuple[int, int] | None = None) -> np.ndarray:
@@ -223,7 +224,7 @@ class Predictor:
         test = self.config.test
         with autocast_context(self.device, self.config.train.amp):
             probs = view_scores(self.model, clip[None].to(self.device), test.clips_per_forward,
-                                self.channels_last, mean, std)  # (1, classes)
+                                self.channels_last, mean, std, dataset.view_mirror())  # (1, classes)
         return probs[0].double().cpu().numpy()
 
     def predict(self, video: str | os.PathLike[str], top_k: int = 5, window: float | None = None,

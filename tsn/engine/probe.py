@@ -28,7 +28,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -103,11 +103,13 @@ class ProbeFit:
 @torch.no_grad()
 def extract_view_features(model: TSN, loader: DataLoader, device: torch.device, num_videos: int,
                           amp: str = "none", progress: bool = False, channels_last: bool = False,
-                          clips_per_forward: int | None = None, on_nonfinite: str = "raise") -> ViewFeatures:
+                          clips_per_forward: int | None = None, on_nonfinite: str = "raise",
+                          check: bool = True) -> ViewFeatures:
     """Run ``model`` in eval mode over a test-mode ``loader`` (clips ``(B, V, T, C, H, W)``) of a list of
     ``num_videos`` videos -> ``ViewFeatures``; rows of videos never read stay NaN. A video read whose features
     are NaN or infinite raises ``NonFiniteError`` (``on_nonfinite="raise"``) or is left out and listed in
-    ``skipped`` (``"skip"``). ``channels_last`` and ``clips_per_forward``: see
+    ``skipped`` (``"skip"``); ``check=False`` leaves that to the caller (``refuse_nonfinite``, on every rank
+    after the features are gathered). ``channels_last`` and ``clips_per_forward``: see
     ``tsn.engine.evaluate.chunked_forward``."""
     from tqdm import tqdm
 
@@ -139,14 +141,23 @@ def extract_view_features(model: TSN, loader: DataLoader, device: torch.device, 
     model.train(was_training)
     if features is None:
         raise ValueError("no videos to compute probe features from")
-    bad = np.flatnonzero(read & ~np.isfinite(features).all(axis=(1, 2)))
-    paths = [video_path(loader, int(i)) for i in bad]
-    if bad.size and on_nonfinite == "raise":
+    extracted = ViewFeatures(features, labels, tuple(sorted(set(skipped))), read)
+    return refuse_nonfinite(extracted, lambda index: video_path(loader, index), on_nonfinite) if check else extracted
+
+
+def refuse_nonfinite(features: ViewFeatures, path_of: Callable[[int], str], on_nonfinite: str) -> ViewFeatures:
+    """``features`` whose read videos all have finite features; a video read with NaN or infinite ones raises
+    ``NonFiniteError`` (``"raise"``) or is left out and listed in ``skipped`` (``"skip"``)."""
+    bad = np.flatnonzero(features.read & ~np.isfinite(features.features).all(axis=(1, 2)))
+    if not bad.size:
+        return features
+    paths = [path_of(int(i)) for i in bad]
+    if on_nonfinite == "raise":
         raise NonFiniteError("features", paths)
-    features[bad] = np.nan
-    read[bad] = False
-    skipped += [SkippedVideo(path, "non-finite features (NaN or infinity)") for path in paths]
-    return ViewFeatures(features, labels, tuple(sorted(set(skipped))), read)
+    values, read = features.features.copy(), features.read.copy()
+    values[bad], read[bad] = np.nan, False
+    skipped = set(features.skipped) | {SkippedVideo(path, "non-finite features (NaN or infinity)") for path in paths}
+    return ViewFeatures(values, features.labels, tuple(sorted(skipped)), read)
 
 
 def fit_logistic_regression(features: np.ndarray, labels: np.ndarray, num_classes: int, l2: float,
@@ -330,7 +341,11 @@ class ProbeResult:
 def probe_dataset(cfg: Config, list_file: Path, num_classes: int, num_clips: int | None,
                   crops: int | None) -> ClipDataset:
     """The deterministic multi-view dataset the probe's features come from (``tools/test.py``'s views)."""
-    return build_dataset(cfg, "test", num_classes, list_file=list_file, num_clips=num_clips, crops=crops)
+    dataset = build_dataset(cfg, "test", num_classes, list_file=list_file, num_clips=num_clips, crops=crops)
+    if dataset.view_mirror() is not None:
+        raise ConfigError("test.crops", "10 crops with data.flip_label_map: the linear probe does not map the labels "
+                                        "of its mirrored views; use 1 or 3 crops for it (--crops)")
+    return dataset
 
 
 def probe_features(cfg: Config, model: TSN, dataset: ClipDataset, weights: str, device: torch.device,
@@ -341,6 +356,7 @@ def probe_features(cfg: Config, model: TSN, dataset: ClipDataset, weights: str, 
     parts = {"root": str(dataset.root.resolve()), "format": dataset.format, "backend": dataset.backend,
              "backbone": cfg.model.backbone, "head": cfg.model.head, "consensus": cfg.model.consensus,
              "bilinear_dim": cfg.model.bilinear_dim, "modality": model.modality,
+             "temporal": [cfg.model.temporal, cfg.model.shift_div, cfg.model.shift_direction],
              "amp": cfg.train.amp, "weights": weights,
              "segments": dataset.num_segments, "new_length": dataset.new_length, "clips": dataset.num_clips,
              "transform": repr(vars(dataset.transform)), "seed": dataset.seed}
@@ -354,9 +370,10 @@ def probe_features(cfg: Config, model: TSN, dataset: ClipDataset, weights: str, 
         return cached
     loader = build_loader(cfg, dataset, train=False, distributed=distributed)
     features = extract_view_features(model, loader, device, len(dataset), cfg.train.amp, progress,
-                                     cfg.train.channels_last, cfg.test.clips_per_forward, cfg.test.on_nonfinite)
-    if distributed:
-        features = _gather_features(features)
+                                     cfg.train.channels_last, cfg.test.clips_per_forward, cfg.test.on_nonfinite,
+                                     check=not distributed)
+    if distributed:  # every rank sees every row, so that all of them refuse a non-finite one together
+        features = refuse_nonfinite(_gather_features(features), dataset.path, cfg.test.on_nonfinite)
     if path is not None and (not distributed or torch.distributed.get_rank() == 0):
         save_cached(path, features)
     return features
@@ -439,7 +456,8 @@ def probe_init_head(cfg: Config, model: TSN, num_classes: int, device: torch.dev
     if moving:
         raise ConfigError("train.head_init", f"linear_probe: {len(moving)} BatchNorm layer(s) would train on batch "
                           f"statistics (first: {moving[0]}), so the head would not see the features the probe is "
-                          f"fitted on: set model.freeze_bn: true, or train.head_init: random")
+                          f"fitted on: set model.freeze_bn: true (or freeze the backbone, or partial BN with "
+                          f"model.frozen_stages >= 1), or train.head_init: random")
     dataset = probe_dataset(cfg, list_path(cfg, "train"), num_classes, None, None)
     logger.info("linear probe for the head: %d train videos, %d view(s) each", len(dataset),
                 dataset.num_clips * cfg.test.crops)

@@ -35,7 +35,7 @@ from tsn.config import Config, TrainConfig, save_config
 from tsn.data.dataset import SkippedVideo
 from tsn.data.loader import set_loader_epoch
 from tsn.engine.build import (build_class_names, build_dataset, build_loader, build_optimizer, build_tsn, list_path,
-                              val_is_test_list)
+                              temporal_settings, val_is_test_list)
 from tsn.engine.checkpoint import (
     CheckpointError,
     capture_rng_state,
@@ -218,6 +218,7 @@ def _train(cfg: Config, work_dir: Path, resume: bool, info: DistInfo, progress: 
     logger.info("%d classes; %d train and %d val videos; %d steps per epoch on %d process(es), device %s",
                 num_classes, len(train_set), len(val_set), len(train_loader), info.world_size, info.device)
     logger.info("memory allocator: %s", allocator_strategy())
+    segment_seconds = train_set.segment_seconds() if info.is_main else None  # kept for streaming (tsn.engine.stream)
     val_is_test = val_is_test_list(cfg)
     if val_is_test and tcfg.val_every >= tcfg.epochs:
         logger.info("the validation list is the test list, validated only after the last epoch: nothing is chosen "
@@ -245,7 +246,7 @@ def _train(cfg: Config, work_dir: Path, resume: bool, info: DistInfo, progress: 
     start_epoch, best_top1 = 0, -1.0
     if resume:
         start_epoch, best_top1 = _resume(work_dir, model, optimizer, schedule, scaler, mix_rng, ema, info,
-                                         tcfg.seed)
+                                         tcfg.seed, temporal_settings(cfg))
         if info.is_main:
             _truncate_jsonl(work_dir / "metrics.jsonl", start_epoch)
     if start_epoch == 0 and tcfg.head_init == "linear_probe":
@@ -310,6 +311,7 @@ def _train(cfg: Config, work_dir: Path, resume: bool, info: DistInfo, progress: 
         if info.is_main:
             state = _checkpoint_state(cfg, class_names, model, optimizer, schedule, scaler, random_states, ema,
                                       epoch + 1, best_top1)
+            state["segment_seconds"] = segment_seconds
             # best first: latest.pth records the new best, so a kill between the two writes must leave
             # best.pth ahead of it (the resumed epoch writes both again), never behind it for good
             if is_best:
@@ -434,7 +436,7 @@ def _checkpoint_state(cfg: Config, class_names: list[str], model: nn.Module, opt
 
 
 def _resume(work_dir: Path, model: nn.Module, optimizer, schedule, scaler, mix_rng,
-            ema: WeightAverage | None, info: DistInfo, seed: int) -> tuple[int, float]:
+            ema: WeightAverage | None, info: DistInfo, seed: int, settings: dict[str, object]) -> tuple[int, float]:
     """Load ``latest.pth`` (or its previous copy when it is corrupt); returns (next epoch, best top-1).
 
     Each rank restores its own random states (``_restore_random_states``)."""
@@ -446,7 +448,8 @@ def _resume(work_dir: Path, model: nn.Module, optimizer, schedule, scaler, mix_r
     except CheckpointError as err:
         raise CheckpointError(err.path, f"cannot resume: {err.reason}") from None
     net = unwrap(model)
-    check_trained_with(state, used, {"model.consensus": net.consensus, "data.num_segments": net.num_segments})
+    check_trained_with(state, used, {"model.consensus": net.consensus, "data.num_segments": net.num_segments,
+                                        **settings})
     load_state_dict_flexible(net, state["model"], strict=True)
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["scheduler"])

@@ -11,6 +11,7 @@ from tsn.models.finetune import freeze_stages
 from tsn.models.heads import BilinearHead, GAPHead
 from tsn.models.modality import FLOW_MEAN, FLOW_STD, cross_modality_init, input_channels
 from tsn.models.spec import IMAGENET_STD
+from tsn.models.temporal import TEMPORAL, add_temporal_shift
 from tsn.models.tsn import TSN
 
 HEAD_TYPES = ("gap", "bilinear")
@@ -33,6 +34,9 @@ def build_model(
     modality: str = "rgb",
     new_length: int = 1,
     fixed_head_statistics: bool = False,
+    temporal: str = "none",
+    shift_div: int = 8,
+    shift_direction: str = "bidirectional",
 ) -> TSN:
     """A TSN: ``build_backbone(backbone, pretrained)``, a "gap" or "bilinear" head (the bilinear
     one reduces the features to ``bilinear_dim`` channels first; None keeps all), the consensus,
@@ -40,7 +44,9 @@ def build_model(
     backbone's first stages frozen (``tsn.models.finetune.freeze_stages``). ``modality`` "flow" or
     "rgbdiff" with ``new_length`` L: the first convolution takes 2 L or 3 L channels, initialised from
     the RGB weights (``tsn.models.modality.cross_modality_init``). ``fixed_head_statistics``: the head's
-    BatchNorm (the bilinear reduction's) keeps its running statistics in training (see ``TSN``)."""
+    BatchNorm (the bilinear reduction's) keeps its running statistics in training (see ``TSN``). ``temporal``
+    "tsm": the temporal shift module in the backbone's residual blocks, ``1 / shift_div`` of the channels
+    shifted ``shift_direction`` ("bidirectional" or "causal"; ``tsn.models.temporal``)."""
     if head not in HEAD_TYPES:
         raise ValueError(f"head {head!r} is not one of {', '.join(HEAD_TYPES)}")
     if num_classes < 1:
@@ -49,6 +55,10 @@ def build_model(
     channels = input_channels(modality, new_length)
     if modality != "rgb":
         cross_modality_init(net, channels)
+    if temporal not in TEMPORAL:
+        raise ValueError(f"temporal {temporal!r} is not one of {', '.join(TEMPORAL)}")
+    if temporal == "tsm":
+        add_temporal_shift(net, num_segments, shift_div, shift_direction, backbone)
     if modality == "flow":
         # flow at the magnitude this backbone's RGB input has (BN-Inception takes 0..255-scale pixels)
         std = FLOW_STD * (sum(spec.std) / len(spec.std)) / (sum(IMAGENET_STD) / len(IMAGENET_STD))

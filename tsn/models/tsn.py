@@ -18,6 +18,7 @@ from torch import nn
 
 from tsn.models.modality import MODALITIES, stack_segments
 from tsn.models.spec import BackboneSpec
+from tsn.models.temporal import shifted_convs
 
 CONSENSUS_TYPES = ("avg", "max", "feature_max", "identity")
 
@@ -73,7 +74,7 @@ class TSN(nn.Module):
         self.backbone = backbone
         self.head = head
         self.spec = spec
-        self.num_segments = num_segments
+        self._num_segments = num_segments
         self.consensus = consensus
         self.modality = modality
         self.partial_bn = partial_bn or freeze_bn
@@ -90,6 +91,25 @@ class TSN(nn.Module):
     @property
     def num_classes(self) -> int:
         return int(self.head.num_classes)
+
+    @property
+    def num_segments(self) -> int:
+        """K, the segments per clip; setting it also sets the clip length the temporal shift works in."""
+        return self._num_segments
+
+    @num_segments.setter
+    def num_segments(self, value: int) -> None:
+        if value < 1:
+            raise ValueError(f"num_segments must be >= 1, got {value}")
+        self._num_segments = value
+        for conv in shifted_convs(self.backbone):
+            conv.segments = value
+
+    @property
+    def temporal_shift(self) -> str:
+        """"none", or the direction of the backbone's temporal shift ("bidirectional" or "causal")."""
+        convs = shifted_convs(self.backbone)
+        return convs[0].direction if convs else "none"
 
     def partial_bn_layers(self) -> list[nn.modules.batchnorm._BatchNorm]:
         """The backbone's BatchNorm layers that partial BN freezes: all but the first (all with ``freeze_bn``)."""
