@@ -8,6 +8,7 @@ training. One JSON line.
                                     [--steps N]
     python tools/benchmark.py train --config C [--opt ...] [--steps N] [--workers W] [--profile DIR]
     python tools/benchmark.py deployed --model model.onnx|model.pt|best.pth [--batch-size 1] [--steps N]
+    python tools/benchmark.py stream --checkpoint P | --model stream.onnx --list L --src ROOT [--strides 1 4 8]
 
 Add --pretty for a readable table instead of JSON. See tsn/engine/benchmark.py for what is timed.
 """
@@ -20,8 +21,10 @@ from pathlib import Path
 
 from tsn.cli import add_batch_size_arg, add_config_args, add_workers_arg, int_at_least, run_main
 from tsn.config import load_config
+from tsn.data.lists import read_video_list
 from tsn.engine.benchmark import (AMP_CHOICES, deployed_benchmark, format_table, inference_benchmark, loader_benchmark,
                                   model_benchmark, train_benchmark)
+from tsn.engine.stream import load_stream_model, stream_accuracy
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
                           help="model.onnx or model.pt of tools/export.py, or a checkpoint (.pth: PyTorch eager)")
     add_batch_size_arg(deployed, "clips per call", default=1)
     deployed.add_argument("--steps", type=int_at_least(1), default=10)
+    stream = modes.add_parser("stream", parents=[common],
+                              help="top-1 of a causal model streamed over a list's videos at several strides")
+    weights = stream.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--checkpoint", type=Path, help="checkpoint of tools/train.py (PyTorch)")
+    weights.add_argument("--model", type=Path, help="per-frame graph of tools/export.py --stream (onnxruntime)")
+    stream.add_argument("--list", type=Path, required=True, help="video list 'rel/path.ext LABEL'")
+    stream.add_argument("--src", type=Path, default=Path("."), help="root of the list's paths")
+    stream.add_argument("--strides", type=int_at_least(1), nargs="+", default=[1, 4, 8, 16],
+                        help="source frames from one scored frame to the next")
+    stream.add_argument("--stream-window", type=int_at_least(1), help="frames in the window (default: segments)")
     return parser
 
 
@@ -72,6 +85,12 @@ def main() -> None:
     if args.mode == "model":
         result = model_benchmark(args.backbone, args.batch_size, args.num_segments, args.amp, args.channels_last,
                                  args.compile, args.steps, args.input_size)
+    elif args.mode == "stream":
+        loaded = load_stream_model(args.model or args.checkpoint, args.model is not None, args.stream_window)
+        videos = [(str(args.src / record.path), record.label) for record in read_video_list(args.list)]
+        for row in stream_accuracy(loaded, videos, args.strides):
+            print(format_table(row) if args.pretty else json.dumps(row), flush=True)
+        return
     elif args.mode == "deployed":
         result = deployed_benchmark(args.model, args.batch_size, args.steps)
     elif args.mode == "infer":

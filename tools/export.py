@@ -1,12 +1,18 @@
 """Export a trained TSN to ONNX or TorchScript: uint8 frames (B, T, C, H, W) in, class probabilities out.
 
     python tools/export.py --checkpoint P --format onnx|torchscript --out F [--check-video V ...]
+    python tools/export.py --checkpoint P --format onnx --stream --out F     # per-frame graph of a causal TSM
 
 Normalisation, consensus and softmax are inside the file; F.json beside it gives the input shape, the
 class names and the frame sampling and crop the model expects. Before the file is put in place it is
 run (onnxruntime for ONNX) against PyTorch on random frames and on real clips (--check-video, default
 the first videos of the config's test list where it exists) and the largest differences are printed;
 above --tolerance nothing is written and the exit status is 1. ONNX needs ``pip install 'tsn[export]'``.
+
+--stream writes instead the per-frame graph of a causal TSM (model.shift_direction: causal) or a TSN, for
+tools/predict.py --stream --model F: a frame and the shifted channels of the previous frame in, the frame's
+and the window's scores and the new shifted channels out; it is checked against the PyTorch recognizer on
+a sequence of random frames.
 """
 
 from __future__ import annotations
@@ -17,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tsn.cli import add_config_args, run_main
+from tsn.cli import UsageError, add_config_args, run_main
 from tsn.config import Config, load_config, resolve_path
 from tsn.data.lists import read_list
-from tsn.engine.export import DEFAULT_TOLERANCE, FORMATS, ExportError, export
+from tsn.engine.export import DEFAULT_TOLERANCE, FORMATS, ExportError, export, export_stream
 from tsn.engine.inference import load_trained
 from tsn.engine.predict import single_video_dataset
 
@@ -38,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{DEFAULT_CHECK_VIDEOS} of data.test_list where it exists)")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                         help="largest allowed difference of probabilities (default: %(default)g)")
+    parser.add_argument("--stream", action="store_true",
+                        help="the per-frame graph of a causal TSM, for tools/predict.py --stream (ONNX)")
     return parser
 
 
@@ -56,9 +64,21 @@ def main() -> int:
     args = build_parser().parse_args()
     config = load_config(args.config, args.opt) if args.config is not None else None
     trained = load_trained(args.checkpoint, config, "cpu", overrides=() if config is not None else args.opt)
+    if args.stream:
+        if args.format != "onnx":
+            raise UsageError("--stream writes an ONNX graph: --format onnx")
+        try:
+            stream = export_stream(trained, args.out, args.tolerance)
+        except ExportError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        print(f"largest difference to PyTorch: {stream.difference:.3g} over a sequence of random frames")
+        print(f"wrote {stream.path}: a frame and {len(stream.cache_shapes)} caches in, scores and caches out; "
+              f"described in {stream.path}.json")
+        return 0
     videos = check_videos(trained.config, args.check_video)
     rng = np.random.default_rng(0)
-    clips = [single_video_dataset(trained.config, video, num_clips=1, crops=1).load(0, rng)[0]  # (T, C, H, W)
+    clips = [single_video_dataset(trained.config, video, 1, 1, trained.class_names).load(0, rng)[0]  # (T, C, H, W)
              for video in videos]
     try:
         report = export(trained, args.format, args.out, clips, args.tolerance)

@@ -3,6 +3,8 @@
     python tools/predict.py --checkpoint P [VIDEO_OR_DIR ...] [--list L --src ROOT] [--top-k 5]
                             [--window SECONDS [--stride SECONDS]] [--json | --csv] [--out-video PATH]
     python tools/predict.py --model model.onnx VIDEO ...     # a file of tools/export.py, on onnxruntime
+    python tools/predict.py --checkpoint P --stream SOURCE [--realtime] [--stream-window N] [--stream-stride N]
+                            [--print-every N] [--json]      # a file, camera (0, /dev/video0) or rtsp:// / http:// URL
 
 A folder stands for every video under it. The checkpoint carries the network, its config and its
 class names; --config and --opt only change them. An exported file (--model) carries its config and class
@@ -10,11 +12,20 @@ names too and runs on onnxruntime (CUDA with --device cuda where its provider is
 CPU) or TorchScript; the line "running ... with ..." on stderr says which. Results go to stdout (a table, JSON lines or CSV),
 failures to stderr as "failed: <video>: <reason>". Exit status: 0; 1 when every video failed, or
 with --strict when any did; 2 for bad arguments.
+
+--stream scores a live source one frame at a time with a causal TSM (model.temporal: tsm,
+model.shift_direction: causal) or a TSN, from its checkpoint or its per-frame graph (tools/export.py
+--stream, then --model): every --stream-stride frames (default: the training clips' time between
+segments), the window consensus of the last --stream-window scored frames, printed every --print-every
+scored frames with the frame's time and the latency from its arrival to its scores. --realtime plays a
+file at its own rate and drops the frames the model cannot keep up with; cameras and network streams
+always run live. Ctrl-C stops it; a summary goes to stderr (exit 1 when the stream broke).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -25,7 +36,9 @@ from tsn.data.lists import read_video_list
 from tsn.engine.distributed import init_distributed
 from tsn.engine.predict import (CSV_HEADER, Predictor, format_csv_rows, format_json_line, format_table,
                                 write_labelled_video)
+from tsn.engine.stream import format_update, load_stream_model, run_stream, segment_stride
 from tsn.io import VideoReadError
+from tsn.io.live import LiveSourceError, open_live
 from tsn.io.extract import VIDEO_EXTENSIONS, find_videos
 
 
@@ -52,7 +65,36 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_arg(parser)
     add_progress_arg(parser)
     parser.add_argument("--strict", action="store_true", help="exit 1 when any video failed")
+    live = parser.add_argument_group("live streams")
+    live.add_argument("--stream", metavar="SOURCE", help="score a video file, camera or stream URL frame by frame")
+    live.add_argument("--realtime", action="store_true", help="play a --stream file at its own frame rate")
+    live.add_argument("--stream-window", type=int_at_least(1), help="scored frames in the window consensus "
+                                                                     "(default: the model's segments)")
+    live.add_argument("--stream-stride", type=int_at_least(1), help="source frames from one scored frame to the "
+                                                                     "next (default: one per training segment)")
+    live.add_argument("--print-every", type=int_at_least(1), default=1, help="print every N scored frames")
     return parser
+
+
+def run_stream_mode(args: argparse.Namespace, device) -> int:
+    """--stream: score the source frame by frame and print the window's top classes (``tsn.engine.stream``)."""
+    loaded = load_stream_model(args.model or args.checkpoint, args.model is not None, args.stream_window, device)
+    source = open_live(args.stream)
+    stride = args.stream_stride or segment_stride(source.fps, loaded.segment_seconds)
+    print(f"running {args.model or args.checkpoint} with {loaded.runtime} on {args.stream}: every {stride} frame(s), "
+          f"window {loaded.recognizer.window}", file=sys.stderr)
+
+    def show(update) -> None:
+        if update.scores.index % args.print_every == 0:
+            print(format_update(update, loaded.class_names, args.top_k, args.json), flush=True)
+
+    try:
+        summary = run_stream(loaded.recognizer, source, stride, args.realtime, show)
+    except LiveSourceError as error:
+        print(f"stream broken: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary.as_dict()), file=sys.stderr)
+    return 0
 
 
 def collect_videos(paths: list[Path], list_file: Path | None, src: Path) -> list[tuple[Path, str]]:
@@ -104,6 +146,14 @@ def main() -> int:
     if args.stride is not None and args.stride > args.window:
         raise UsageError(f"--stride {args.stride} is longer than --window {args.window}: frames between windows "
                          "would never be seen")
+    if args.stream is not None:
+        if args.videos or args.list or args.window or args.out_video or args.csv:
+            raise UsageError("--stream takes no videos, --list, --window, --out-video or --csv")
+        if args.config is not None or args.opt:
+            raise UsageError("--stream runs the model as it was trained: no --config or --opt")
+        return run_stream_mode(args, init_distributed(args.device).device)
+    if args.realtime or args.stream_window or args.stream_stride:
+        raise UsageError("--realtime, --stream-window and --stream-stride need --stream")
     videos = collect_videos(args.videos, args.list, args.src)
     if not videos:
         raise UsageError("no videos: give VIDEO_OR_DIR arguments or --list")

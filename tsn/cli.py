@@ -28,6 +28,7 @@ from tsn.engine.evaluate import NonFiniteError
 from tsn.engine.export import ExportError
 from tsn.io import VideoReadError
 from tsn.io.base import BackendUnavailable
+from tsn.io.live import LiveSourceError
 from tsn.fileio import atomic_write_text
 from tsn.io.extract import ExtractFailure, ExtractJob, failures_csv, find_videos
 from tsn.models import PretrainedWeightsNotFound
@@ -118,6 +119,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     IsADirectoryError,
     AllVideosFailedError,
     NonFiniteError,
+    LiveSourceError,
 )
 
 # torch.utils.data re-raises a worker's exception as ``Caught <Type> in DataLoader worker process

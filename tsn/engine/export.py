@@ -138,17 +138,27 @@ def onnx_providers(device: torch.device) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def onnx_session(path: Path, device: torch.device):
+    """An onnxruntime session on ``path``, with as many CPU threads as PyTorch uses (``OMP_NUM_THREADS``,
+    the process's CPU affinity), so that a run pinned to some cores stays on them as the PyTorch path does."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ExportError("running an ONNX file needs onnxruntime: pip install 'tsn[export]'") from None
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    return onnxruntime.InferenceSession(str(path), options, providers=onnx_providers(device))
+
+
 def load_runner(path: Path, format: str,
                 device: torch.device = torch.device("cpu")) -> Callable[[np.ndarray], np.ndarray]:
     """A function running the exported file at ``path``: uint8 frames (B, T, C, H, W) -> probabilities (B, classes);
     an ONNX file on onnxruntime's CUDA provider when ``device`` is CUDA and the provider is there, else the CPU."""
     if format == "onnx":
-        try:
-            import onnxruntime
-        except ImportError:
-            raise ExportError("running an ONNX file needs onnxruntime: pip install 'tsn[export]'") from None
-        session = onnxruntime.InferenceSession(str(path), providers=onnx_providers(device))
-        return lambda frames: session.run(None, {"frames": frames})[0]
+        session = onnx_session(path, device)
+        run = lambda frames: session.run(None, {"frames": frames})[0]  # noqa: E731
+        run.runtime = f"onnxruntime ({session.get_providers()[0]})"  # what runs it, the fallback included
+        return run
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         module = torch.jit.load(str(path), map_location="cpu")
@@ -252,7 +262,7 @@ class ExportedTSN:
         self.format = "onnx" if self.path.suffix == ".onnx" else "torchscript"
         self.device = device
         self._run = load_runner(self.path, self.format, device)
-        self.runtime = f"onnxruntime ({onnx_providers(device)[0]})" if self.format == "onnx" else "torchscript (CPU)"
+        self.runtime = getattr(self._run, "runtime", "torchscript (CPU)")
 
     def __call__(self, clips: torch.Tensor) -> torch.Tensor:
         """uint8 ``(N, T, C, H, W)`` -> float32 log-probabilities ``(N, classes)`` on the clips' device."""
@@ -282,3 +292,117 @@ def _description(trained: TrainedModel, spec: InputSpec, format: str) -> dict:
         "config": trained.config.to_dict(),  # the run's config: tools/test.py and predict.py read videos by it
     }
 
+
+# The per-frame graph of a causal TSM (tsn.engine.stream): its inputs and outputs besides the caches.
+STREAM_INPUTS = ("frame", "window_max")
+STREAM_OUTPUTS = ("logits", "feature", "window_logits")
+
+
+@dataclass(frozen=True)
+class StreamExportReport:
+    """What ``export_stream`` wrote: the file, the largest difference of probabilities to the PyTorch recognizer
+    over a sequence of frames, and the caches the graph carries from frame to frame."""
+
+    path: Path
+    difference: float
+    cache_shapes: tuple[tuple[int, ...], ...]
+
+
+def export_stream(trained: TrainedModel, out: str | os.PathLike[str], tolerance: float = DEFAULT_TOLERANCE,
+                  window: int = 4, frames: int = 6) -> StreamExportReport:
+    """Export the per-frame graph of a causal TSM (``tsn.engine.stream.StreamingShift``) to the ONNX file
+    ``out``: uint8 frame ``(1, 3, S, S)``, the window's earlier features' maximum, and one cache per shifted
+    convolution in; frame logits, pooled feature, window logits and the new caches out. Checked against the
+    PyTorch recognizer on ``frames`` random frames in a row (``window`` frames a window) before it is put in
+    place; writes ``out.json``."""
+    from tsn.engine.stream import StreamingShift, torch_recognizer
+
+    model = trained.model.cpu().eval()
+    data = trained.config.data
+    step = StreamingShift(model).eval()
+    shapes = tuple(step.cache_shapes(data.input_size))
+    names = [f"cache_{i}" for i in range(len(shapes))]
+    example = (torch.zeros(1, 3, data.input_size, data.input_size, dtype=torch.uint8),
+               torch.full((1, model.head.descriptor_dim), float("-inf")), *(torch.zeros(shape) for shape in shapes))
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.stem}.{os.getpid()}.{uuid.uuid4().hex}.partial{target.suffix}"
+    description = {"format": "onnx-stream", "class_names": trained.class_names, "config": trained.config.to_dict(),
+                   "stream": {"cache_shapes": [list(shape) for shape in shapes], "consensus": model.consensus,
+                              "feature_dim": model.head.descriptor_dim, "input_size": data.input_size,
+                              "short_side": data.short_side, "segment_seconds": trained.segment_seconds,
+                              "inputs": list(STREAM_INPUTS) + names, "outputs": list(STREAM_OUTPUTS) + names}}
+    try:
+        _export_onnx_graph(step, example, tmp, list(STREAM_INPUTS) + names,
+                           list(STREAM_OUTPUTS) + [f"{name}_out" for name in names], json.dumps(description))
+        generator = np.random.default_rng(0)
+        sequence = [generator.integers(0, 256, (data.input_size + 8, data.input_size + 16, 3), dtype=np.uint8)
+                    for _ in range(frames)]
+        reference = torch_recognizer(model, window, data.input_size, data.short_side)
+        exported = stream_recognizer_from_file(tmp, window)
+        worst = 0.0
+        for frame in sequence:
+            expected, got = reference.push(frame), exported.push(frame)
+            for a, b in ((expected.frame, got.frame), (expected.window, got.window)):
+                if not np.isfinite(b).all():
+                    raise ExportError("the per-frame graph returned non-finite probabilities")
+                worst = max(worst, float(np.abs(a - b).max()))
+        if not worst <= tolerance:
+            raise ExportError(f"the per-frame graph differs from PyTorch by up to {worst:.3g} in probability "
+                              f"(tolerance {tolerance:g}): not written")
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    atomic_write_text(target.with_name(target.name + ".json"), json.dumps(description, indent=2) + "\n")
+    return StreamExportReport(target, worst, shapes)
+
+
+def _export_onnx_graph(module: nn.Module, example: tuple[torch.Tensor, ...], path: Path, inputs: list[str],
+                       outputs: list[str], description: str) -> None:
+    """``module`` on ``example`` (fixed shapes) to the ONNX file ``path``, carrying ``description``."""
+    try:
+        import onnx
+        import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
+    except ImportError:
+        raise ExportError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'tsn[export]'") from None
+    program = torch.onnx.export(module, example, None, input_names=inputs, output_names=outputs, dynamo=True,
+                                verbose=False)
+    proto = program.model_proto
+    onnx.helper.set_model_props(proto, {METADATA_KEY: description})
+    onnx.save(proto, str(path))
+
+
+class OnnxFrameStep:
+    """The per-frame graph of ``export_stream`` on onnxruntime, keeping the caches between frames
+    (``tsn.engine.stream.FrameStep``)."""
+
+    def __init__(self, path: Path, description: dict, device: torch.device = torch.device("cpu")) -> None:
+        stream = description["stream"]
+        self.session = onnx_session(path, device)
+        self.runtime = f"onnxruntime ({self.session.get_providers()[0]})"
+        self.shapes = [tuple(shape) for shape in stream["cache_shapes"]]
+        self.names = [f"cache_{i}" for i in range(len(self.shapes))]
+        self.reset()
+
+    def reset(self) -> None:
+        self.caches = [np.zeros(shape, dtype=np.float32) for shape in self.shapes]
+
+    def __call__(self, frame: np.ndarray, window_max: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        feeds = {"frame": frame, "window_max": window_max[None], **dict(zip(self.names, self.caches))}
+        logits, feature, window_logits, *self.caches = self.session.run(None, feeds)
+        return logits[0], feature[0], window_logits[0]
+
+
+def stream_recognizer_from_file(path: str | os.PathLike[str], window: int,
+                                device: torch.device = torch.device("cpu")):
+    """A ``tsn.engine.stream.StreamRecognizer`` running the per-frame graph at ``path`` (``export_stream``)."""
+    from tsn.engine.stream import StreamRecognizer
+
+    description = read_description(path)
+    if description.get("format") != "onnx-stream":
+        raise ExportError(f"{path}: not a per-frame graph (tools/export.py --stream)")
+    stream = description["stream"]
+    step = OnnxFrameStep(Path(path), description, device)
+    return StreamRecognizer(step, stream["consensus"], window, stream["input_size"], stream["short_side"],
+                            stream["feature_dim"])
