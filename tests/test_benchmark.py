@@ -35,9 +35,9 @@ def test_loader_benchmark_reads_the_same_clips_every_pass(tiny_cfg) -> None:
 
 def test_model_benchmark_reports_a_train_step_rate_on_cpu() -> None:
     result = model_benchmark("resnet18", batch=2, segments=2, amp="bf16", channels_last=True, steps=1,
-                             input_size=32, warmup=0, num_classes=3)
+                             input_size=32, warmup=0, num_classes=3, temporal="tsm")
     # amp acts on CUDA only, and says so on the CPU; channels_last acts on every device.
-    assert (result["amp"], result["channels_last"], result["steps"]) == ("none", True, 1)
+    assert (result["amp"], result["channels_last"], result["steps"], result["temporal"]) == ("none", True, 1, "tsm")
     assert result["images_per_s"] == pytest.approx(2 * result["clips_per_s"], rel=0.02)
 
 

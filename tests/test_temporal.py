@@ -205,13 +205,14 @@ def order_data(tmp_path_factory: pytest.TempPathFactory):
     return make_order_dataset(tmp_path_factory.mktemp("order"), videos_train=16, videos_val=10, num_frames=8, size=64)
 
 
-def _order_run(data, work, temporal: str) -> float:
+def _order_run(data, work, temporal: str, epochs: int) -> float:
     from tiny_training import restored_global_state
     from tsn.engine.trainer import train
 
     overrides = [f"data.root={data.root}", "data.test_list=val.txt", "data.num_segments=8", "data.input_size=64",
                  "data.short_side=64", "data.batch_size=8", "data.num_workers=0", "data.train_scales=[1.0]",
-                 f"model.temporal={temporal}", "train.epochs=10", "train.lr=0.001", "train.deterministic=true"]
+                 f"model.temporal={temporal}", f"train.epochs={epochs}", f"train.val_every={epochs}", "train.lr=0.001",
+                 "train.deterministic=true"]
     with restored_global_state():
         result = train(load_config(None, overrides), work, progress=False)
     return result.last_val.top1
@@ -219,6 +220,7 @@ def _order_run(data, work, temporal: str) -> float:
 
 def test_tsn_is_at_chance_on_order_and_tsm_learns_it(order_data, tmp_path) -> None:
     """Forwards and backwards copies of the same frames: TSN pools them without order (exactly chance, since it
-    samples all 8 frames of each), TSM tells them apart."""
-    assert abs(_order_run(order_data, tmp_path / "tsn", "none") - 0.5) <= 0.1
-    assert _order_run(order_data, tmp_path / "tsm", "tsm") >= 0.95
+    samples all 8 frames of each, so that both copies of a clip get the same scores whatever it learns: a short
+    run says as much as a long one), TSM tells them apart."""
+    assert abs(_order_run(order_data, tmp_path / "tsn", "none", epochs=3) - 0.5) <= 0.1
+    assert _order_run(order_data, tmp_path / "tsm", "tsm", epochs=10) >= 0.95

@@ -3,7 +3,7 @@ training. One JSON line.
 
     python tools/benchmark.py loader --config C [--opt KEY=VALUE ...] [--split train|val] [--clips N] [--workers W]
     python tools/benchmark.py model --backbone resnet50 [--batch-size 32] [--num-segments 8] [--amp none|bf16|fp16]
-                                    [--channels-last] [--compile] [--steps N] [--input-size 224]
+                                    [--channels-last] [--compile] [--steps N] [--input-size 224] [--temporal tsm]
     python tools/benchmark.py infer --checkpoint P [--batch-size 8] [--num-segments K] [--amp ...] [--channels-last]
                                     [--steps N]
     python tools/benchmark.py train --config C [--opt ...] [--steps N] [--workers W] [--profile DIR]
@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--compile", action="store_true")
     model.add_argument("--steps", type=int_at_least(1), default=10)
     model.add_argument("--input-size", type=int_at_least(1), default=224)
+    model.add_argument("--temporal", choices=("none", "tsm"), default="none", help="as model.temporal")
     infer = modes.add_parser("infer", parents=[common], help="forward-only images/s of a trained checkpoint")
     infer.add_argument("--checkpoint", type=Path, required=True, help="checkpoint of tools/train.py")
     add_batch_size_arg(infer, "clips per forward", default=8)
@@ -84,7 +85,7 @@ def main() -> None:
     args = build_parser().parse_args()
     if args.mode == "model":
         result = model_benchmark(args.backbone, args.batch_size, args.num_segments, args.amp, args.channels_last,
-                                 args.compile, args.steps, args.input_size)
+                                 args.compile, args.steps, args.input_size, temporal=args.temporal)
     elif args.mode == "stream":
         loaded = load_stream_model(args.model or args.checkpoint, args.model is not None, args.stream_window)
         videos = [(str(args.src / record.path), record.label) for record in read_video_list(args.list)]

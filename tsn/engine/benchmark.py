@@ -129,8 +129,9 @@ def _time_steps(step: Callable[[int], None], steps: int, warmup: int, device: to
 def model_benchmark(backbone: str, batch: int = 32, segments: int = 8, amp: str = "none",
                     channels_last: bool = False, compile_model: bool = False, steps: int = 10,
                     input_size: int = 224, warmup: int = 3, num_classes: int = 400,
-                    device: torch.device | None = None) -> dict[str, Any]:
-    """Train-step throughput of a TSN (``backbone``, random weights, GAP head) on random input on ``device``.
+                    device: torch.device | None = None, temporal: str = "none") -> dict[str, Any]:
+    """Train-step throughput of a TSN (``backbone``, random weights, GAP head; ``temporal`` "tsm" shifts
+    as ``model.temporal``) on random input on ``device``.
 
     ``amp`` acts on CUDA only (as in training); on the CPU it is reported as ``"none"``.
     """
@@ -138,7 +139,8 @@ def model_benchmark(backbone: str, batch: int = 32, segments: int = 8, amp: str 
         raise ValueError(f"amp must be one of {AMP_CHOICES}, got {amp!r}")
     device = device or default_device()
     on_cuda = device.type == "cuda"
-    model = build_model(backbone=backbone, pretrained=False, num_classes=num_classes, num_segments=segments)
+    model = build_model(backbone=backbone, pretrained=False, num_classes=num_classes, num_segments=segments,
+                        temporal=temporal)
     net = _prepare(model, device, channels_last, compile_model)
     recipe = TrainConfig(amp=amp, label_smoothing=0.0)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
@@ -157,7 +159,7 @@ def model_benchmark(backbone: str, batch: int = 32, segments: int = 8, amp: str 
 
     seconds = _time_steps(step, steps, warmup, device)
     return {
-        "mode": "model", "backbone": backbone, "device": _device_name(device), "batch": batch,
+        "mode": "model", "backbone": backbone, "temporal": temporal, "device": _device_name(device), "batch": batch,
         "segments": segments, "input_size": input_size, "amp": amp if on_cuda else "none",
         "channels_last": channels_last, "compile": compile_model, "steps": steps,
         "seconds": round(seconds, 3), "images_per_s": round(steps * batch * segments / seconds, 2),
