@@ -4,6 +4,7 @@ by frame, its per-frame ONNX graph equals PyTorch, and predict.py --stream reads
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,9 @@ class SlowRecognizer:
     def __init__(self, seconds: float) -> None:
         self.seconds, self.seen = seconds, []
 
+    def reset(self) -> None:
+        self.seen = []
+
     def push(self, frame: np.ndarray):
         import time
 
@@ -130,6 +134,8 @@ def test_a_file_is_scored_every_stride_frames_and_in_real_time_frames_are_droppe
     fast = SlowRecognizer(0.0)
     summary = run_stream(fast, open_live(str(video)), 4, False, lambda update: None)
     assert (summary.frames_read, summary.frames_scored, summary.frames_dropped) == (50, 13, 0)
+    run_stream(fast, open_live(str(video)), 4, False, lambda update: None)  # a second source starts afresh
+    assert len(fast.seen) == 13
     slow = SlowRecognizer(0.2)  # 4 frames of 50 fps arrive every 0.08 s, each takes 0.2 s to score
     summary = run_stream(slow, open_live(str(video)), 4, True, lambda update: None)
     assert summary.frames_read == 50 and summary.frames_scored + summary.frames_dropped == 13
@@ -138,6 +144,23 @@ def test_a_file_is_scored_every_stride_frames_and_in_real_time_frames_are_droppe
     assert segment_stride(30.0, 0.5) == 15 and segment_stride(25.0, None) == 6 and segment_stride(0.0, 1.0) == 1
     with pytest.raises(LiveSourceError, match="no such file, camera or stream URL"):
         open_live(str(tmp_path / "none.mp4"))
+
+
+def test_a_stream_that_breaks_is_raised_once_after_the_frames_before_it(tmp_path: Path) -> None:
+    from tsn.io.live import LiveFrame, LiveSource
+
+    def frames():
+        for number in range(6):
+            yield LiveFrame(number / 25, np.zeros((8, 8, 3), np.uint8))
+            time.sleep(0.01)
+        raise LiveSourceError("rtsp://cam/1", "the stream broke")
+
+    model = SlowRecognizer(0.0)
+    with pytest.raises(LiveSourceError, match=r"^rtsp://cam/1: the stream broke$"):
+        run_stream(model, LiveSource("rtsp://cam/1", 25.0, False, frames()), 1, False, lambda update: None)
+    assert len(model.seen) >= 1  # what arrived before the break was scored, then the error, once
+    with pytest.raises(LiveSourceError, match="the camera cannot be opened"):
+        open_live("/dev/video97")
 
 
 def test_predict_stream_prints_json_lines_and_a_summary(tmp_path: Path) -> None:

@@ -81,6 +81,9 @@ def run_stream_mode(args: argparse.Namespace, device) -> int:
     loaded = load_stream_model(args.model or args.checkpoint, args.model is not None, args.stream_window, device)
     source = open_live(args.stream)
     stride = args.stream_stride or segment_stride(source.fps, loaded.segment_seconds)
+    if not args.stream_stride and source.fps <= 0:
+        print(f"warning: {args.stream} does not say its frame rate: every frame is scored; give --stream-stride N "
+              f"(frames between the segments the model was trained on)", file=sys.stderr)
     print(f"running {args.model or args.checkpoint} with {loaded.runtime} on {args.stream}: every {stride} frame(s), "
           f"window {loaded.recognizer.window}", file=sys.stderr)
 

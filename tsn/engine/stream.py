@@ -311,6 +311,7 @@ def run_stream(recognizer: StreamRecognizer, source: LiveSource, stride: int, re
     before it are scored)."""
     if stride < 1:
         raise ValueError(f"stride must be >= 1 frame, got {stride}")
+    recognizer.reset()  # a new source starts from empty caches and an empty window
     slot, stop = _LatestFrame(), threading.Event()
     live = realtime or not source.is_file
     started = time.monotonic()
@@ -369,13 +370,14 @@ def load_stream_model(path: str | os.PathLike[str], exported: bool, window: int 
     per-frame graph (``tools/export.py --stream``) on onnxruntime. ``window``: frames in the window consensus
     (None: the model's ``data.num_segments``)."""
     from tsn.config import Config
-    from tsn.engine.export import read_description, stream_recognizer_from_file
+    from tsn.engine.export import ExportError, read_description, stream_recognizer_from_file
     from tsn.engine.inference import load_trained
 
     if exported:
         description = read_description(path)
-        config = Config.from_dict(description["config"])
-        segments = config.data.num_segments
+        if description.get("format") != "onnx-stream" or "config" not in description:
+            raise ExportError(f"{path}: not a per-frame graph (tools/export.py --stream)")
+        segments = Config.from_dict(description["config"]).data.num_segments
         recognizer = stream_recognizer_from_file(path, window or segments, device)
         return LoadedStreamModel(recognizer, list(description["class_names"]), segments,
                                  description["stream"].get("segment_seconds"), recognizer.step.runtime)
@@ -403,11 +405,13 @@ def stream_accuracy(loaded: LoadedStreamModel, videos: Sequence[tuple[str, int]]
     """Top-1 of streaming each video (path, label) at each stride: the window's top class after the video's
     last scored frame, and the share of scored frames (once the window is full) whose window is right.
     Every frame is decoded once per video (``tsn.io.iter_frames``) and the strides take their frames from it."""
-    from tsn.io import iter_frames
+    from tsn.io import VideoReadError, iter_frames
 
     totals = {stride: [0, 0, 0, 0] for stride in strides}  # last right, videos, frames right, frames
     for path, label in videos:
         frames = list(iter_frames(path, backend))
+        if not frames:
+            raise VideoReadError(path, "no frames to stream")
         for stride in strides:
             loaded.recognizer.reset()
             scores = [loaded.recognizer.push(frame) for frame in frames[::stride]]

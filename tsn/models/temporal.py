@@ -90,7 +90,8 @@ class ShiftedConv2d(nn.Conv2d):
         if self.stream_cache is None:
             return super().forward(temporal_shift(x, self.segments, self.shift_div, self.direction))
         fold = x.shape[1] // self.shift_div  # causal, one frame: channels [0, fold) come from the previous frame
-        previous, self.stream_cache = self.stream_cache, x[:, :fold]
+        # a copy: a view would keep the whole input alive between frames
+        previous, self.stream_cache = self.stream_cache, x[:, :fold].clone()
         return super().forward(torch.cat([previous, x[:, fold:]], dim=1))
 
     def extra_repr(self) -> str:
