@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(PY) tools/train.py
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2  # two worker processes (pytest-xdist): most tests use one core
 
 clean:
 	rm -rf $(VENV) work_dirs demo_data

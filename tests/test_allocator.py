@@ -8,6 +8,7 @@ import ctypes.util
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -95,13 +96,19 @@ def test_workers_of_a_process_with_mimalloc_run_with_it_too() -> None:
 @pytest.mark.skipif(allocator.mimalloc_library() is None, reason="cmeel-mimalloc is not installed (Linux only)")
 def test_tools_start_again_with_mimalloc_and_losses_are_bit_identical_with_every_strategy(tmp_path: Path) -> None:
     data = make_tiny_data(tmp_path / "data")
+    opts = [item for o in tiny_overrides(data, epochs=2) for item in ("--opt", o)]
+
+    def train(choice: str):
+        return run_tool("train.py", ["--config", str(REPO_ROOT / "configs" / "demo.yaml"), "--work-dir",
+                                     str(tmp_path / choice), "--no-progress", *opts, "--opt", "data.num_workers=1"],
+                        env=tool_env(TSN_ALLOCATOR=choice))
+
+    choices = ("mimalloc", "glibc", "system")
+    with ThreadPoolExecutor(len(choices)) as pool:  # three processes at once: most of each is starting Python
+        results = dict(zip(choices, pool.map(train, choices)))
     losses = {}
-    for choice in ("mimalloc", "glibc", "system"):
+    for choice, result in results.items():
         work = tmp_path / choice
-        opts = [item for o in tiny_overrides(data, epochs=2) for item in ("--opt", o)]
-        result = run_tool("train.py", ["--config", str(REPO_ROOT / "configs" / "demo.yaml"), "--work-dir", str(work),
-                                       "--no-progress", *opts, "--opt", "data.num_workers=1"],
-                          env=tool_env(TSN_ALLOCATOR=choice))
         assert result.returncode == 0, result.stderr
         assert f"memory allocator: {choice}: " in (work / "train.log").read_text()
         records = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]

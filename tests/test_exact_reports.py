@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from badfiles import make_text_as_mp4, write_list
-from tiny_training import REPO_ROOT, make_tiny_data, restored_global_state, run_tool, tiny_overrides, tool_env
+from tiny_training import (REPO_ROOT, make_tiny_data, restored_global_state, run_tool, run_tools_together,
+                           tiny_overrides, tool_env)
 from tsn.config import ConfigError, load_config
 from tsn.data import transforms as T
 from tsn.data.builders import VALIDATION_GROUPS, DatasetLists, carve_validation_splits
@@ -144,10 +145,12 @@ def test_test_tool_flags_a_checkpoint_chosen_on_its_list_and_lists_skipped_rows(
         tiny_run: tuple[Path, list[str]], tmp_path: Path) -> None:
     work, overrides = tiny_run
     opts = [item for o in overrides for item in ("--opt", o)]
-    for name, chosen in (("best.pth", True), ("latest.pth", False)):
+    names = ("best.pth", "latest.pth")
+    results = run_tools_together(*[("test.py", ["--checkpoint", str(work / name), "--out", str(tmp_path / name),
+                                                "--no-progress", *opts, "--config", str(work / "config.yaml")])
+                                   for name in names])
+    for name, chosen, result in zip(names, (True, False), results):
         out = tmp_path / name
-        result = run_tool("test.py", ["--checkpoint", str(work / name), "--out", str(out), "--no-progress",
-                                      *opts, "--config", str(work / "config.yaml")], env=tool_env())
         assert result.returncode == 0, result.stderr
         assert ("was chosen as the best on this list" in result.stderr) == chosen
         metrics = json.loads((out / "metrics.json").read_text())
@@ -165,42 +168,45 @@ def test_test_tool_refuses_a_model_whose_scores_are_not_finite(tiny_run: tuple[P
     state["model"]["head.fc.bias"][0] = float("nan")
     torch.save(state, tmp_path / "nan.pth")
     opts = [item for o in overrides for item in ("--opt", o)]
-    args = ["--checkpoint", str(tmp_path / "nan.pth"), "--out", str(tmp_path / "out"), "--no-progress", *opts,
-            "--config", str(work / "config.yaml")]
-    result = run_tool("test.py", args, env=tool_env())
+    args = ["--checkpoint", str(tmp_path / "nan.pth"), "--no-progress", *opts, "--config", str(work / "config.yaml")]
+    result, skipped = run_tools_together(("test.py", [*args, "--out", str(tmp_path / "out")]),
+                                         ("test.py", [*args, "--out", str(tmp_path / "skip"),
+                                                      "--opt", "test.on_nonfinite=skip"]))
     assert result.returncode == 2
     lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error: ")]
     assert lines[0] == ("error: scores are NaN or infinite for 4 video(s) that were read: a diverged model (see the "
                         "training loss), an fp16 overflow (train.amp: bf16 or none) or a corrupt checkpoint")
     assert len(lines) == 5 and all(re.fullmatch(r"error: \S+\.mp4: scores not finite", line) for line in lines[1:])
     assert not (tmp_path / "out" / "metrics.json").exists()
-    skipped = run_tool("test.py", [*args, "--opt", "test.on_nonfinite=skip"], env=tool_env())
     assert skipped.returncode == 0, skipped.stderr
-    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "skip" / "metrics.json").read_text())
     assert (metrics["num_videos"], metrics["num_skipped"]) == (0, 5)
 
 
 def test_fuse_scores_accepts_only_the_nan_rows_its_runs_listed(tmp_path: Path) -> None:
     write_list(tmp_path / "test.txt", ["a.mp4 0", "b.mp4 1", "c.mp4 0", "d.mp4 0"])
     (tmp_path / "classes.txt").write_text("x\ny\n")
-    for name, rows in (("rgb", [[0.9, 0.1], [0.2, 0.8], [np.nan, np.nan], [0.6, 0.4]]),
-                       ("flow", [[0.7, 0.3], [0.4, 0.6], [0.5, 0.5], [np.inf, 0.0]])):
-        (tmp_path / name).mkdir()
-        np.save(tmp_path / name / "scores.npy", np.array(rows))
-    (tmp_path / "rgb" / "skipped.csv").write_text("index,path,reason\n2,/v/c.mp4,empty file (0 bytes)\n")
-    common = ["--scores", str(tmp_path / "rgb" / "scores.npy"), str(tmp_path / "flow" / "scores.npy"),
-              "--list", str(tmp_path / "test.txt"), "--classes", str(tmp_path / "classes.txt"),
-              "--out", str(tmp_path / "fused")]
-    refused = run_tool("fuse_scores.py", common, env=tool_env())
+    for case in ("unlisted", "listed"):  # flow's infinite row of d.mp4 is in its skipped list only in "listed"
+        for name, rows in (("rgb", [[0.9, 0.1], [0.2, 0.8], [np.nan, np.nan], [0.6, 0.4]]),
+                           ("flow", [[0.7, 0.3], [0.4, 0.6], [0.5, 0.5], [np.inf, 0.0]])):
+            (tmp_path / case / name).mkdir(parents=True)
+            np.save(tmp_path / case / name / "scores.npy", np.array(rows))
+        (tmp_path / case / "rgb" / "skipped.csv").write_text("index,path,reason\n2,/v/c.mp4,empty file (0 bytes)\n")
+    (tmp_path / "listed" / "flow" / "skipped.csv").write_text("index,path,reason\n3,/v/d.mp4,empty file (0 bytes)\n")
+
+    def args(case: str) -> list[str]:
+        return ["--scores", str(tmp_path / case / "rgb" / "scores.npy"), str(tmp_path / case / "flow" / "scores.npy"),
+                "--list", str(tmp_path / "test.txt"), "--classes", str(tmp_path / "classes.txt"),
+                "--out", str(tmp_path / case / "fused")]
+
+    refused, fused = run_tools_together(("fuse_scores.py", args("unlisted")), ("fuse_scores.py", args("listed")))
     assert refused.returncode == 2
-    assert [line for line in refused.stderr.splitlines() if line.startswith("error: ")][1:] == [f"error: d.mp4: scores in {tmp_path / 'flow' / 'scores.npy'} "
-                                                       "not finite"]
-    (tmp_path / "flow" / "skipped.csv").write_text("index,path,reason\n3,/v/d.mp4,empty file (0 bytes)\n")
-    fused = run_tool("fuse_scores.py", common, env=tool_env())
+    assert [line for line in refused.stderr.splitlines() if line.startswith("error: ")][1:] == [
+        f"error: d.mp4: scores in {tmp_path / 'unlisted' / 'flow' / 'scores.npy'} not finite"]
     assert fused.returncode == 0, fused.stderr
-    metrics = json.loads((tmp_path / "fused" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "listed" / "fused" / "metrics.json").read_text())
     assert (metrics["num_videos"], metrics["num_skipped"], metrics["top1"]) == (2, 2, 1.0)
-    rows = list(csv.DictReader(open(tmp_path / "fused" / "skipped.csv")))
+    rows = list(csv.DictReader(open(tmp_path / "listed" / "fused" / "skipped.csv")))
     assert [(row["index"], row["path"]) for row in rows] == [("2", "c.mp4"), ("3", "d.mp4")]
 
 

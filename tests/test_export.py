@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tiny_training import restored_global_state, run_tool, tool_env
+from tiny_training import restored_global_state, run_tool, run_tools_together, tool_env
 from tsn.config import Config, load_config
 from tsn.engine.build import build_tsn
 from tsn.engine.export import ExportError, export, load_runner, read_description
@@ -145,9 +145,9 @@ def test_test_and_predict_run_an_exported_file_as_they_run_the_checkpoint(tmp_pa
     (tmp_path / "classes.txt").write_text("".join(f"{name}\n" for name in CLASSES))
     cfg, checkpoint = make_checkpoint(tmp_path, ["data.test_list=test.txt", "data.num_workers=0",
                                                  "test.num_clips=2", "test.crops=3"])
+    run_test(cfg, checkpoint, tmp_path / "eager", device="cpu", progress=False)
     for format, name in (("onnx", "m.onnx"), ("torchscript", "m.pt")):
         export(load_trained(checkpoint), format, tmp_path / name)
-        run_test(cfg, checkpoint, tmp_path / "eager", device="cpu", progress=False)
         run_test(cfg, tmp_path / name, tmp_path / format, device="cpu", progress=False, exported=True)
         eager, exported = np.load(tmp_path / "eager" / "scores.npy"), np.load(tmp_path / format / "scores.npy")
         assert eager.max() > 0.5  # far from uniform: a wrong view average would show
@@ -161,14 +161,15 @@ def test_test_and_predict_run_an_exported_file_as_they_run_the_checkpoint(tmp_pa
         assert [w.top[0].name for w in got.windows] == [w.top[0].name for w in expected.windows]
     config = tmp_path / "config.yaml"
     save_config(cfg, config)
-    done = run_tool("predict.py", ["--model", str(tmp_path / "m.onnx"), str(tmp_path / "videos" / "v0.mp4"),
-                                   "--json", "--no-progress"], env=tool_env())
+    done, refused = run_tools_together(
+        ("predict.py", ["--model", str(tmp_path / "m.onnx"), str(tmp_path / "videos" / "v0.mp4"), "--json",
+                        "--no-progress"]),
+        ("test.py", ["--config", str(config), "--model", str(tmp_path / "m.onnx"), "--out", str(tmp_path / "tool"),
+                     "--no-progress", "--opt", "data.num_segments=4"]))
     assert done.returncode == 0, done.stderr
     assert f"running {tmp_path / 'm.onnx'} with onnxruntime (CPUExecutionProvider)" in done.stderr
     assert json.loads(done.stdout)["top"][0]["name"] in CLASSES
-    done = run_tool("test.py", ["--config", str(config), "--model", str(tmp_path / "m.onnx"), "--out",
-                                str(tmp_path / "tool"), "--no-progress", "--opt", "data.num_segments=4"],
-                    env=tool_env())
+    done = refused
     assert done.returncode == 2
     assert f"error: data.num_segments: {tmp_path / 'm.onnx'} was exported with 3, the config says 4" in done.stderr
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tiny_training import restored_global_state, run_tool, tool_env
+from tiny_training import restored_global_state, run_tools_together
 from tsn.config import ConfigError
 from tsn.data.transforms import ResizedCenterCrop, to_tensor_clip
 from tsn.engine.stream import (StreamRecognizer, offline_frame_logits, run_stream, segment_stride, softmax,
@@ -174,15 +174,15 @@ def test_predict_stream_prints_json_lines_and_a_summary(tmp_path: Path) -> None:
     checkpoint = tmp_path / "m.pth"
     torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "class_names": [f"c{i}" for i in range(CLASSES)],
                 "segment_seconds": 0.12}, checkpoint)
-    done = run_tool("predict.py", ["--checkpoint", str(checkpoint), "--stream", str(video), "--json",
-                                   "--print-every", "2", "--top-k", "2"], env=tool_env())
+    done, missing = run_tools_together(
+        ("predict.py", ["--checkpoint", str(checkpoint), "--stream", str(video), "--json", "--print-every", "2",
+                        "--top-k", "2"]),
+        ("predict.py", ["--checkpoint", str(checkpoint), "--stream", str(tmp_path / "no.mp4")]))
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     assert [line["frame"] for line in lines] == [0, 6, 12, 18, 24]  # every 3 frames (0.12 s at 25 fps), every 2nd
     assert all(len(line["top"]) == 2 and line["latency_ms"] >= 0 for line in lines)
     summary = json.loads(done.stderr.strip().splitlines()[-1])
     assert (summary["frames_read"], summary["frames_scored"], summary["frames_dropped"]) == (30, 10, 0)
-    missing = run_tool("predict.py", ["--checkpoint", str(checkpoint), "--stream", str(tmp_path / "no.mp4")],
-                       env=tool_env())
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'no.mp4'}: no such file, camera or stream URL"

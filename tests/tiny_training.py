@@ -63,6 +63,15 @@ def run_tool(script: str, args: Sequence[str], env: dict[str, str] | None = None
                           capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def run_tools_together(*calls: tuple[str, Sequence[str]]) -> list[subprocess.CompletedProcess]:
+    """``run_tool(script, args, tool_env())`` for each ``(script, args)``, two at a time (most of a small tool
+    run is starting Python and importing torch, one core each); the results in the order of ``calls``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(lambda call: run_tool(call[0], call[1], env=tool_env()), calls))
+
+
 def tool_env(**extra: str) -> dict[str, str]:
     """The environment for a tool subprocess: this one with one compute thread (see
     ``restored_global_state``), plus ``extra``."""
