@@ -197,7 +197,7 @@ def torch_recognizer(model: TSN, window: int, input_size: int, short_side: int,
 
 def segment_stride(fps: float, segment_seconds: float | None, default_seconds: float = 0.25) -> int:
     """Frames of a stream at ``fps`` between two frames given to the recognizer: one per ``segment_seconds``
-    (the mean spacing of the segments in training, which the checkpoint records), at least 1."""
+    (the median spacing of the segments in training, which the checkpoint records), at least 1."""
     seconds = segment_seconds if segment_seconds and segment_seconds > 0 else default_seconds
     return max(1, round(fps * seconds)) if fps > 0 else 1
 
