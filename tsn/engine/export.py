@@ -86,17 +86,9 @@ METADATA_KEY = "tsn"
 
 
 def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path, description: str) -> None:
-    try:
-        import onnx
-        import onnxscript  # noqa: F401  (torch.onnx's exporter needs it; say so before a long trace)
-    except ImportError:
-        raise ExportError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'tsn[export]'") from None
-    batch = torch.export.Dim("batch")
-    program = torch.onnx.export(module, (example,), None, input_names=["frames"], output_names=["probabilities"],
-                                dynamo=True, dynamic_shapes=({0: batch},), verbose=False)
-    proto = program.model_proto
-    onnx.helper.set_model_props(proto, {METADATA_KEY: description})
-    onnx.save(proto, str(path))
+    """The deployed TSN: uint8 frames -> probabilities, with a dynamic batch axis."""
+    _export_onnx_graph(module, (example,), path, ["frames"], ["probabilities"], description,
+                       dynamic_shapes=({0: torch.export.Dim("batch")},))
 
 
 def _export_torchscript(module: nn.Module, example: torch.Tensor, path: Path, description: str) -> None:
@@ -359,15 +351,16 @@ def export_stream(trained: TrainedModel, out: str | os.PathLike[str], tolerance:
 
 
 def _export_onnx_graph(module: nn.Module, example: tuple[torch.Tensor, ...], path: Path, inputs: list[str],
-                       outputs: list[str], description: str) -> None:
-    """``module`` on ``example`` (fixed shapes) to the ONNX file ``path``, carrying ``description``."""
+                       outputs: list[str], description: str, dynamic_shapes: tuple | None = None) -> None:
+    """``module`` on ``example`` to the ONNX file ``path``, carrying ``description``; shapes fixed but for
+    ``dynamic_shapes`` (``torch.onnx.export``'s)."""
     try:
         import onnx
-        import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
+        import onnxscript  # noqa: F401  (torch.onnx's exporter needs it; say so before a long trace)
     except ImportError:
         raise ExportError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'tsn[export]'") from None
     program = torch.onnx.export(module, example, None, input_names=inputs, output_names=outputs, dynamo=True,
-                                verbose=False)
+                                dynamic_shapes=dynamic_shapes, verbose=False)
     proto = program.model_proto
     onnx.helper.set_model_props(proto, {METADATA_KEY: description})
     onnx.save(proto, str(path))
