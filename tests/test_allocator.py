@@ -1,4 +1,4 @@
-"""The allocation strategy (``tsn.allocator``): active in every process that imports tsn, loader workers
+"""The allocation strategy (``tsn.runtime.allocator``): active in every process that imports tsn, loader workers
 included, off with ``TSN_ALLOCATOR=system``, and without any effect on what is computed (issue 22)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tiny_training import REPO_ROOT, make_tiny_data, run_tool, tiny_overrides, tool_env
-from tsn import allocator
+from tsn.runtime import allocator
 
 BLOCK = 64 * 2**20  # above glibc's largest mmap threshold (32 MB): mapped on its own by default
 
@@ -60,7 +60,7 @@ def _in_new_interpreter(code: str, **env: str) -> list[str]:
                           check=True).stdout.splitlines()
 
 
-PROBE_WORKERS = ("import tsn.allocator as a, test_allocator as t, torch; print(a.strategy()); "
+PROBE_WORKERS = ("import tsn.runtime.allocator as a, test_allocator as t, torch; print(a.strategy()); "
                  "print(t.mapped_for_a_large_block()); "
                  "[print(s, m) for c in ('fork', 'spawn') for s, m in torch.utils.data.DataLoader(t.Probe(), "
                  "batch_size=None, num_workers=2, multiprocessing_context=c)]")
@@ -82,7 +82,7 @@ def test_system_keeps_glibcs_defaults_and_an_unknown_value_says_so() -> None:
     lines = _in_new_interpreter(PROBE_WORKERS, TSN_ALLOCATOR="system")
     assert lines[:2] == ["system: glibc's defaults (TSN_ALLOCATOR=system)", "1"]
     assert lines[2:] == ["system: glibc's defaults (TSN_ALLOCATOR=system) 1"] * 4  # 2 fork and 2 spawn items
-    lines = _in_new_interpreter("import tsn.allocator as a; print(a.strategy())", TSN_ALLOCATOR="jemalloc")
+    lines = _in_new_interpreter("import tsn.runtime.allocator as a; print(a.strategy())", TSN_ALLOCATOR="jemalloc")
     assert lines == ["system: TSN_ALLOCATOR='jemalloc' is not one of mimalloc, glibc, system, glibc's defaults are "
                      "kept"]
 

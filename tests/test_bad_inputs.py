@@ -28,13 +28,13 @@ from badfiles import (OVERSTATED_GOOD, make_audio_only_avi, make_cut_in_half, ma
 from tsn.cli import user_error_message
 from tsn.config import load_config
 from tsn.data import transforms as T
-from tsn.data.check import Problem, check_lists
+from tsn.jobs.check import Problem, check_lists
 from tsn.data.dataset import ClipDataset
 from tsn.data.lists import ListFormatError, VideoRecord
 from tsn.data.loader import build_dataloader, set_loader_epoch
 from tsn.data.sampling import val_indices
-from tsn.engine.build import build_dataset
-from tsn.engine.testing import run_test
+from tsn.build import build_dataset
+from tsn.evaluation.testing import run_test
 from tsn.io import VideoReadError
 from videos import frame_index
 

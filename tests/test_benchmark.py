@@ -1,4 +1,4 @@
-"""tools/benchmark.py and tsn.engine.benchmark on tiny data: the fields and counts of each mode (no timings)."""
+"""tools/benchmark.py and tsn.measure.benchmark on tiny data: the fields and counts of each mode (no timings)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from tiny_training import make_tiny_data, run_tool, tiny_overrides, tool_env
 from tsn.config import load_config
-from tsn.engine.benchmark import format_table, loader_benchmark, model_benchmark, train_benchmark
+from tsn.measure.benchmark import format_table, loader_benchmark, model_benchmark, train_benchmark
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tsn.engine.checkpoint import (
+from tsn.checkpoint import (
     CheckpointError,
     capture_rng_state,
     generator_state,
@@ -58,7 +58,7 @@ def test_truncated_latest_is_detected_and_the_previous_one_used(tmp_path: Path, 
     path.write_bytes(data[: len(data) // 2])  # a copy cut short / a disk that lost the tail
     with pytest.raises(CheckpointError, match=r"latest\.pth: truncated or corrupt"):
         load_checkpoint(path)
-    with caplog.at_level(logging.WARNING, logger="tsn.engine.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="tsn.checkpoint"):
         loaded, used = load_latest_good(tmp_path)
     assert used == tmp_path / "latest.prev.pth"
     assert loaded["epoch"] == 1
@@ -167,7 +167,7 @@ def test_rng_state_round_trip_through_a_checkpoint(tmp_path: Path) -> None:
 
 
 def test_inference_weights_prefer_the_weight_average() -> None:
-    from tsn.engine.checkpoint import inference_weights
+    from tsn.checkpoint import inference_weights
 
     model, average = {"w": torch.zeros(1)}, {"w": torch.ones(1)}
     assert inference_weights({"model": model, "ema": {"model": average, "updates": 3}}) is average

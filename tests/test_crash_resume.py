@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from badfiles import make_good_videos, write_list
-from tsn.engine.checkpoint import load_checkpoint
+from tsn.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 3

@@ -11,7 +11,7 @@ import pytest
 
 from tiny_training import make_tiny_data, restored_global_state, run_tool, tiny_overrides, tool_env
 from tsn.data.lists import VideoRecord, read_video_list
-from tsn.engine.crossval import CrossValResult, FoldResult, assign_folds, format_table, group_of
+from tsn.apps.crossval import CrossValResult, FoldResult, assign_folds, format_table, group_of
 
 
 @pytest.fixture(autouse=True)

@@ -24,10 +24,10 @@ from tsn.data.dataset import ClipDataset
 from tsn.data.lists import VideoRecord, read_video_list
 from tsn.data.loader import build_dataloader
 from tsn.data.splits import carve_validation, group_of
-from tsn.engine.build import build_tsn
-from tsn.engine.evaluate import NonFiniteError, evaluate
-from tsn.engine.probe import extract_view_features, probe_init_head
-from tsn.engine.trainer import train
+from tsn.build import build_tsn
+from tsn.evaluation.evaluate import NonFiniteError, evaluate
+from tsn.training.linear_probe import extract_view_features, probe_init_head
+from tsn.training.trainer import train
 from videos import make_index_video
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)

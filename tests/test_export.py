@@ -1,4 +1,4 @@
-"""tools/export.py and tsn.engine.export: the exported file (ONNX through onnxruntime, TorchScript) gives the
+"""tools/export.py and tsn.apps.export: the exported file (ONNX through onnxruntime, TorchScript) gives the
 probabilities of the PyTorch pipeline (uint8 frames -> normalise -> TSN -> softmax) for batches of 1 and 3."""
 
 from __future__ import annotations
@@ -9,16 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from tiny_training import restored_global_state, run_tool, run_tools_together, tool_env
-from tsn.config import Config, load_config
-from tsn.engine.build import build_tsn
-from tsn.engine.export import ExportError, export, load_runner, read_description
-from tsn.engine import export as export_module
-from tsn.engine.inference import load_trained
-from tsn.engine.predict import Predictor, single_video_dataset
-from tsn.layout import normalize_clips
 from videos import make_index_video
+
+from tsn.apps import export as export_module
+from tsn.apps.export import export
+from tsn.apps.predict import Predictor, single_video_dataset
+from tsn.build import build_tsn
+from tsn.config import Config, load_config
+from tsn.evaluation.deployed import ExportError, load_runner, read_description
+from tsn.evaluation.inference import load_trained
+from tsn.layout import normalize_clips
 
 CLASSES = ["a", "b", "c", "d"]
 SIZE = 64
@@ -122,7 +123,7 @@ def test_export_tool_checks_on_real_videos_and_prints_the_differences(tmp_path: 
 
 
 def test_the_deployed_benchmark_runs_each_runtime_on_the_same_input(tmp_path: Path) -> None:
-    from tsn.engine.benchmark import deployed_benchmark
+    from tsn.measure.benchmark import deployed_benchmark
 
     _, checkpoint = make_checkpoint(tmp_path, [])
     trained = load_trained(checkpoint)
@@ -137,7 +138,7 @@ def test_the_deployed_benchmark_runs_each_runtime_on_the_same_input(tmp_path: Pa
 def test_test_and_predict_run_an_exported_file_as_they_run_the_checkpoint(tmp_path: Path) -> None:
     """tools/test.py --model and Predictor.from_exported give the checkpoint's scores (issue 22)."""
     from tsn.config import save_config
-    from tsn.engine.testing import run_test
+    from tsn.evaluation.testing import run_test
 
     for i in range(3):
         make_index_video(tmp_path / "videos" / f"v{i}.mp4", 30 + 7 * i, width=80, height=64)

@@ -1,4 +1,4 @@
-"""tools/extract_features.py and tsn.engine.features: pooled video features and batched kNN.
+"""tools/extract_features.py and tsn.apps.features: pooled video features and batched kNN.
 
 kNN is checked against a brute-force numpy search (blocks smaller than N, so the batching
 runs) and on hand-made ties; the tool end to end on generated videos each present twice under
@@ -21,8 +21,8 @@ import torch
 
 from tsn.config import load_config
 from tsn.data.synthetic import make_demo_dataset
-from tsn.engine.checkpoint import CheckpointError
-from tsn.engine.features import knn_search, nearest_neighbours, precision_at_k, run_extract, video_features
+from tsn.checkpoint import CheckpointError
+from tsn.apps.features import knn_search, nearest_neighbours, precision_at_k, run_extract, video_features
 from tsn.layout import normalize_clips
 from tsn.models import build_model
 
@@ -191,7 +191,7 @@ def test_checkpoint_and_layer(duplicated_list, tmp_path: Path) -> None:
     np.testing.assert_array_equal(features, result.features.features)
 
     # the same numbers by hand: layer3 of the checkpoint's backbone, spatial mean, segment mean
-    from tsn.engine.build import build_dataset
+    from tsn.build import build_dataset
 
     dataset = build_dataset(cfg, "val", 3, list_file=list_file)
     trained.eval()

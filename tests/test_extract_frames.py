@@ -1,4 +1,4 @@
-"""tools/extract_frames.py and tsn.io.extract: layout, frame-exact contents, labels, failures, resume, SIGKILL."""
+"""tools/extract_frames.py and tsn.jobs.extract: layout, frame-exact contents, labels, failures, resume, SIGKILL."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tsn.io import VideoReadError
-from tsn.io.extract import (ExtractJob, completed_frames, extract_frames, find_videos, resize_short_side,
+from tsn.jobs.extract import (ExtractJob, completed_frames, extract_frames, find_videos, resize_short_side,
                             write_frames)
 from tiny_training import load_tool
 from videos import frame_index, index_frame, make_index_video

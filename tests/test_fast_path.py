@@ -18,7 +18,7 @@ from tsn.data.lists import VideoRecord
 from tsn.io import VideoReadError, opencv_backend, probe, read
 from tsn.io.base import FrameIndex
 from tsn.io.opencv_backend import PlanMismatch, frame_table, plan, read_planned, seek_start
-from tsn.engine.prefetch import DevicePrefetcher, channels_last_clips
+from tsn.data.prefetch import DevicePrefetcher, channels_last_clips
 from tsn.layout import normalize_clips
 from videos import frame_index, index_frame, make_index_video
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from tsn.engine.losses import cross_entropy, l1_penalty, mixup, mixup_cross_entropy
+from tsn.training.losses import cross_entropy, l1_penalty, mixup, mixup_cross_entropy
 
 LOGITS = [[2.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 3.0, -1.0]]
 LABELS = [0, 2, 1]

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tsn.engine.metrics import (
+from tsn.evaluation.metrics import (
     MetricAccumulator,
     confusion_matrix,
     confusion_matrix_image,

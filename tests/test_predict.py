@@ -1,4 +1,4 @@
-"""tools/predict.py and tsn.engine.predict: the same scores as tools/test.py, windows of long videos
+"""tools/predict.py and tsn.apps.predict: the same scores as tools/test.py, windows of long videos
 with bounded memory, bad files among good ones, the output formats and the labelled copy."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import torch
 from tiny_training import REPO_ROOT, restored_global_state, run_tool, tool_env
 from tsn.config import Config, load_config, save_config
 from tsn.data.sampling import test_indices
-from tsn.engine.build import build_tsn
-from tsn.engine.predict import ClassScore, Predictor, VideoPrediction, WindowPrediction, label_at, split_windows
+from tsn.build import build_tsn
+from tsn.apps.predict import ClassScore, Predictor, VideoPrediction, WindowPrediction, label_at, split_windows
 from tsn.io import iter_frames, probe
 from videos import frame_index, make_index_video
 

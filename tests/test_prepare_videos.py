@@ -1,4 +1,4 @@
-"""tools/prepare_videos.py and tsn.io.prepare: every frame kept in order, keyframe interval, size and rate,
+"""tools/prepare_videos.py and tsn.jobs.prepare: every frame kept in order, keyframe interval, size and rate,
 resume, crash safety (SIGKILL), failures and the rewritten list."""
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import av
 import numpy as np
 import pytest
 
-import tsn.io.prepare as prepare
+import tsn.jobs.prepare as prepare
 from tsn.io import probe, read
-from tsn.io.extract import ExtractJob
-from tsn.io.prepare import PrepareSettings, completed_copy, marker_path, prepare_video, prepare_videos
+from tsn.jobs.extract import ExtractJob
+from tsn.jobs.prepare import PrepareSettings, completed_copy, marker_path, prepare_video, prepare_videos
 from tiny_training import load_tool
 from videos import frame_index, index_frame, make_bframe_index_video, make_index_video
 

@@ -11,7 +11,7 @@ import torch
 
 from tiny_training import make_tiny_data, restored_global_state, run_tool, tiny_overrides, tool_env
 from tsn.config import ConfigError, load_config
-from tsn.engine import probe as P
+from tsn.training import linear_probe as P
 from tsn.models import build_model
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tsn.config import load_config
-from tsn.engine.schedulers import LRSchedule, build_scheduler
+from tsn.training.schedulers import LRSchedule, build_scheduler
 
 
 def make_optimizer(lrs: tuple[float, ...] = (1.0, 0.1)) -> torch.optim.SGD:

@@ -17,7 +17,7 @@ import pytest
 
 from badfiles import make_good_videos
 from tsn.data.lists import VideoRecord
-from tsn.engine.soak import rss_mb, soak, worker_pids
+from tsn.measure.soak import rss_mb, soak, worker_pids
 
 EPOCHS = 8
 BOUND_MB = 50.0

@@ -14,7 +14,7 @@ import torch
 from tiny_training import restored_global_state, run_tools_together
 from tsn.config import ConfigError
 from tsn.data.transforms import ResizedCenterCrop, to_tensor_clip
-from tsn.engine.stream import (StreamRecognizer, offline_frame_logits, run_stream, segment_stride, softmax,
+from tsn.apps.stream import (StreamRecognizer, offline_frame_logits, run_stream, segment_stride, softmax,
                                torch_recognizer)
 from tsn.io.live import LiveSourceError, open_live
 from tsn.layout import normalize_clips
@@ -93,8 +93,8 @@ def test_a_bidirectional_model_cannot_stream() -> None:
 def test_the_per_frame_onnx_graph_equals_pytorch(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     from tsn.config import load_config
-    from tsn.engine.export import export_stream, stream_recognizer_from_file
-    from tsn.engine.inference import TrainedModel
+    from tsn.apps.export import export_stream, stream_recognizer_from_file
+    from tsn.evaluation.inference import TrainedModel
 
     model = causal_model()
     cfg = load_config(None, [f"data.input_size={SIZE}", f"data.short_side={SHORT}", "data.num_segments=4",
@@ -122,7 +122,7 @@ class SlowRecognizer:
     def push(self, frame: np.ndarray):
         import time
 
-        from tsn.engine.stream import FrameScores
+        from tsn.apps.stream import FrameScores
 
         time.sleep(self.seconds)
         self.seen.append(int(frame[0, 0, 0]))

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from tsn.config import ConfigError, load_config
-from tsn.engine.build import build_tsn
-from tsn.engine.evaluate import view_scores
+from tsn.build import build_tsn
+from tsn.evaluation.evaluate import view_scores
 from tsn.models import build_model
 from tsn.models.temporal import ShiftedConv2d, shifted_convs, temporal_shift
 
@@ -159,7 +159,7 @@ def ClipKeyOf(epoch: int, index: int):
 
 
 def test_mirrored_test_views_count_for_the_swapped_class() -> None:
-    from tsn.engine.evaluate import view_scores
+    from tsn.evaluation.evaluate import view_scores
 
     logits = torch.log(torch.tensor([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1]]))  # view 0 plain, view 1 mirrored
 
@@ -173,7 +173,7 @@ def test_mirrored_test_views_count_for_the_swapped_class() -> None:
 
 
 def test_flip_settings_are_checked(tmp_path) -> None:
-    from tsn.engine.build import build_dataset
+    from tsn.build import build_dataset
 
     (tmp_path / "test.txt").write_text("v.mp4 0\n")
     (tmp_path / "classes.txt").write_text("a\nb\nc\n")
@@ -207,7 +207,7 @@ def order_data(tmp_path_factory: pytest.TempPathFactory):
 
 def _order_run(data, work, temporal: str, epochs: int) -> float:
     from tiny_training import restored_global_state
-    from tsn.engine.trainer import train
+    from tsn.training.trainer import train
 
     overrides = [f"data.root={data.root}", "data.test_list=val.txt", "data.num_segments=8", "data.input_size=64",
                  "data.short_side=64", "data.batch_size=8", "data.num_workers=0", "data.train_scales=[1.0]",

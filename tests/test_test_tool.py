@@ -16,7 +16,7 @@ import torch
 from tiny_training import REPO_ROOT, restored_global_state, run_tool, tool_env
 from tsn.config import Config, load_config, save_config
 from tsn.data.sampling import test_indices
-from tsn.engine.build import build_dataset, build_tsn
+from tsn.build import build_dataset, build_tsn
 from tsn.io import probe, read
 from tsn.layout import normalize_clips
 from videos import make_index_video
@@ -161,7 +161,7 @@ def test_test_tool_scores_every_view_and_writes_the_report(setup: tuple[Config, 
 
 
 def test_a_test_batch_holds_at_most_clips_per_forward_clips() -> None:
-    from tsn.engine.testing import videos_per_test_batch
+    from tsn.evaluation.testing import videos_per_test_batch
 
     # (data.batch_size, views per video, test.clips_per_forward) -> videos per loader batch
     assert videos_per_test_batch(4, 250, 16) == 1  # 25 clips x 10 crops: one video at a time
@@ -258,7 +258,7 @@ def test_fuse_scores_rejects_mismatched_inputs(fuse_inputs: Path, monkeypatch: p
 @pytest.mark.parametrize("clips_per_forward", [1, 4, 7])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_chunked_view_scores_equal_one_pass(clips_per_forward: int, channels_last: bool) -> None:
-    from tsn.engine.evaluate import view_scores
+    from tsn.evaluation.evaluate import view_scores
     from tsn.models import build_model
 
     torch.manual_seed(0)
@@ -278,7 +278,7 @@ def test_chunked_view_scores_equal_one_pass(clips_per_forward: int, channels_las
 
 def test_uint8_views_are_normalised_chunk_by_chunk_with_the_same_scores() -> None:
     # Only one chunk is ever float (a video's 250 views of 8 frames are 1.2 GB as float32 at 224 px).
-    from tsn.engine.evaluate import view_scores
+    from tsn.evaluation.evaluate import view_scores
     from tsn.layout import normalize_clips
     from tsn.models import build_model
 

@@ -17,10 +17,10 @@ import yaml
 from tiny_training import REPO_ROOT, make_tiny_data, restored_global_state, run_tool, tiny_overrides
 from tsn.config import Config, TrainConfig, load_config
 from tsn.data.synthetic import DemoData
-from tsn.engine.build import build_optimizer, build_tsn
-from tsn.engine.checkpoint import load_checkpoint
-from tsn.engine.demo import run_demo
-from tsn.engine.trainer import compute_loss, optimizer_step, train
+from tsn.build import build_optimizer, build_tsn
+from tsn.checkpoint import load_checkpoint
+from tsn.apps.demo import run_demo
+from tsn.training.trainer import compute_loss, optimizer_step, train
 
 EPOCHS = 3
 # The resume runs use every generator a run draws from: dropout (torch), mixup (numpy),
@@ -208,8 +208,8 @@ def test_a_checkpoint_is_refused_under_another_consensus_or_segment_count(tiny_d
                                                                           tmp_path: Path) -> None:
     """The weights of an ``avg`` and a ``feature_max`` TSN are the same tensors, so a config whose defaults
     changed since training would load them silently and compute something else: refused, naming the key."""
-    from tsn.engine.checkpoint import CheckpointError
-    from tsn.engine.testing import run_test
+    from tsn.checkpoint import CheckpointError
+    from tsn.evaluation.testing import run_test
 
     trained = load_config(straight_run / "config.yaml")
     assert trained.model.consensus == "feature_max"
@@ -228,7 +228,7 @@ def test_testing_a_checkpoint_needs_no_imagenet_weights(tiny_data: DemoData, str
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """The checkpoint replaces every weight, so ``tools/test.py`` must not read the ImageNet file (an empty torch
     cache here), and scores what the run's own config scores."""
-    from tsn.engine.testing import run_test
+    from tsn.evaluation.testing import run_test
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
     cfg = load_config(None, [*tiny_overrides(tiny_data, EPOCHS), *RESUME_OPTS, "model.pretrained=true"])
@@ -243,7 +243,7 @@ def test_load_trained_gives_the_run_model_in_eval_mode_with_its_classes(straight
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """One function from checkpoint to inference model: the run's config and class names from the file alone,
     the weight average loaded strictly, eval mode, no ImageNet weight file read."""
-    from tsn.engine.inference import load_trained
+    from tsn.evaluation.inference import load_trained
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
     state = load_checkpoint(straight_run / "best.pth")
@@ -258,8 +258,8 @@ def test_load_trained_gives_the_run_model_in_eval_mode_with_its_classes(straight
 
 
 def test_load_trained_refuses_what_does_not_fit(straight_run: Path, tmp_path: Path) -> None:
-    from tsn.engine.checkpoint import CheckpointError
-    from tsn.engine.inference import load_trained
+    from tsn.checkpoint import CheckpointError
+    from tsn.evaluation.inference import load_trained
 
     state = load_checkpoint(straight_run / "best.pth")
     cfg = load_config(straight_run / "config.yaml")
@@ -283,8 +283,8 @@ def test_load_trained_refuses_what_does_not_fit(straight_run: Path, tmp_path: Pa
 
 def test_test_tool_refuses_a_class_list_other_than_the_checkpoint_s(tiny_data: DemoData, straight_run: Path,
                                                                     tmp_path: Path) -> None:
-    from tsn.engine.checkpoint import CheckpointError
-    from tsn.engine.testing import run_test
+    from tsn.checkpoint import CheckpointError
+    from tsn.evaluation.testing import run_test
 
     classes = tmp_path / "classes.txt"
     classes.write_text("square_rotating\nball_bouncing\n")  # the same classes reordered: every label would shift
@@ -295,7 +295,7 @@ def test_test_tool_refuses_a_class_list_other_than_the_checkpoint_s(tiny_data: D
 
 
 def test_benchmark_infer_times_a_trained_checkpoint(straight_run: Path) -> None:
-    from tsn.engine.benchmark import inference_benchmark
+    from tsn.measure.benchmark import inference_benchmark
 
     result = inference_benchmark(straight_run / "best.pth", batch=2, steps=1, warmup=0)
     assert result["mode"] == "infer" and result["backbone"] == "resnet18"
@@ -311,7 +311,7 @@ def test_best_checkpoint_is_written_before_the_latest(tiny_data: DemoData, tmp_p
     """Epoch 1 is a new best, so it writes both files; killed between the two writes, the run must leave
     ``best.pth`` of epoch 1 (the resumed epoch writes both again), never a ``latest.pth`` that records a best
     which no ``best.pth`` holds."""
-    import tsn.engine.trainer as trainer
+    import tsn.training.trainer as trainer
 
     writes: list[str] = []
     real_save = trainer.save_checkpoint
@@ -397,7 +397,7 @@ def test_demo_smoke(tmp_path: Path, tiny_data: DemoData, capsys: pytest.CaptureF
 
 
 def test_weight_average_follows_the_documented_update() -> None:
-    from tsn.engine.ema import WeightAverage
+    from tsn.training.ema import WeightAverage
 
     model = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.BatchNorm1d(1))
     with torch.no_grad():
@@ -419,7 +419,7 @@ def test_weight_average_follows_the_documented_update() -> None:
 def test_linear_probe_head_init_starts_training_from_the_probe(tiny_data: DemoData, tmp_path: Path) -> None:
     """LP-FT (the default ``train.head_init``): before the first step the head is the probe fitted on
     the training videos' cached features; with a learning rate of ~0 it is still that after an epoch."""
-    from tsn.engine.probe import fit_probe, load_cached
+    from tsn.training.linear_probe import fit_probe, load_cached
 
     opts = [*tiny_overrides(tiny_data, 1), "train.lr=1e-12", "train.weight_decay=0"]
     train(load_config(None, opts), tmp_path / "lp", device="cpu", progress=False)

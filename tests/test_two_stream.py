@@ -19,10 +19,10 @@ import torch
 from tiny_training import REPO_ROOT, make_tiny_data, restored_global_state, tiny_overrides
 from tsn.config import load_config
 from tsn.data.transforms import flip_clip
-from tsn.engine.trainer import train
+from tsn.training.trainer import train
 from tsn.io import count_flow_frames, read_flow
-from tsn.io.extract import ExtractJob, FlowSettings, extract_frames
-from tsn.io.flow import dequantize_flow, quantize_flow
+from tsn.jobs.extract import ExtractJob, FlowSettings, extract_frames
+from tsn.jobs.flow import dequantize_flow, quantize_flow
 from tsn.layout import normalize_clips
 from tsn.models import build_model
 from tsn.models.modality import cross_modality_init, first_conv, stack_segments
@@ -208,7 +208,7 @@ def test_flow_extraction_never_deletes_frames_extracted_into_the_same_folder(tmp
 
 def test_flow_models_give_features_and_the_probe_needs_the_frozen_first_batchnorm() -> None:
     from tsn.config import ConfigError
-    from tsn.engine.features import video_features
+    from tsn.apps.features import video_features
 
     model = build_model(backbone="resnet18", pretrained=False, num_classes=3, num_segments=2, modality="flow",
                         new_length=3).eval()

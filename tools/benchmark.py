@@ -10,7 +10,7 @@ training. One JSON line.
     python tools/benchmark.py deployed --model model.onnx|model.pt|best.pth [--batch-size 1] [--steps N]
     python tools/benchmark.py stream --checkpoint P | --model stream.onnx --list L --src ROOT [--strides 1 4 8]
 
-Add --pretty for a readable table instead of JSON. See tsn/engine/benchmark.py for what is timed.
+Add --pretty for a readable table instead of JSON. See tsn/measure/benchmark.py for what is timed.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from pathlib import Path
 from tsn.cli import add_batch_size_arg, add_config_args, add_workers_arg, int_at_least, run_main
 from tsn.config import load_config
 from tsn.data.lists import read_video_list
-from tsn.engine.benchmark import (AMP_CHOICES, deployed_benchmark, format_table, inference_benchmark, loader_benchmark,
+from tsn.measure.benchmark import (AMP_CHOICES, deployed_benchmark, format_table, inference_benchmark, loader_benchmark,
                                   model_benchmark, train_benchmark)
-from tsn.engine.stream import load_stream_model, stream_accuracy
+from tsn.apps.stream import load_stream_model, stream_accuracy
 
 
 def build_parser() -> argparse.ArgumentParser:

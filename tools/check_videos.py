@@ -6,7 +6,7 @@
 
 Each bad entry is printed as ``LIST:LINE: PATH: REASON`` (malformed lines and, with --classes, labels
 outside the class list included); --csv writes them as list_path,line,path,reason. What is read per
-video (probe, then the frames of the test sampling) and what that cannot catch: ``tsn.data.check``.
+video (probe, then the frames of the test sampling) and what that cannot catch: ``tsn.jobs.check``.
 Exit status: 0 when every entry is good, 1 when any is bad, 2 for bad arguments.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tsn.cli import UsageError, add_backend_arg, add_progress_arg, add_workers_arg, int_at_least, run_main
 from tsn.config import DEFAULT_NEW_LENGTH
-from tsn.data.check import check_lists, write_problems_csv
+from tsn.jobs.check import check_lists, write_problems_csv
 from tsn.data.lists import read_class_names
 
 

@@ -11,7 +11,7 @@
 Each fold trains on its train list (the test list is validated once, after the last epoch: nothing is
 selected on it) and tests the last checkpoint with the config's test views. ``--probe`` also runs the
 linear probe on each fold. Writes W/fold<i>/ (run, test/, probe/), W/folds/ (generated lists) and
-W/cv.json. See ``tsn.engine.crossval``.
+W/cv.json. See ``tsn.apps.crossval``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tsn.cli import UsageError, add_config_args, add_device_arg, add_progress_arg, int_at_least, run_main
 from tsn.config import load_config, resolve_path
-from tsn.engine.crossval import format_table, run_cross_validation, split_list
+from tsn.apps.crossval import format_table, run_cross_validation, split_list
 
 
 def build_parser() -> argparse.ArgumentParser:

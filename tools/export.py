@@ -23,12 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
+from tsn.apps.export import DEFAULT_TOLERANCE, FORMATS, export, export_stream
+from tsn.apps.predict import single_video_dataset
 from tsn.cli import UsageError, add_config_args, run_main
 from tsn.config import Config, load_config, resolve_path
 from tsn.data.lists import read_list
-from tsn.engine.export import DEFAULT_TOLERANCE, FORMATS, ExportError, export, export_stream
-from tsn.engine.inference import load_trained
-from tsn.engine.predict import single_video_dataset
+from tsn.evaluation.deployed import ExportError
+from tsn.evaluation.inference import load_trained
 
 DEFAULT_CHECK_VIDEOS = 2
 

@@ -6,7 +6,7 @@
 Writes ``O/features.npy`` (float32 (N, D), rows in list order) and ``O/index.csv`` (row,path,label); with
 ``--knn K`` also ``O/neighbours.csv`` and ``O/knn.json`` (precision@K against the labels). Without
 ``--checkpoint`` the backbone has its ImageNet weights (``model.pretrained``). Paths inside the list are
-relative to ``data.root``. See ``tsn.engine.features``. Exit status 0, or 2 for bad arguments or input.
+relative to ``data.root``. See ``tsn.apps.features``. Exit status 0, or 2 for bad arguments or input.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from tsn.cli import add_batch_size_arg, add_config_args, add_device_arg, add_pro
 from tsn.config import ConfigError, load_config
 from tsn.data.dataset import AllVideosFailedError
 from tsn.data.lists import ListFormatError
-from tsn.engine.checkpoint import CheckpointError
-from tsn.engine.features import QUERY_BATCH, run_extract
+from tsn.checkpoint import CheckpointError
+from tsn.apps.features import QUERY_BATCH, run_extract
 from tsn.io import VideoReadError
 
 

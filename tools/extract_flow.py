@@ -6,11 +6,11 @@
 ``ROOT/<rel>.<ext>`` -> ``OUT/<rel>/x_00001.jpg``, ``y_00001.jpg`` ... (mmaction2's layout; pair i is the motion
 from frame i to i + 1, so n frames give n - 1 pairs), and with ``--rgb`` also ``img_00001.jpg`` ... from the same
 decoding pass. Flow is computed on frames resized to ``--short-side``, clipped to ±bound pixels and quantised to
-0..255 (``tsn.io.flow``). With ``--list`` the flow list ``OUT/<list stem>_flow.txt`` (and, with ``--rgb``,
+0..255 (``tsn.jobs.flow``). With ``--list`` the flow list ``OUT/<list stem>_flow.txt`` (and, with ``--rgb``,
 ``OUT/<list stem>_rawframes.txt``) keeps the list's order and labels; without it every video under ROOT is taken,
 labelled by its top-level folder, into ``OUT/flow.txt``. Unreadable videos are left out, printed and written to
 ``OUT/[<list stem>_]flow_errors.csv``. Exit status: 0, or 1 when --strict and a video failed, 2 for bad arguments
-or a bad list. A rerun skips finished videos and redoes the rest (see ``tsn.io.extract``).
+or a bad list. A rerun skips finished videos and redoes the rest (see ``tsn.jobs.extract``).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import sys
 
 from tsn.cli import add_extraction_args, positive_float, report_failures, source_jobs
 from tsn.data.lists import VideoRecord, write_rawframe_list
-from tsn.io.extract import FlowSettings, extract_frames
-from tsn.io.flow import DEFAULT_BOUND, FLOW_METHODS, FlowMethodUnavailable, flow_function
+from tsn.jobs.extract import FlowSettings, extract_frames
+from tsn.jobs.flow import DEFAULT_BOUND, FLOW_METHODS, FlowMethodUnavailable, flow_function
 
 
 def build_parser() -> argparse.ArgumentParser:

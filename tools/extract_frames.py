@@ -8,7 +8,7 @@ list ``OUT/<list stem>_rawframes.txt`` keeps the list's order and labels; withou
 taken, labelled by its top-level folder (folder-per-class; names in ``OUT/classes.txt``) or 0 when ROOT is flat,
 into ``OUT/rawframes.txt``. Unreadable videos are left out of the list, printed at the end and written to
 ``OUT/[<list stem>_]extract_errors.csv``. Exit status: 0, or 1 when --strict and a video failed, 2 for bad
-arguments or a bad list. A rerun skips finished videos and redoes the rest (see ``tsn.io.extract``).
+arguments or a bad list. A rerun skips finished videos and redoes the rest (see ``tsn.jobs.extract``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 
 from tsn.cli import add_extraction_args, report_failures, source_jobs
 from tsn.data.lists import VideoRecord, write_rawframe_list
-from tsn.io.extract import extract_frames
+from tsn.jobs.extract import extract_frames
 
 
 def build_parser() -> argparse.ArgumentParser:

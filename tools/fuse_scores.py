@@ -17,7 +17,7 @@ import numpy as np
 
 from tsn.cli import UsageError, run_main
 from tsn.data.lists import read_class_names, read_list
-from tsn.engine.testing import UnscoredRow, format_per_class_table, fuse_scores, score_report, write_report
+from tsn.evaluation.testing import UnscoredRow, format_per_class_table, fuse_scores, score_report, write_report
 
 
 def build_parser() -> argparse.ArgumentParser:

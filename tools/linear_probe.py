@@ -7,7 +7,7 @@ Features of every video and test view (``test.num_clips`` x ``test.crops`` by de
 and cached (``O/cache`` or ``--cache-dir``); the L2 strength is chosen by a 5-fold cross-validation over the
 training videos unless ``--l2`` is given. Writes what ``tools/test.py`` writes (metrics.json, per_class.csv,
 confusion_matrix.csv/.png, scores.npy) plus probe.json (chosen l2, cross-validated top-1) and
-classifier.npz (weight, bias on raw features). See ``tsn.engine.probe``.
+classifier.npz (weight, bias on raw features). See ``tsn.training.linear_probe``.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from pathlib import Path
 
 from tsn.cli import add_config_args, add_device_arg, add_progress_arg, add_view_args, positive_float, run_main
 from tsn.config import load_config
-from tsn.engine.build import build_class_names
-from tsn.engine.probe import run_linear_probe
-from tsn.engine.testing import format_per_class_table
-from tsn.engine.trainer import setup_logging
+from tsn.build import build_class_names
+from tsn.training.linear_probe import run_linear_probe
+from tsn.evaluation.testing import format_per_class_table
+from tsn.training.trainer import setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:

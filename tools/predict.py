@@ -33,13 +33,13 @@ from tsn.cli import (UsageError, add_config_args, add_device_arg, add_progress_a
                      positive_float, run_main)
 from tsn.config import load_config
 from tsn.data.lists import read_video_list
-from tsn.engine.distributed import init_distributed
-from tsn.engine.predict import (CSV_HEADER, Predictor, format_csv_rows, format_json_line, format_table,
+from tsn.runtime.distributed import init_distributed
+from tsn.apps.predict import (CSV_HEADER, Predictor, format_csv_rows, format_json_line, format_table,
                                 write_labelled_video)
-from tsn.engine.stream import format_update, load_stream_model, run_stream, segment_stride
+from tsn.apps.stream import format_update, load_stream_model, run_stream, segment_stride
 from tsn.io import VideoReadError
 from tsn.io.live import LiveSourceError, open_live
-from tsn.io.extract import VIDEO_EXTENSIONS, find_videos
+from tsn.jobs.extract import VIDEO_EXTENSIONS, find_videos
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_stream_mode(args: argparse.Namespace, device) -> int:
-    """--stream: score the source frame by frame and print the window's top classes (``tsn.engine.stream``)."""
+    """--stream: score the source frame by frame and print the window's top classes (``tsn.apps.stream``)."""
     loaded = load_stream_model(args.model or args.checkpoint, args.model is not None, args.stream_window, device)
     source = open_live(args.stream)
     stride = args.stream_stride or segment_stride(source.fps, loaded.segment_seconds)

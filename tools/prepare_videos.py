@@ -14,19 +14,18 @@ video under ROOT is taken, labelled by its top-level folder (folder-per-class; n
 0 when ROOT is flat, into ``OUT/prepared.txt``. Unreadable videos are left out of the list, printed at the end
 and written to ``OUT/[<list stem>_]prepare_errors.csv``. Exit status: 0, or 1 when --strict and a video
 failed, 2 for bad arguments or a bad list. A rerun skips finished copies and redoes the rest (see
-``tsn.io.prepare``).
+``tsn.jobs.prepare``).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Callable
 
 from tsn.cli import add_source_args, int_at_least, report_failures, source_jobs
 from tsn.data.lists import VideoRecord, write_video_list
-from tsn.io.prepare import CODECS, MAX_BFRAMES, MAX_CRF, PrepareSettings, prepare_videos
+from tsn.jobs.prepare import CODECS, MAX_BFRAMES, MAX_CRF, PrepareSettings, prepare_videos
 
 
 def _int_in(low: int, high: int) -> Callable[[str], int]:

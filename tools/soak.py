@@ -8,7 +8,7 @@ many steps.
 
 Loader: one JSON line per backend: worker and main-process RSS (MB) after the first epoch (warm-up) and
 after the last, and the largest growth of one worker. Training: one JSON line with the process's RSS over
-the first and the last tenth of the steps (random clips, so no data is needed). See ``tsn.engine.soak``.
+the first and the last tenth of the steps (random clips, so no data is needed). See ``tsn.measure.soak``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tsn.cli import UsageError, add_batch_size_arg, add_progress_arg, add_workers_arg, int_at_least, run_main
 from tsn.data.lists import read_video_list
-from tsn.engine.soak import soak, train_soak
+from tsn.measure.soak import soak, train_soak
 
 
 def build_parser() -> argparse.ArgumentParser:

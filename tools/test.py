@@ -14,9 +14,9 @@ from pathlib import Path
 
 from tsn.cli import add_batch_size_arg, add_config_args, add_device_arg, add_progress_arg, add_view_args, run_main
 from tsn.config import load_config
-from tsn.engine.build import build_class_names
-from tsn.engine.testing import format_per_class_table, run_test
-from tsn.engine.trainer import setup_logging
+from tsn.build import build_class_names
+from tsn.evaluation.testing import format_per_class_table, run_test
+from tsn.training.trainer import setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:

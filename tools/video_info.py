@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tsn.cli import add_backend_arg, add_workers_arg
 from tsn.data.lists import ListFormatError, read_video_list
-from tsn.io.metadata import probe_rows, write_info_csv
+from tsn.jobs.metadata import probe_rows, write_info_csv
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,14 +23,14 @@ from typing import Callable, Sequence
 from tsn.config import ConfigError
 from tsn.data.dataset import AllVideosFailedError
 from tsn.data.lists import ListFormatError, read_video_list, write_class_names
-from tsn.engine.checkpoint import CheckpointError
-from tsn.engine.evaluate import NonFiniteError
-from tsn.engine.export import ExportError
+from tsn.checkpoint import CheckpointError
+from tsn.evaluation.evaluate import NonFiniteError
+from tsn.evaluation.deployed import ExportError
 from tsn.io import VideoReadError
 from tsn.io.base import BackendUnavailable
 from tsn.io.live import LiveSourceError
 from tsn.fileio import atomic_write_text
-from tsn.io.extract import ExtractFailure, ExtractJob, failures_csv, find_videos
+from tsn.jobs.extract import ExtractFailure, ExtractJob, failures_csv, find_videos
 from tsn.models import PretrainedWeightsNotFound
 
 

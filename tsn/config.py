@@ -322,7 +322,7 @@ class ModelConfig(_Section):
             the paper's).
         shift_direction: (added key) ``bidirectional`` (from the previous and the next segment) or
             ``causal`` (from the previous one only: the online model, which runs on a live stream one
-            frame at a time; ``tsn.engine.stream``).
+            frame at a time; ``tsn.apps.stream``).
     """
 
     SECTION: ClassVar[str] = "model"
@@ -348,7 +348,7 @@ class ModelConfig(_Section):
 
 @dataclass(frozen=True)
 class SchedulerConfig(_Section):
-    """``train.scheduler`` section: the learning-rate schedule (see ``tsn.engine.schedulers``).
+    """``train.scheduler`` section: the learning-rate schedule (see ``tsn.training.schedulers``).
 
     Attributes:
         name: ``cosine`` (default: smooth decay to ``min_lr_ratio`` at the end of training, no
@@ -426,12 +426,12 @@ class TrainConfig(_Section):
             benchmark.
         val_every: validate every this many epochs (and after the last one).
         head_init: (added key) ``linear_probe`` (default): before the first epoch, fit a logistic regression
-            on the frozen features of the training videos (``tsn.engine.probe``, the test views)
+            on the frozen features of the training videos (``tsn.training.linear_probe``, the test views)
             and start the classifier from it (LP-FT, Kumar et al., ICLR 2022), so that the
             backbone is fine-tuned under a head that is already right instead of a random one;
             ``random``: the usual random classifier.
         ema_decay: (added key) keep an exponential moving average of the weights with this
-            decay (``tsn.engine.ema``); validation, ``best.pth`` selection and ``tools/test.py``
+            decay (``tsn.training.ema``); validation, ``best.pth`` selection and ``tools/test.py``
             use the average. null = off.
     """
 
@@ -516,7 +516,7 @@ class Config(_Section):
         # probe was fitted on (flow on UT-Interaction: the loss went from the probe's 0.8 to 11.7, at chance).
         # The first BatchNorm is fixed by freeze_bn, a frozen backbone, or partial BN with frozen stages (the
         # stem goes with the first stage). Refused here for flow and RGB difference, as always; for every
-        # modality tsn.engine.probe checks the built model exactly when training starts (a check here would
+        # modality tsn.training.linear_probe checks the built model exactly when training starts (a check here would
         # also refuse to load the checkpoints of earlier RGB runs for testing).
         first_bn_fixed = model.freeze_bn or model.freeze_backbone or (model.partial_bn and model.frozen_stages > 0)
         if self.data.modality != "rgb" and self.train.head_init == "linear_probe" and not first_bn_fixed:

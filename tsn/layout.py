@@ -8,7 +8,7 @@ Symbols:
     L  consecutive frames per segment (``new_length``; RGB difference reads L + 1 to make L differences)
     T  frames of one clip, T = K * L (K * (L + 1) for RGB difference), segment-major: frame t
        belongs to segment t // (T / K)
-    C  channels: 3, RGB order; 2 for optical flow, the quantised (x, y) flow of ``tsn.io.flow``
+    C  channels: 3, RGB order; 2 for optical flow, the quantised (x, y) flow of ``tsn.jobs.flow``
     H, W  height and width
 
 Frames as decoded by ``tsn.io``: numpy uint8 ``(T, H, W, C)``, RGB.

@@ -45,7 +45,7 @@ from tsn.data.sampling import TRAIN_BOUNDS, test_indices, train_indices, val_ind
 from tsn.data.transforms import ClipTransform, DecodesResized, FrameTransform, MultiCrop, to_tensor_clip
 from tsn.io import VideoInfo, VideoReadError, count_flow_frames, probe, read, read_first, read_flow
 from tsn.layout import normalize_clips
-from tsn.pools import thread_pool
+from tsn.runtime.pools import thread_pool
 
 MODES = ("train", "val", "test")
 # What a Dataset reads: the list formats, and "flow": a rawframes list of flow folders (tools/extract_flow.py),
@@ -216,7 +216,7 @@ class ClipDataset(torch.utils.data.Dataset):
     def segment_seconds(self, sample: int = 16) -> float | None:
         """The median time between two segments of a clip, ``duration / num_segments``, over ``sample`` videos
         spread over the list (probed, and cached as reads would); None for frame folders or where no sampled
-        video has a frame rate. A stream is fed to a model at about this spacing (``tsn.engine.stream``)."""
+        video has a frame rate. A stream is fed to a model at about this spacing (``tsn.apps.stream``)."""
         if self.format != "video":
             return None
         picks = np.unique(np.linspace(0, len(self.records) - 1, min(sample, len(self.records))).round().astype(int))
@@ -265,7 +265,7 @@ class ClipDataset(torch.utils.data.Dataset):
     def view_mirror(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """With ``label_mirror`` and a test transform whose views include mirrored ones: bool ``(V,)`` (which
         views are mirrored, clip-major) and int64 ``(classes,)`` (class c of a mirrored view is class
-        ``label_mirror[c]`` of the video), for ``tsn.engine.evaluate.view_scores``; else None."""
+        ``label_mirror[c]`` of the video), for ``tsn.evaluation.evaluate.view_scores``; else None."""
         if self.label_mirror is None or self.mode != "test" or not isinstance(self.transform, MultiCrop):
             return None
         views = torch.tensor(self.transform.mirrored_views() * self.num_clips)  # clip-major: crops repeat per clip

@@ -2,7 +2,7 @@
 
 Every transform is a callable ``(frames, rng) -> frames`` on numpy uint8 ``(T, H, W, 3)`` RGB
 frames (layout in ``tsn.layout``). A multi-crop test transform returns ``(V, T, h, w, 3)``.
-Optical flow comes as ``(T, H, W, 2)``, the quantised (x, y) flow of ``tsn.io.flow``: the same
+Optical flow comes as ``(T, H, W, 2)``, the quantised (x, y) flow of ``tsn.jobs.flow``: the same
 crops apply, and a mirror also negates the x flow (``255 - x``), since motion to the right
 becomes motion to the left.
 

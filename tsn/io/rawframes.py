@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from tsn.io.base import FLOW_TEMPLATES, RAWFRAME_TEMPLATE, TSN_FLOW_TEMPLATES, VideoInfo, VideoReadError
-from tsn.pools import thread_pool
+from tsn.runtime.pools import thread_pool
 
 NAME = "rawframes"
 # Decode straight to RGB where this OpenCV can (4.10 and later); None: decode to BGR and convert.
@@ -145,7 +145,7 @@ def _imread_gray(folder: str, name: str, index: int) -> np.ndarray:
 
 def read_flow(folder: str, indices: np.ndarray, threads: int = 1) -> np.ndarray:
     """Flow pairs ``indices`` (0-based, any order, repeats allowed) of a flow folder -> uint8 (T, H, W, 2),
-    channel 0 the x flow, 1 the y flow, quantised as ``tsn.io.flow`` writes them.
+    channel 0 the x flow, 1 the y flow, quantised as ``tsn.jobs.flow`` writes them.
 
     Each distinct pair is decoded once; ``threads`` > 1 decodes that many JPEGs at once.
     """

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 MODALITIES = ("rgb", "flow", "rgbdiff")
-# Flow is stored quantised around 127.5 (tsn.io.flow: zero motion), normalised to about [-1, 1] as
+# Flow is stored quantised around 127.5 (tsn.jobs.flow: zero motion), normalised to about [-1, 1] as
 # mmaction2 does, but centred on 127.5, not 128, so that a flip (255 - x) negates the value exactly.
 FLOW_MEAN = 127.5 / 255.0
 FLOW_STD = 128.0 / 255.0

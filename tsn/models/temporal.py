@@ -69,7 +69,7 @@ class ShiftedConv2d(nn.Conv2d):
     segments: int
     shift_div: int
     direction: str
-    # Set only while streaming (``tsn.engine.stream``): the channels the previous frame passes on, replaced by
+    # Set only while streaming (``tsn.apps.stream``): the channels the previous frame passes on, replaced by
     # this frame's on every call; the input is then one frame per stream, not whole clips.
     stream_cache: torch.Tensor | None = None
 

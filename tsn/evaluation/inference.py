@@ -16,8 +16,8 @@ from typing import Sequence
 import torch
 
 from tsn.config import Config, ConfigError, config_from_dict, override_config
-from tsn.engine.build import build_class_names, build_tsn, temporal_settings
-from tsn.engine.checkpoint import CheckpointError, check_trained_with, inference_weights, load_checkpoint
+from tsn.build import build_class_names, build_tsn, temporal_settings
+from tsn.checkpoint import CheckpointError, check_trained_with, inference_weights, load_checkpoint
 from tsn.models import TSN, match_module_prefix
 
 
@@ -96,3 +96,12 @@ def _class_names(state: dict, path: Path, config: Config) -> list[str]:
     if not isinstance(names, list) or not names or not all(isinstance(name, str) for name in names):
         raise CheckpointError(path, "its class_names are not a non-empty list of strings")
     return list(names)
+
+
+def load_model(cfg: Config, num_classes: int, checkpoint: Path | None) -> TSN:
+    """The config's TSN: with ``checkpoint``, its trained weights (``tsn.evaluation.inference.load_trained``,
+    strict, its own classes, in eval mode); without, the ImageNet backbone (``model.pretrained``)
+    and a new head for ``num_classes`` classes."""
+    if checkpoint is None:
+        return build_tsn(cfg, num_classes)
+    return load_trained(checkpoint, cfg).model

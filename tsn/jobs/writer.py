@@ -1,7 +1,7 @@
 """Writing a video with PyAV's bundled H.264 encoder (no system FFmpeg): ``write_video``.
 
 The file appears complete or not at all: frames are encoded into a hidden temporary file beside
-the target (``tsn.io.prepare.encode_video``), renamed into place once the container is closed.
+the target (``tsn.jobs.prepare.encode_video``), renamed into place once the container is closed.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Iterable
 
 import numpy as np
 
-from tsn.io.prepare import PrepareSettings, encode_video
+from tsn.jobs.prepare import PrepareSettings, encode_video
 
 # A keyframe every 10 s at 25 fps and a fast preset: a file to watch, written once, not to sample from
 # (tools/prepare_videos.py makes those).

@@ -4,7 +4,7 @@ Layout: the video ``SRC/<rel>.<ext>`` becomes ``OUT/<rel>/img_00001.jpg ...`` (`
 resized so that their short side is ``short_side`` (0 keeps the size) and written as JPEG with OpenCV. With
 ``FlowSettings`` it becomes ``OUT/<rel>/x_00001.jpg``, ``y_00001.jpg`` ... (``FLOW_TEMPLATES``, mmaction2's
 layout): the flow of each pair of consecutive frames, computed on the resized frames and quantised by
-``tsn.io.flow``, as grayscale JPEGs (and the RGB frames too with ``with_rgb``).
+``tsn.jobs.flow``, as grayscale JPEGs (and the RGB frames too with ``with_rgb``).
 
 Crash safety (SIGKILL, power aside): a video is decoded in one sequential pass into the hidden sibling folder
 ``OUT/<parent>/.<name>.partial-<pid>``; when every frame is written, a completion marker ``.done`` (JSON: frame
@@ -42,8 +42,8 @@ from tqdm import tqdm
 
 from tsn.io import RAWFRAME_TEMPLATE, VideoReadError, iter_frames
 from tsn.io.base import FLOW_TEMPLATES
-from tsn.io.flow import DEFAULT_BOUND, video_flow
-from tsn.pools import run_unordered
+from tsn.jobs.flow import DEFAULT_BOUND, video_flow
+from tsn.runtime.pools import run_unordered
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv",
                               ".3gp", ".ogv"})
@@ -167,7 +167,7 @@ def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
 
 @dataclass(frozen=True)
 class FlowSettings:
-    """Optical flow instead of (or beside, ``with_rgb``) the RGB frames: ``tsn.io.flow``'s ``method`` and ``bound``."""
+    """Optical flow instead of (or beside, ``with_rgb``) the RGB frames: ``tsn.jobs.flow``'s ``method`` and ``bound``."""
     method: str = "dis"
     bound: float = DEFAULT_BOUND
     with_rgb: bool = False
@@ -367,7 +367,7 @@ def check_job(video: str, source: Path) -> str:
 
 def run_distinct(work: Callable[[Any], tuple[int, int | None, str]], tasks: Sequence[Any], task_videos: Sequence[str],
                  frames_of: dict[str, int | None], reason_of: dict[str, str], workers: int, bar: tqdm) -> int:
-    """Run ``tasks`` in ``workers`` processes (``tsn.pools.run_unordered``): ``work(task)`` gives ``(task index,
+    """Run ``tasks`` in ``workers`` processes (``tsn.runtime.pools.run_unordered``): ``work(task)`` gives ``(task index,
     frame count or None, failure reason)`` for the video ``task_videos[index]``, whose count goes into
     ``frames_of`` or, on failure, whose reason goes into ``reason_of`` (and out of ``frames_of``). Returns how
     many tasks succeeded; ``bar`` moves by one per task."""

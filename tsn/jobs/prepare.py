@@ -27,7 +27,7 @@ current settings and source size and whose copy has the size the marker records 
 no decoding); anything else is redone. A redo that fails leaves the old copy and marker as they were.
 
 Runs that share one OUT at the same time are not supported. The list is written by the caller
-(``tools/prepare_videos.py``), as for ``tsn.io.extract``.
+(``tools/prepare_videos.py``), as for ``tsn.jobs.extract``.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from tsn.fileio import atomic_write_text
 from tsn.io import VideoReadError, iter_frames, probe
-from tsn.io.extract import (ExtractFailure, ExtractJob, check_job, frame_dir_name, in_job_order, resize_short_side,
+from tsn.jobs.extract import (ExtractFailure, ExtractJob, check_job, frame_dir_name, in_job_order, resize_short_side,
                             run_distinct)
 
 # --codec -> PyAV's encoder; both take CRF, an exact keyframe interval and non-reference B-frames.

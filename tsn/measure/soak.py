@@ -16,7 +16,7 @@ allocator noise. Workers are the main process's children that run the same progr
 multiprocessing resource tracker, also a child, is left out). Linux only (``/proc``).
 
 ``train_soak`` runs training steps of a TSN on new random clips every step and samples the process's
-resident memory after every step: an allocator that keeps freed blocks (``tsn.allocator``) must level off
+resident memory after every step: an allocator that keeps freed blocks (``tsn.runtime.allocator``) must level off
 after the first steps, not grow with them. It reports the mean of the first and of the last tenth of the
 samples and their ratio.
 """
@@ -35,7 +35,7 @@ from tsn.data.dataset import ClipDataset
 from tsn.data.lists import VideoRecord
 from tsn.data.loader import build_dataloader, set_loader_epoch
 from tsn.data.transforms import train_transform
-from tsn.allocator import strategy as allocator_strategy
+from tsn.runtime.allocator import strategy as allocator_strategy
 
 
 @dataclass(frozen=True)
@@ -150,8 +150,8 @@ def train_soak(backbone: str, steps: int, batch_size: int = 8, num_segments: int
     import torch
 
     from tsn.config import TrainConfig
-    from tsn.engine.prefetch import channels_last_clips
-    from tsn.engine.trainer import compute_loss, optimizer_step
+    from tsn.data.prefetch import channels_last_clips
+    from tsn.training.trainer import compute_loss, optimizer_step
     from tsn.models import build_model
 
     if steps < 10:

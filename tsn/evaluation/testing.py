@@ -20,16 +20,16 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from tsn.allocator import strategy as allocator_strategy
+from tsn.runtime.allocator import strategy as allocator_strategy
 from tsn.config import Config, ConfigError
 from tsn.data.dataset import ClipDataset, SkippedVideo
-from tsn.engine.build import build_class_names, build_dataset, build_loader, list_path, same_list
-from tsn.engine.checkpoint import CheckpointError
-from tsn.engine.export import ExportedTSN
-from tsn.engine.inference import load_trained
-from tsn.engine.distributed import init_distributed
-from tsn.engine.evaluate import NONFINITE_REASON, NonFiniteError, evaluate
-from tsn.engine.metrics import (
+from tsn.build import build_class_names, build_dataset, build_loader, list_path, same_list
+from tsn.checkpoint import CheckpointError
+from tsn.evaluation.deployed import ExportedTSN
+from tsn.evaluation.inference import load_trained
+from tsn.runtime.distributed import init_distributed
+from tsn.evaluation.evaluate import NONFINITE_REASON, NonFiniteError, evaluate
+from tsn.evaluation.metrics import (
     ClassMetrics,
     confusion_matrix,
     mean_class_accuracy,

@@ -15,7 +15,7 @@ must reach it at the spacing its segments had in training (``segment_stride``): 
 spread over a whole video, so a stream is subsampled to about one frame per segment's length.
 
 The same steps run on the PyTorch model (``TorchFrameStep``) or on an exported per-frame graph
-(``tsn.engine.export``, onnxruntime): a step takes the uint8 frame and the caches, and gives the frame's
+(``tsn.apps.export``, onnxruntime): a step takes the uint8 frame and the caches, and gives the frame's
 logits, its pooled feature, the window's logits (``feature_max``) and the new caches.
 """
 
@@ -370,8 +370,9 @@ def load_stream_model(path: str | os.PathLike[str], exported: bool, window: int 
     per-frame graph (``tools/export.py --stream``) on onnxruntime. ``window``: frames in the window consensus
     (None: the model's ``data.num_segments``)."""
     from tsn.config import Config
-    from tsn.engine.export import ExportError, read_description, stream_recognizer_from_file
-    from tsn.engine.inference import load_trained
+    from tsn.apps.export import stream_recognizer_from_file
+    from tsn.evaluation.deployed import ExportError, read_description
+    from tsn.evaluation.inference import load_trained
 
     if exported:
         description = read_description(path)

@@ -31,15 +31,22 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from tsn.build import build_class_names, build_dataset, build_loader
 from tsn.config import Config
 from tsn.data.dataset import SkippedVideo
 from tsn.data.lists import VideoRecord
-from tsn.engine.build import build_class_names, build_dataset, build_loader, build_tsn
-from tsn.engine.inference import load_trained
-from tsn.engine.evaluate import NonFiniteError, autocast_context, batch_to_device, check_on_nonfinite, video_path
+from tsn.evaluation.evaluate import (
+    NonFiniteError,
+    autocast_context,
+    batch_to_device,
+    check_on_nonfinite,
+    video_path,
+)
+from tsn.evaluation.inference import load_model
 from tsn.fileio import atomic_write, atomic_write_text
 from tsn.models import TSN, FeatureExtractor
 from tsn.models.modality import stack_segments
+from tsn.runtime.device import resolve_device
 
 logger = logging.getLogger("tsn.features")
 
@@ -72,17 +79,6 @@ class ExtractResult:
 
     features: FeatureSet
     knn: KnnResult | None
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` (CUDA when available), ``"cuda"`` or ``"cpu"`` -> device; ValueError for CUDA without a GPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available")
-    if name not in ("cuda", "cpu"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
-    return torch.device(name)
 
 
 def check_layer(model: TSN, layer: str) -> None:
@@ -257,15 +253,6 @@ def write_knn(out_dir: Path, knn: KnnResult, records: Sequence[VideoRecord]) -> 
     summary = {"k": int(knn.neighbours.shape[1]), "precision_at_k": knn.precision_at_k,
                "num_queries": int(knn.rows.size), "metric": "euclidean"}
     atomic_write_text(out_dir / "knn.json", json.dumps(summary, indent=2) + "\n")
-
-
-def load_model(cfg: Config, num_classes: int, checkpoint: Path | None) -> TSN:
-    """The config's TSN: with ``checkpoint``, its trained weights (``tsn.engine.inference.load_trained``,
-    strict, its own classes, in eval mode); without, the ImageNet backbone (``model.pretrained``)
-    and a new head for ``num_classes`` classes."""
-    if checkpoint is None:
-        return build_tsn(cfg, num_classes)
-    return load_trained(checkpoint, cfg).model
 
 
 def run_extract(cfg: Config, list_file: Path, out_dir: Path, checkpoint: Path | None = None,

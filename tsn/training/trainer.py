@@ -30,13 +30,13 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from tsn.allocator import strategy as allocator_strategy
+from tsn.runtime.allocator import strategy as allocator_strategy
 from tsn.config import Config, TrainConfig, save_config
 from tsn.data.dataset import SkippedVideo
 from tsn.data.loader import set_loader_epoch
-from tsn.engine.build import (build_class_names, build_dataset, build_loader, build_optimizer, build_tsn, list_path,
+from tsn.build import (build_class_names, build_dataset, build_loader, build_optimizer, build_tsn, list_path,
                               temporal_settings, val_is_test_list)
-from tsn.engine.checkpoint import (
+from tsn.checkpoint import (
     CheckpointError,
     capture_rng_state,
     check_trained_with,
@@ -46,14 +46,14 @@ from tsn.engine.checkpoint import (
     save_checkpoint,
     set_generator_state,
 )
-from tsn.engine.distributed import DistInfo, barrier, cleanup_distributed, init_distributed
-from tsn.engine.ema import WeightAverage
-from tsn.engine.evaluate import autocast_context, evaluate
-from tsn.engine.losses import cross_entropy, l1_penalty, mixup, mixup_cross_entropy
-from tsn.engine.metrics import EpochMetrics, MetricAccumulator, confusion_matrix_image
-from tsn.engine.prefetch import DevicePrefetcher
-from tsn.engine.probe import probe_init_head
-from tsn.engine.schedulers import build_scheduler
+from tsn.runtime.distributed import DistInfo, barrier, cleanup_distributed, init_distributed
+from tsn.training.ema import WeightAverage
+from tsn.evaluation.evaluate import autocast_context, evaluate
+from tsn.training.losses import cross_entropy, l1_penalty, mixup, mixup_cross_entropy
+from tsn.evaluation.metrics import EpochMetrics, MetricAccumulator, confusion_matrix_image
+from tsn.data.prefetch import DevicePrefetcher
+from tsn.training.linear_probe import probe_init_head
+from tsn.training.schedulers import build_scheduler
 from tsn.fileio import atomic_write_text
 from tsn.models import convert_sync_batchnorm, load_state_dict_flexible, unwrap
 
@@ -218,7 +218,7 @@ def _train(cfg: Config, work_dir: Path, resume: bool, info: DistInfo, progress: 
     logger.info("%d classes; %d train and %d val videos; %d steps per epoch on %d process(es), device %s",
                 num_classes, len(train_set), len(val_set), len(train_loader), info.world_size, info.device)
     logger.info("memory allocator: %s", allocator_strategy())
-    segment_seconds = train_set.segment_seconds() if info.is_main else None  # kept for streaming (tsn.engine.stream)
+    segment_seconds = train_set.segment_seconds() if info.is_main else None  # kept for streaming (tsn.apps.stream)
     val_is_test = val_is_test_list(cfg)
     if val_is_test and tcfg.val_every >= tcfg.epochs:
         logger.info("the validation list is the test list, validated only after the last epoch: nothing is chosen "
@@ -417,9 +417,9 @@ def _checkpoint_state(cfg: Config, class_names: list[str], model: nn.Module, opt
                       random_states: list[tuple[dict[str, Any], dict[str, Any]]], ema: WeightAverage | None,
                       epoch: int, best_top1: float) -> dict[str, Any]:
     """What ``latest.pth`` and ``best.pth`` hold; ``ema`` (the averaged weights, with
-    ``train.ema_decay``) is what ``tsn.engine.checkpoint.inference_weights`` gives for testing.
+    ``train.ema_decay``) is what ``tsn.checkpoint.inference_weights`` gives for testing.
     ``random_states``: per rank, (``capture_rng_state()``, the mixup generator's state). The config
-    and ``class_names`` make the file enough to infer with (``tsn.engine.inference.load_trained``)."""
+    and ``class_names`` make the file enough to infer with (``tsn.evaluation.inference.load_trained``)."""
     extra = {"ema": ema.state_dict()} if ema is not None else {}
     return {**extra,
         "model": unwrap(model).state_dict(),

@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader
 
 from tsn.data.dataset import ClipBatch, SkippedVideo
 from tsn.data.loader import EpochSampler
-from tsn.engine.metrics import EpochMetrics, MetricAccumulator
-from tsn.engine.prefetch import channels_last_clips
+from tsn.evaluation.metrics import EpochMetrics, MetricAccumulator
+from tsn.data.prefetch import channels_last_clips
 from tsn.layout import normalize_clips
 
 
@@ -94,7 +94,7 @@ def chunked_forward(model: Callable[[torch.Tensor], torch.Tensor], clips: torch.
     uint8 clips are normalised with ``mean`` and ``std`` one chunk at a time, so that only one chunk
     is ever float: the 250 views of 8 frames of one video at 224 px are 301 MB as uint8 and 1.2 GB
     as float32. Without ``mean`` and ``std`` they reach the model as uint8 (an exported model,
-    ``tsn.engine.export.ExportedTSN``, normalises them itself). Eval mode has no cross-sample dependence,
+    ``tsn.evaluation.deployed.ExportedTSN``, normalises them itself). Eval mode has no cross-sample dependence,
     so the result equals one pass over all N clips (up to floating-point rounding: kernels may sum in
     another order for another batch size)."""
     if (mean is None) != (std is None):

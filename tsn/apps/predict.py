@@ -29,12 +29,12 @@ import torch
 from tsn.config import Config, ConfigError
 from tsn.data.dataset import ClipDataset
 from tsn.data.lists import VideoRecord
-from tsn.engine.build import build_clip_dataset
-from tsn.engine.evaluate import autocast_context, view_scores
-from tsn.engine.export import ExportedTSN
-from tsn.engine.inference import TrainedModel, load_trained
+from tsn.build import build_clip_dataset
+from tsn.evaluation.evaluate import autocast_context, view_scores
+from tsn.evaluation.deployed import ExportedTSN
+from tsn.evaluation.inference import TrainedModel, load_trained
 from tsn.io import VideoInfo, VideoReadError, iter_frames
-from tsn.io.writer import write_video
+from tsn.jobs.writer import write_video
 from tsn.models import TSN
 
 # A frame on a window's boundary belongs to the window starting there; timestamps converted to
@@ -202,7 +202,7 @@ class Predictor:
     def from_checkpoint(cls, checkpoint: str | os.PathLike[str], config: Config | None = None,
                         device: torch.device | str = "cpu", num_clips: int | None = None, crops: int | None = None,
                         overrides: Sequence[str] = ()) -> Predictor:
-        """The predictor of a ``tools/train.py`` checkpoint (``tsn.engine.inference.load_trained``: the
+        """The predictor of a ``tools/train.py`` checkpoint (``tsn.evaluation.inference.load_trained``: the
         network and class names come from the checkpoint; ``config`` and ``overrides`` only to change them)."""
         return cls(load_trained(checkpoint, config, device, overrides), device, num_clips, crops)
 

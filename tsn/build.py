@@ -1,7 +1,7 @@
 """The one place where a ``Config`` becomes objects: model, datasets, loaders, optimizer.
 
 Everything these functions call takes plain arguments; only ``tools/`` and the functions here
-(and ``tsn.engine.schedulers.build_scheduler``) read the config.
+(and ``tsn.training.schedulers.build_scheduler``) read the config.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def _build_model(cfg: Config, pretrained: bool | str | Path, num_classes: int) -
 
 def temporal_settings(cfg: Config) -> dict[str, object]:
     """The config keys a checkpoint must have been trained with for its weights to mean the same here (given to
-    ``tsn.engine.checkpoint.check_trained_with``): the temporal shift, and its width and direction with TSM."""
+    ``tsn.checkpoint.check_trained_with``): the temporal shift, and its width and direction with TSM."""
     settings: dict[str, object] = {"model.temporal": cfg.model.temporal}
     if cfg.model.temporal == "tsm":
         settings.update({"model.shift_div": cfg.model.shift_div, "model.shift_direction": cfg.model.shift_direction})
@@ -121,7 +121,7 @@ def build_clip_dataset(cfg: Config, split: Split, records: Sequence[VideoRecord]
                        num_clips: int | None = None, crops: int | None = None,
                        on_error: str | None = None, class_names: Sequence[str] | None = None) -> ClipDataset:
     """The dataset of ``split`` (see ``build_dataset``) over ``records`` with paths relative to ``root``;
-    ``on_error`` overrides ``data.on_error`` (``tsn.engine.predict`` raises per video); ``class_names``: the
+    ``on_error`` overrides ``data.on_error`` (``tsn.apps.predict`` raises per video); ``class_names``: the
     model's, where ``data.classes`` may be absent (a checkpoint's)."""
     data = cfg.data
     if split == "train":

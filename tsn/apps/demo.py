@@ -12,8 +12,8 @@ from typing import Sequence
 
 from tsn.config import load_config
 from tsn.data.synthetic import DemoData, make_demo_dataset
-from tsn.engine.testing import Report, format_per_class_table, run_test
-from tsn.engine.trainer import TrainResult, setup_logging, train
+from tsn.evaluation.testing import Report, format_per_class_table, run_test
+from tsn.training.trainer import TrainResult, setup_logging, train
 
 logger = logging.getLogger("tsn.demo")
 

@@ -45,7 +45,7 @@ M_TOP_PAD = -2
 M_MMAP_MAX = -4
 TRIM_THRESHOLD = 2**31 - 1  # the largest int mallopt takes
 TOP_PAD = 256 * 2**20  # address space only: untouched pages of the pad are never resident
-TOOLS_DIR = Path(__file__).resolve().parents[1] / "tools"
+TOOLS_DIR = Path(__file__).resolve().parents[2] / "tools"
 
 _strategy = "system: glibc's defaults (not configured yet)"
 
@@ -110,7 +110,7 @@ def _is_tool() -> bool:
     if not main.endswith(".py"):
         return False
     folder = Path(main).resolve().parent
-    return folder == TOOLS_DIR or (folder.name == "tools" and (folder.parent / "tsn" / "allocator.py").is_file())
+    return folder == TOOLS_DIR or (folder.name == "tools" and (folder.parent / "tsn" / "runtime" / "allocator.py").is_file())
 
 
 def _relaunch_with(library: Path) -> None:

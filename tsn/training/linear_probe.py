@@ -35,15 +35,21 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from tsn.build import build_class_names, build_dataset, build_loader, list_path
 from tsn.config import Config, ConfigError, resolve_path
 from tsn.data.dataset import ClipDataset, SkippedVideo
-from tsn.engine.build import build_class_names, build_dataset, build_loader, list_path
-from tsn.engine.evaluate import NonFiniteError, autocast_context, check_on_nonfinite, chunked_forward, video_path
-from tsn.engine.features import load_model as load_inference_model
-from tsn.engine.features import resolve_device
-from tsn.engine.testing import Report, score_report, unscored_rows, write_report
+from tsn.evaluation.evaluate import (
+    NonFiniteError,
+    autocast_context,
+    check_on_nonfinite,
+    chunked_forward,
+    video_path,
+)
+from tsn.evaluation.inference import load_model as load_inference_model
+from tsn.evaluation.testing import Report, score_report, unscored_rows, write_report
 from tsn.fileio import atomic_write, atomic_write_text
 from tsn.models import TSN
+from tsn.runtime.device import resolve_device
 
 logger = logging.getLogger("tsn.probe")
 
@@ -110,7 +116,7 @@ def extract_view_features(model: TSN, loader: DataLoader, device: torch.device, 
     are NaN or infinite raises ``NonFiniteError`` (``on_nonfinite="raise"``) or is left out and listed in
     ``skipped`` (``"skip"``); ``check=False`` leaves that to the caller (``refuse_nonfinite``, on every rank
     after the features are gathered). ``channels_last`` and ``clips_per_forward``: see
-    ``tsn.engine.evaluate.chunked_forward``."""
+    ``tsn.evaluation.evaluate.chunked_forward``."""
     from tqdm import tqdm
 
     check_on_nonfinite(on_nonfinite)

@@ -36,12 +36,12 @@ from torch import nn
 
 from tsn.config import Config, TrainConfig
 from tsn.data.loader import set_loader_epoch
-from tsn.engine.build import build_class_names, build_dataset, build_loader, build_optimizer, build_tsn
-from tsn.engine.evaluate import autocast_context
-from tsn.engine.export import DeployedTSN, InputSpec, input_spec, load_runner, read_description
-from tsn.engine.inference import load_trained
-from tsn.engine.prefetch import DeviceBatch, DevicePrefetcher, channels_last_clips
-from tsn.engine.trainer import compute_loss, optimizer_step
+from tsn.build import build_class_names, build_dataset, build_loader, build_optimizer, build_tsn
+from tsn.evaluation.evaluate import autocast_context
+from tsn.evaluation.deployed import DeployedTSN, InputSpec, input_spec, load_runner, read_description
+from tsn.evaluation.inference import load_trained
+from tsn.data.prefetch import DeviceBatch, DevicePrefetcher, channels_last_clips
+from tsn.training.trainer import compute_loss, optimizer_step
 from tsn.models import build_model
 
 AMP_CHOICES = ("none", "bf16", "fp16")
@@ -170,7 +170,7 @@ def model_benchmark(backbone: str, batch: int = 32, segments: int = 8, amp: str 
 def inference_benchmark(checkpoint: str | Path, batch: int = 8, segments: int | None = None, amp: str = "none",
                         channels_last: bool = False, steps: int = 10, warmup: int = 3,
                         device: torch.device | None = None) -> dict[str, Any]:
-    """Forward-only throughput of a trained TSN (``tsn.engine.inference.load_trained``, eval mode, no
+    """Forward-only throughput of a trained TSN (``tsn.evaluation.inference.load_trained``, eval mode, no
     gradients) on random clips of its own input size and stream, ``segments`` segments each (default:
     the run's ``data.num_segments``). ``images_per_s`` counts backbone inputs (frames, or segment
     stacks for flow and RGB difference). ``amp`` acts on CUDA only."""
@@ -208,7 +208,7 @@ def inference_benchmark(checkpoint: str | Path, batch: int = 8, segments: int | 
 
 def deployed_benchmark(path: str | Path, batch: int = 1, steps: int = 10, warmup: int = 3) -> dict[str, Any]:
     """CPU clips/s and CPU ms per clip of the whole deployed TSN (uint8 frames -> probabilities,
-    ``tsn.engine.export``) on random frames of its own input shape, ``batch`` clips a call: an exported
+    ``tsn.apps.export``) on random frames of its own input shape, ``batch`` clips a call: an exported
     ``.onnx`` file (onnxruntime), a TorchScript file (the input shape from the description it carries), or a checkpoint
     (``.pth``: PyTorch eager, the same ``DeployedTSN`` the export traces, channels-last where the run's
     ``train.channels_last`` says so, as ``tools/predict.py`` runs it). CPU time is this process's,

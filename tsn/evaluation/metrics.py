@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from tsn.engine.distributed import all_reduce_sum
+from tsn.runtime.distributed import all_reduce_sum
 from tsn.fileio import atomic_write, atomic_write_csv
 
 
@@ -214,7 +214,7 @@ class MetricAccumulator:
 
     ``update`` never syncs with the host; ``compute`` reduces once across ranks (one
     ``all_reduce`` when torch.distributed is initialised) and copies to the host once. Under
-    DDP every rank must call ``compute``. It counts what it is given: ``tsn.engine.evaluate``
+    DDP every rank must call ``compute``. It counts what it is given: ``tsn.evaluation.evaluate``
     leaves out the repeats that a DistributedSampler pads the last batch with.
     """
 

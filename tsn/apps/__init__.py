@@ -1,0 +1,1 @@
+"""Applications of a trained model: prediction, live streams, export, features and retrieval, cross-validation, the demo."""

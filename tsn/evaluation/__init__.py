@@ -1,0 +1,1 @@
+"""Evaluation: inference over a loader, metrics, loading a trained model and the test report."""

@@ -1,0 +1,1 @@
+"""Measurement: throughput benchmarks of loaders, models and deployed files, and memory soaks."""
