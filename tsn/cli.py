@@ -1,8 +1,9 @@
-"""Shared command-line plumbing for ``tools/``: one-line errors with exit status 2, no traceback.
+"""Shared command-line plumbing for ``tools/``: the shared flags, and the entry helper ``run_main`` that every tool
+exits through: status 0, 1 where some inputs failed (the tool's ``main`` says so), 2 for a user error, 130 on Ctrl-C.
 
-A bad config key, list line, video, checkpoint or missing file is the user's to fix, so the
-tools print ``error: <what>: <why>`` and exit 2 instead of a traceback; anything else is a bug
-and keeps its traceback. That holds for errors raised inside DataLoader worker processes too
+A bad config key, list line, video, checkpoint or missing file is the user's to fix (a ``tsn.errors.UserError``,
+or a missing file or folder), so the tools print ``error: <what>: <why>`` and exit 2 instead of a traceback;
+anything else is a bug and keeps its traceback. That holds for errors raised inside DataLoader worker processes too
 (``data.on_error: raise`` meeting an unreadable video): torch re-raises those wrapped, with the
 worker's traceback as the message, and ``user_error_message`` takes the one line back out.
 
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from tsn.data.lists import ListFormatError, read_video_list, write_class_names
-# UsageError is raised by the tools too, which import it from here with the other command-line helpers
+# re-exported: the tools raise UsageError and import it with the other command-line helpers
 from tsn.errors import UsageError as UsageError, UserError
 from tsn.fileio import atomic_write_text
 from tsn.jobs.extract import ExtractFailure, ExtractJob, failures_csv, find_videos
