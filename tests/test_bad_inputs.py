@@ -303,7 +303,7 @@ def test_check_videos_tool_with_workers(root: Path, tmp_path: Path) -> None:
     classes = write_list(root / "classes.txt", ["run", "jump"])
     out = tmp_path / "bad.csv"
     result = subprocess.run([sys.executable, str(REPO / "tools" / "check_videos.py"), "--src", str(root),
-                             "--list", str(list_path), "--classes", str(classes), "--csv", str(out),
+                             "--list", str(list_path), "--classes", str(classes), "--out-file", str(out),
                              "--workers", "2"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
@@ -448,8 +448,8 @@ def test_check_videos_checks_flow_folders_as_training_reads_them(tmp_path: Path)
     assert [(p.line, p.path) for p in report.problems] == [(2, "short"), (3, "torn")]
     assert report.problems[0].reason == "the list says 12 flow pairs, the folder has 8"
     assert "y_00005.jpg is missing" in report.problems[1].reason
-    # the tool: --format flow, exit 1 on the bad entries
+    # the tool: --list-format flow, exit 1 on the bad entries
     done = subprocess.run([sys.executable, str(REPO / "tools" / "check_videos.py"), "--src", str(tmp_path), "--list",
-                           str(listed), "--format", "flow", "--num-segments", "2", "--workers", "0", "--no-progress"],
+                           str(listed), "--list-format", "flow", "--num-segments", "2", "--workers", "0", "--no-progress"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and done.stdout.splitlines()[-1] == "3 entries checked, 2 bad line(s)"

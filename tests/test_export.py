@@ -109,7 +109,7 @@ def test_export_tool_checks_on_real_videos_and_prints_the_differences(tmp_path: 
     (tmp_path / "test.txt").write_text("videos/v0.mp4 0\nvideos/v1.mp4 1\n")
     _, checkpoint = make_checkpoint(tmp_path, ["data.test_list=test.txt"])
     out = tmp_path / "deploy" / "model.onnx"
-    done = run_tool("export.py", ["--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(out)],
+    done = run_tool("export.py", ["--checkpoint", str(checkpoint), "--format", "onnx", "--out-file", str(out)],
                     env=tool_env())
     assert done.returncode == 0, done.stderr
     assert "on random frames" in done.stdout and "on 2 real clip(s)" in done.stdout
@@ -117,7 +117,7 @@ def test_export_tool_checks_on_real_videos_and_prints_the_differences(tmp_path: 
     assert sorted(p.name for p in out.parent.iterdir()) == ["model.onnx", "model.onnx.json"]
     # a video that cannot be read: one line, exit 2
     (tmp_path / "bad.mp4").write_bytes(b"nothing")
-    done = run_tool("export.py", ["--checkpoint", str(checkpoint), "--format", "torchscript", "--out",
+    done = run_tool("export.py", ["--checkpoint", str(checkpoint), "--format", "torchscript", "--out-file",
                                   str(tmp_path / "m.pt"), "--check-video", str(tmp_path / "bad.mp4")], env=tool_env())
     assert done.returncode == 2 and "bad.mp4" in done.stderr and "Traceback" not in done.stderr
 
@@ -163,7 +163,7 @@ def test_test_and_predict_run_an_exported_file_as_they_run_the_checkpoint(tmp_pa
     config = tmp_path / "config.yaml"
     save_config(cfg, config)
     done, refused = run_tools_together(
-        ("predict.py", ["--model", str(tmp_path / "m.onnx"), str(tmp_path / "videos" / "v0.mp4"), "--json",
+        ("predict.py", ["--model", str(tmp_path / "m.onnx"), str(tmp_path / "videos" / "v0.mp4"), "--format", "json",
                         "--no-progress"]),
         ("test.py", ["--config", str(config), "--model", str(tmp_path / "m.onnx"), "--out", str(tmp_path / "tool"),
                      "--no-progress", "--opt", "data.num_segments=4"]))

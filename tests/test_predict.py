@@ -79,8 +79,8 @@ def test_predict_gives_the_probabilities_of_the_test_tool(setup: tuple[Config, P
             assert [score.name for score in prediction.top] == [CLASSES[j] for j in order]
             assert prediction.num_frames == NUM_FRAMES[i] and prediction.duration == pytest.approx(NUM_FRAMES[i] / 25)
     # the tool: JSON lines in order, the same top classes and probabilities
-    done = run_tool("predict.py", ["--checkpoint", str(checkpoint), str(root / "videos"), "--json", "--top-k", "3",
-                                   "--num-clips", "1", "--crops", "1", "--device", "cpu", "--no-progress"],
+    done = run_tool("predict.py", ["--checkpoint", str(checkpoint), str(root / "videos"), "--format", "json",
+                                   "--top-k", "3", "--num-clips", "1", "--crops", "1", "--device", "cpu", "--no-progress"],
                     env=tool_env())
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines()]
@@ -188,7 +188,7 @@ def test_peak_memory_does_not_grow_with_the_video_length(setup: tuple[Config, Pa
     for seconds in (20, 80):
         video = make_index_video(tmp_path / f"{seconds}s.avi", 25 * seconds, width=320, height=240, fourcc="MJPG")
         rss.append(peak_rss_mb(["--checkpoint", str(checkpoint), str(video), "--window", "4", "--num-clips", "1",
-                                "--crops", "1", "--device", "cpu", "--no-progress", "--json"]))
+                                "--crops", "1", "--device", "cpu", "--no-progress", "--format", "json"]))
     assert rss[1] - rss[0] < 40, rss
 
 
@@ -199,8 +199,8 @@ def test_a_bad_file_is_reported_and_the_others_predicted(setup: tuple[Config, Pa
     for i in (0, 1):
         (folder / f"v{i}.mp4").write_bytes((Path(cfg.data.root) / "videos" / f"v{i}.mp4").read_bytes())
     (folder / "broken.mp4").write_bytes(b"not a video at all")
-    args = ["--checkpoint", str(checkpoint), str(folder), "--csv", "--top-k", "2", "--num-clips", "1", "--crops", "1",
-            "--device", "cpu", "--no-progress"]
+    args = ["--checkpoint", str(checkpoint), str(folder), "--format", "csv", "--top-k", "2", "--num-clips", "1",
+            "--crops", "1", "--device", "cpu", "--no-progress"]
     done = run_tool("predict.py", args, env=tool_env())
     assert done.returncode == 0, done.stderr
     failures = [line for line in done.stderr.splitlines() if line.startswith("failed:")]

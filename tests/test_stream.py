@@ -175,7 +175,7 @@ def test_predict_stream_prints_json_lines_and_a_summary(tmp_path: Path) -> None:
     torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "class_names": [f"c{i}" for i in range(CLASSES)],
                 "segment_seconds": 0.12}, checkpoint)
     done, missing = run_tools_together(
-        ("predict.py", ["--checkpoint", str(checkpoint), "--stream", str(video), "--json", "--print-every", "2",
+        ("predict.py", ["--checkpoint", str(checkpoint), "--stream", str(video), "--format", "json", "--print-every", "2",
                         "--top-k", "2"]),
         ("predict.py", ["--checkpoint", str(checkpoint), "--stream", str(tmp_path / "no.mp4")]))
     assert done.returncode == 0, done.stderr

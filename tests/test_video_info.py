@@ -21,7 +21,7 @@ def test_video_info_writes_one_row_per_video_with_reasons(tmp_path: Path) -> Non
     listing = tmp_path / "list.txt"
     listing.write_text("# path label\na/v1.mp4 0\nbad.mp4 1\nb/v2.mp4 1\n")
     out = tmp_path / "out" / "info.csv"
-    done = subprocess.run([sys.executable, str(TOOL), "--src", str(root), "--list", str(listing), "--csv", str(out),
+    done = subprocess.run([sys.executable, str(TOOL), "--src", str(root), "--list", str(listing), "--out-file", str(out),
                            "--workers", "2"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert f"3 videos, 1 unreadable -> {out}" in done.stdout
@@ -39,7 +39,7 @@ def test_video_info_bad_list_exits_2(tmp_path: Path) -> None:
     listing = tmp_path / "list.txt"
     listing.write_text("a/v1.mp4\n")  # no label
     done = subprocess.run([sys.executable, str(TOOL), "--src", str(tmp_path), "--list", str(listing),
-                           "--csv", str(tmp_path / "info.csv")], capture_output=True, text=True, timeout=60)
+                           "--out-file", str(tmp_path / "info.csv")], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip() == f"error: {listing}:1: expected 'PATH LABEL', got 'a/v1.mp4' (missing label)"
     assert not (tmp_path / "info.csv").exists()

@@ -22,6 +22,7 @@ import re
 import sys
 from pathlib import Path
 
+from tsn.cli import run_main
 from tsn.data.builders import (
     VALIDATION_GROUPS,
     DatasetLists,
@@ -134,4 +135,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -27,9 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--src", type=Path, required=True, help="root folder the lists' paths are relative to")
     parser.add_argument("--list", type=Path, action="append", required=True,
                         help="video or rawframe list (repeatable: --list train.txt --list val.txt)")
-    parser.add_argument("--csv", type=Path, help="write the bad entries here")
+    parser.add_argument("--out-file", type=Path, dest="csv", help="write the bad entries here (CSV)")
     add_workers_arg(parser, "reading processes (0: this process)", minimum=0)
-    parser.add_argument("--format", choices=("video", "rawframes", "flow"), default="video",
+    parser.add_argument("--list-format", choices=("video", "rawframes", "flow"), default="video", dest="format",
                         help="flow: the flow folders and list of tools/extract_flow.py")
     add_backend_arg(parser)
     parser.add_argument("--classes", type=Path, help="class list: labels outside it are reported")

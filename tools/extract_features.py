@@ -16,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from tsn.cli import add_batch_size_arg, add_config_args, add_device_arg, add_progress_arg, int_at_least
+from tsn.cli import add_batch_size_arg, add_config_args, add_device_arg, add_progress_arg, int_at_least, run_main
 from tsn.config import ConfigError, load_config
 from tsn.data.dataset import AllVideosFailedError
 from tsn.data.lists import ListFormatError
@@ -65,4 +65,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tsn.cli import add_extraction_args, positive_float, report_failures, source_jobs
+from tsn.cli import add_extraction_args, positive_float, report_failures, run_main, source_jobs
 from tsn.data.lists import VideoRecord, write_rawframe_list
 from tsn.jobs.extract import FlowSettings, extract_frames
 from tsn.jobs.flow import DEFAULT_BOUND, FLOW_METHODS, FlowMethodUnavailable, flow_function
@@ -64,4 +64,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -14,9 +14,8 @@ arguments or a bad list. A rerun skips finished videos and redoes the rest (see 
 from __future__ import annotations
 
 import argparse
-import sys
 
-from tsn.cli import add_extraction_args, report_failures, source_jobs
+from tsn.cli import add_extraction_args, report_failures, run_main, source_jobs
 from tsn.data.lists import VideoRecord, write_rawframe_list
 from tsn.jobs.extract import extract_frames
 
@@ -47,4 +46,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -1,7 +1,7 @@
 """Fuse video-level score files (e.g. two-stream RGB + flow) with weights and report the metrics.
 
     python tools/fuse_scores.py --scores rgb/scores.npy flow/scores.npy --weights 1 1.5 \
-        --list test.txt --classes classes.txt --out fused [--format video|rawframes]
+        --list test.txt --classes classes.txt --out fused [--list-format video|rawframes]
 
 The score files must come from tools/test.py runs over the same list (rows in list order). A row with NaN or
 infinite scores is accepted only where the skipped.csv beside its file lists it (a video that run could not
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scores", type=Path, nargs="+", required=True, help="scores.npy files")
     parser.add_argument("--weights", type=float, nargs="+", help="one weight per file (default: all 1)")
     parser.add_argument("--list", type=Path, required=True, help="the list the scores were computed on")
-    parser.add_argument("--format", choices=("video", "rawframes"), default="video", help="format of --list")
+    parser.add_argument("--list-format", choices=("video", "rawframes"), default="video", help="format of --list")
     parser.add_argument("--classes", type=Path, required=True, help="class names, one a line")
     parser.add_argument("--out", type=Path, required=True, help="folder for the fused report")
     return parser
@@ -42,7 +42,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     class_names = read_class_names(args.classes)
-    records = read_list(args.list, args.format)
+    records = read_list(args.list, args.list_format)
     labels = np.array([record.label for record in records], dtype=np.int64)
     for path in args.scores:
         if not path.is_file():

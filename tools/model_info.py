@@ -9,11 +9,10 @@ Weights are not loaded (the shapes and counts do not depend on them).
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 
-from tsn.cli import int_at_least
+from tsn.cli import int_at_least, run_main
 from tsn.models import BACKBONE_NAMES, DEFAULT_BACKBONE, HEAD_TYPES, build_backbone, build_model, summarize
 
 
@@ -52,4 +51,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

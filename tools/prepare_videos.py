@@ -23,7 +23,7 @@ import argparse
 import sys
 from typing import Callable
 
-from tsn.cli import add_source_args, int_at_least, report_failures, source_jobs
+from tsn.cli import add_source_args, int_at_least, report_failures, run_main, source_jobs
 from tsn.data.lists import VideoRecord, write_video_list
 from tsn.jobs.prepare import CODECS, MAX_BFRAMES, MAX_CRF, PrepareSettings, prepare_videos
 
@@ -82,4 +82,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tsn.cli import add_backend_arg, add_workers_arg
+from tsn.cli import add_backend_arg, add_workers_arg, run_main
 from tsn.data.lists import ListFormatError, read_video_list
 from tsn.jobs.metadata import probe_rows, write_info_csv
 
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--src", type=Path, required=True, help="root folder the list's paths are relative to")
     parser.add_argument("--list", type=Path, required=True, help="video list 'rel/path.ext LABEL'")
-    parser.add_argument("--csv", type=Path, required=True, help="output CSV")
+    parser.add_argument("--out-file", type=Path, required=True, dest="csv", help="output CSV")
     add_workers_arg(parser, "probing processes")
     add_backend_arg(parser)
     return parser
@@ -48,4 +48,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

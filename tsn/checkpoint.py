@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tsn.errors import UserError
 from tsn.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ logger = logging.getLogger(__name__)
 LATEST = "latest.pth"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be used; ``str()`` is ``"<path>: <reason>"``."""
 
     def __init__(self, path: str | os.PathLike[str], reason: str) -> None:

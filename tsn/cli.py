@@ -1,8 +1,9 @@
-"""Shared command-line plumbing for ``tools/``: one-line errors with exit status 2, no traceback.
+"""Shared command-line plumbing for ``tools/``: the shared flags, and the entry helper ``run_main`` that every tool
+exits through: status 0, 1 where some inputs failed (the tool's ``main`` says so), 2 for a user error, 130 on Ctrl-C.
 
-A bad config key, list line, video, checkpoint or missing file is the user's to fix, so the
-tools print ``error: <what>: <why>`` and exit 2 instead of a traceback; anything else is a bug
-and keeps its traceback. That holds for errors raised inside DataLoader worker processes too
+A bad config key, list line, video, checkpoint or missing file is the user's to fix (a ``tsn.errors.UserError``,
+or a missing file or folder), so the tools print ``error: <what>: <why>`` and exit 2 instead of a traceback;
+anything else is a bug and keeps its traceback. That holds for errors raised inside DataLoader worker processes too
 (``data.on_error: raise`` meeting an unreadable video): torch re-raises those wrapped, with the
 worker's traceback as the message, and ``user_error_message`` takes the one line back out.
 
@@ -20,18 +21,11 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from tsn.config import ConfigError
-from tsn.data.dataset import AllVideosFailedError
 from tsn.data.lists import ListFormatError, read_video_list, write_class_names
-from tsn.checkpoint import CheckpointError
-from tsn.evaluation.evaluate import NonFiniteError
-from tsn.evaluation.deployed import ExportError
-from tsn.io import VideoReadError
-from tsn.io.base import BackendUnavailable
-from tsn.io.live import LiveSourceError
+# re-exported: the tools raise UsageError and import it with the other command-line helpers
+from tsn.errors import UsageError as UsageError, UserError
 from tsn.fileio import atomic_write_text
 from tsn.jobs.extract import ExtractFailure, ExtractJob, failures_csv, find_videos
-from tsn.models import PretrainedWeightsNotFound
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
@@ -101,26 +95,8 @@ def positive_float(text: str) -> float:
     return value
 
 
-class UsageError(Exception):
-    """A bad combination of command-line arguments or inputs, found after parsing."""
-
-
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    UsageError,
-    ConfigError,
-    ListFormatError,
-    VideoReadError,
-    BackendUnavailable,
-    CheckpointError,
-    ExportError,
-    PretrainedWeightsNotFound,
-    FileNotFoundError,
-    NotADirectoryError,
-    IsADirectoryError,
-    AllVideosFailedError,
-    NonFiniteError,
-    LiveSourceError,
-)
+# Missing or misplaced files and folders named on the command line are the user's to fix too.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
 # torch.utils.data re-raises a worker's exception as ``Caught <Type> in DataLoader worker process
 # <n>.\nOriginal Traceback ...\n<module>.<Type>: <message>``: as that type when it can be built
@@ -196,11 +172,23 @@ def user_error_message(error: BaseException) -> str | None:
     if match is None:
         return text if isinstance(error, USER_ERRORS) else None
     name = match.group(1)
-    if name not in {kind.__name__ for kind in USER_ERRORS}:
+    if name not in _user_error_names():
         return None
     # The traceback's last line is "<module>.<Type>: <message>".
     _, found, message = text.rstrip().splitlines()[-1].partition(f"{name}: ")
     return message if found else None
+
+
+def _user_error_names() -> set[str]:
+    """The class names of ``USER_ERRORS`` and of every ``UserError`` subclass loaded (a worker's error is
+    known by its name only)."""
+    names = set()
+    kinds: list[type[BaseException]] = list(USER_ERRORS)
+    while kinds:
+        kind = kinds.pop()
+        names.add(kind.__name__)
+        kinds += kind.__subclasses__() if issubclass(kind, UserError) else []
+    return names
 
 
 def run_main(main: Callable[[], int | None]) -> None:

@@ -36,6 +36,7 @@ from typing import Any, ClassVar, Literal, Sequence, Union, get_args, get_origin
 
 import yaml
 
+from tsn.errors import UserError
 from tsn.fileio import atomic_write_text
 
 __all__ = [
@@ -52,7 +53,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A bad config value or file; ``str()`` is ``"<key or file>: <reason>"`` on one line."""
 
     def __init__(self, key: str, reason: str) -> None:

@@ -36,10 +36,15 @@ from tsn.evaluation.deployed import (
     load_runner,
     read_description,
 )
+from tsn.apps.predict import single_video_dataset
+from tsn.config import resolve_path
+from tsn.data.lists import read_list
 from tsn.evaluation.inference import TrainedModel
 from tsn.fileio import atomic_write_text
 
 FORMATS = ("onnx", "torchscript")
+# Real videos an export is checked on when none are given: the first of the config's test list.
+DEFAULT_CHECK_VIDEOS = 2
 # Probabilities differ between runtimes by float32 rounding of differently fused and ordered kernels
 # (about 1e-6 measured); 1e-4 leaves room for deeper networks while still catching a wrong
 # normalisation, layout or consensus, which move probabilities by far more.
@@ -123,6 +128,21 @@ def export(trained: TrainedModel, format: str, out: str | os.PathLike[str], real
     atomic_write_text(target.with_name(target.name + ".json"), json.dumps(_description(trained, spec, format), indent=2)
                       + "\n")
     return ExportReport(target, random_difference, real_difference, spec)
+
+
+def check_clips(trained: TrainedModel, videos: Sequence[str | os.PathLike[str]] = ()) -> list[torch.Tensor]:
+    """The real clips to check an export on, as the test pipeline makes them (uint8 ``(T, C, H, W)``, one view
+    each): of ``videos``, else of the first ``DEFAULT_CHECK_VIDEOS`` of the config's ``data.test_list`` where
+    that file exists (none where it does not)."""
+    data = trained.config.data
+    if not videos:
+        test_list = resolve_path(data, data.test_list)
+        records = read_list(test_list, "rawframes" if data.modality == "flow" else data.format) \
+            if test_list.is_file() else []
+        videos = [resolve_path(data, record.path) for record in records[:DEFAULT_CHECK_VIDEOS]]
+    rng = np.random.default_rng(0)
+    return [single_video_dataset(trained.config, video, 1, 1, trained.class_names).load(0, rng)[0]
+            for video in videos]
 
 
 def _description(trained: TrainedModel, spec: InputSpec, format: str) -> dict:

@@ -10,6 +10,8 @@ whole-video probabilities are the windows' averaged so that every frame weighs t
 their frames), not one set of views spread over the whole video.
 
 Everything returned is plain data (dataclasses of numbers and strings; ``as_dict()`` for JSON).
+``predict_videos`` runs ``tools/predict.py``: the videos of ``collect_videos`` printed as a table, JSON lines
+or CSV, with a labelled copy of each where asked (``copy_path``).
 """
 
 from __future__ import annotations
@@ -19,21 +21,25 @@ import dataclasses
 import io
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from tsn.config import Config, ConfigError
 from tsn.data.dataset import ClipDataset
-from tsn.data.lists import VideoRecord
+from tsn.data.lists import VideoRecord, read_video_list
 from tsn.build import build_clip_dataset
+from tsn.errors import UsageError
 from tsn.evaluation.evaluate import autocast_context, view_scores
 from tsn.evaluation.deployed import ExportedTSN
 from tsn.evaluation.inference import TrainedModel, load_trained
 from tsn.io import VideoInfo, VideoReadError, iter_frames
+from tsn.jobs.extract import VIDEO_EXTENSIONS, find_videos
 from tsn.jobs.writer import write_video
 from tsn.models import TSN
 
@@ -341,3 +347,86 @@ def format_csv_rows(prediction: VideoPrediction) -> str:
             writer.writerow([prediction.video, window, f"{start:.3f}", f"{end:.3f}", rank, score.class_id,
                              score.name, f"{score.probability:.6f}"])
     return buffer.getvalue()
+
+
+# What tools/predict.py prints per video: format_table, format_json_line, format_csv_rows.
+OUTPUT_FORMATS = ("text", "json", "csv")
+
+
+def format_prediction(prediction: VideoPrediction, output_format: str) -> str:
+    """The lines printed for one video in ``output_format`` (one of ``OUTPUT_FORMATS``), no newline at the end."""
+    if output_format == "json":
+        return format_json_line(prediction)
+    if output_format == "csv":
+        return format_csv_rows(prediction).rstrip("\n")
+    return format_table(prediction)
+
+
+def collect_videos(paths: Sequence[Path], list_file: Path | None, src: Path) -> list[tuple[Path, str]]:
+    """The videos to predict, in order: ``(path, name for the output copy)``; a folder gives every video under it,
+    ``list_file`` (paths relative to ``src``) its videos after those of ``paths``."""
+    videos = []
+    for path in paths:
+        if path.is_dir():
+            videos += [(path / job.video, job.video) for job in find_videos(path)[0]]
+        else:
+            videos.append((path, path.name))
+    if list_file is not None:
+        videos += [(src / record.path, record.path) for record in read_video_list(list_file)]
+    return videos
+
+
+def copy_path(out_video: Path, name: str, count: int) -> Path:
+    """Where the labelled copy of the video ``name`` (one of ``count``) goes: ``out_video`` itself when it names
+    an .mp4 file (one video only), else ``out_video/<name>`` with an ``.mp4`` suffix; ``UsageError`` otherwise."""
+    if out_video.suffix.lower() in VIDEO_EXTENSIONS:
+        if out_video.suffix.lower() != ".mp4":
+            raise UsageError(f"--out-video {out_video}: the copy is an MP4 file, name it .mp4 (or give a folder)")
+        if count > 1:
+            raise UsageError(f"--out-video {out_video} is one file, but there are {count} videos: give a folder")
+        return out_video
+    return out_video / Path(name).with_suffix(".mp4")
+
+
+def check_copy_paths(out_video: Path, videos: Sequence[tuple[Path, str]]) -> None:
+    """``UsageError`` unless every video's labelled copy has its own path, inside ``out_video`` when that is a
+    folder, and no copy would replace a video (its own or another one given)."""
+    paths = [copy_path(out_video, name, len(videos)).resolve() for _, name in videos]
+    sources = {path.resolve() for path, _ in videos}
+    root = out_video.resolve()
+    seen: dict[Path, str] = {}
+    for (_, name), path in zip(videos, paths):
+        if path in sources:
+            raise UsageError(f"--out-video: the copy of {name} would replace the video {path}")
+        if path != root and root not in path.parents:
+            raise UsageError(f"--out-video: the copy of {name} would land outside {out_video}")
+        if path in seen:
+            raise UsageError(f"--out-video: {seen[path]} and {name} would both be copied to {path}")
+        seen[path] = name
+
+
+def predict_videos(predictor: Predictor, videos: Sequence[tuple[Path, str]], top_k: int = 5,
+                   window: float | None = None, stride: float | None = None, output_format: str = "text",
+                   out_video: Path | None = None, progress: bool = True) -> int:
+    """Predict each of ``videos`` (``collect_videos``) and print it to stdout in ``output_format`` (CSV: the
+    header first), with its labelled copy under ``out_video`` where given (``copy_path``; check the paths first
+    with ``check_copy_paths``). A video that cannot be read goes to stderr as ``failed: <video>: <reason>``.
+    Returns how many failed."""
+    failed = 0
+    if output_format == "csv":
+        print(",".join(CSV_HEADER))
+    for path, name in tqdm(videos, desc="predict", unit="video", disable=not progress, file=sys.stderr):
+        try:
+            prediction = predictor.predict(path, top_k, window, stride)
+            if out_video is not None:
+                write_labelled_video(prediction, path, copy_path(out_video, name, len(videos)))
+        except (VideoReadError, OSError) as error:
+            reason = error.reason if isinstance(error, VideoReadError) else str(error)
+            tqdm.write(f"failed: {path}: {reason}", file=sys.stderr)
+            failed += 1
+            continue
+        tqdm.write(format_prediction(prediction, output_format), file=sys.stdout)
+        sys.stdout.flush()
+    if failed:
+        print(f"{failed} of {len(videos)} videos failed", file=sys.stderr)
+    return failed

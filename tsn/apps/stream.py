@@ -16,13 +16,15 @@ spread over a whole video, so a stream is subsampled to about one frame per segm
 
 The same steps run on the PyTorch model (``TorchFrameStep``) or on an exported per-frame graph
 (``tsn.apps.export``, onnxruntime): a step takes the uint8 frame and the caches, and gives the frame's
-logits, its pooled feature, the window's logits (``feature_max``) and the new caches.
+logits, its pooled feature, the window's logits (``feature_max``) and the new caches. ``print_stream`` is
+``tools/predict.py --stream``: a source scored live and printed line by line.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -35,7 +37,7 @@ from torch import nn
 
 from tsn.config import ConfigError
 from tsn.data.transforms import ResizedCenterCrop, to_tensor_clip
-from tsn.io.live import LiveFrame, LiveSource
+from tsn.io.live import LiveFrame, LiveSource, LiveSourceError, open_live
 from tsn.models import TSN
 from tsn.models.temporal import ShiftedConv2d, shifted_convs
 
@@ -399,6 +401,35 @@ def format_update(update: StreamUpdate, class_names: Sequence[str], top_k: int, 
                            "latency_ms": round(update.latency * 1000, 1)})
     classes = "  ".join(f"{name} {p:.3f}" for name, p in top)
     return f"{update.time:9.2f} s  frame {update.source_frame:6d}  {classes}  ({update.latency * 1000:.0f} ms)"
+
+
+def print_stream(path: str | os.PathLike[str], exported: bool, source_name: str,
+                 device: torch.device = torch.device("cpu"), window: int | None = None, stride: int | None = None,
+                 realtime: bool = False, top_k: int = 5, print_every: int = 1, as_json: bool = False) -> int:
+    """Score the live source ``source_name`` (``open_live``: a file, camera or stream URL) with the model at
+    ``path`` (``load_stream_model``) every ``stride`` frames (None: one per training segment, ``segment_stride``)
+    and print every ``print_every``-th scored frame's line (``format_update``) to stdout; what runs, and the
+    summary as JSON, to stderr. Returns 0, or 1 when the stream broke."""
+    loaded = load_stream_model(path, exported, window, device)
+    source = open_live(source_name)
+    every = stride or segment_stride(source.fps, loaded.segment_seconds)
+    if not stride and source.fps <= 0:
+        print(f"warning: {source_name} does not say its frame rate: every frame is scored; give --stream-stride N "
+              f"(frames between the segments the model was trained on)", file=sys.stderr)
+    print(f"running {path} with {loaded.runtime} on {source_name}: every {every} frame(s), "
+          f"window {loaded.recognizer.window}", file=sys.stderr)
+
+    def show(update: StreamUpdate) -> None:
+        if update.scores.index % print_every == 0:
+            print(format_update(update, loaded.class_names, top_k, as_json), flush=True)
+
+    try:
+        summary = run_stream(loaded.recognizer, source, every, realtime, show)
+    except LiveSourceError as error:
+        print(f"stream broken: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary.as_dict()), file=sys.stderr)
+    return 0
 
 
 def stream_accuracy(loaded: LoadedStreamModel, videos: Sequence[tuple[str, int]], strides: Sequence[int],

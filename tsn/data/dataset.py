@@ -43,6 +43,7 @@ import torch
 from tsn.data.lists import LIST_FORMATS, VideoRecord
 from tsn.data.sampling import TRAIN_BOUNDS, test_indices, train_indices, val_indices
 from tsn.data.transforms import ClipTransform, DecodesResized, FrameTransform, MultiCrop, to_tensor_clip
+from tsn.errors import UserError
 from tsn.io import VideoInfo, VideoReadError, count_flow_frames, probe, read, read_first, read_flow
 from tsn.layout import normalize_clips
 from tsn.runtime.pools import thread_pool
@@ -95,7 +96,7 @@ class ClipBatch(NamedTuple):
         return self.indices != self.requested
 
 
-class AllVideosFailedError(RuntimeError):
+class AllVideosFailedError(UserError, RuntimeError):
     """Every video of the list failed to load, so no sample can be produced."""
 
 

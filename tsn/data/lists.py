@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from tsn.errors import UserError
 from tsn.fileio import atomic_write_text
 
 LIST_FORMATS = ("video", "rawframes")
 
 
-class ListFormatError(ValueError):
+class ListFormatError(UserError, ValueError):
     """A bad line in a list or annotation file; str() is ``"LIST:LINE: reason"``.
 
     ``line_no`` is 1-based; ``None`` where the problem has no line (a JSON item, a whole

@@ -18,11 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from tsn.errors import UserError
 from tsn.evaluation.inference import TrainedModel
 from tsn.models import TSN
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """The export failed, or the exported file does not compute what the PyTorch model computes."""
 
 

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from tsn.data.dataset import ClipBatch, SkippedVideo
 from tsn.data.loader import EpochSampler
+from tsn.errors import UserError
 from tsn.evaluation.metrics import EpochMetrics, MetricAccumulator
 from tsn.data.prefetch import channels_last_clips
 from tsn.layout import normalize_clips
@@ -31,7 +32,7 @@ NONFINITE_REASON = "non-finite scores (NaN or infinity)"
 NONFINITE_SHOWN = 20
 
 
-class NonFiniteError(ValueError):
+class NonFiniteError(UserError, ValueError):
     """Videos that were read gave NaN or infinite scores (or features): one line for the count and the likely
     causes, then one line per video (``NONFINITE_SHOWN`` at most)."""
 

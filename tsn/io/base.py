@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tsn.errors import UserError
+
 # Frame folders as written by tools/extract_frames.py: 1-based names, so 0-based frame i is
 # RAWFRAME_TEMPLATE.format(i + 1).
 RAWFRAME_TEMPLATE = "img_{:05d}.jpg"
@@ -76,7 +78,7 @@ class VideoInfo:
     index: FrameIndex | None = field(default=None, compare=False, repr=False)
 
 
-class VideoReadError(RuntimeError):
+class VideoReadError(UserError, RuntimeError):
     """A video (file or frame folder) that cannot be read as asked; str() is ``"{path}: {reason}"``."""
 
     def __init__(self, path: str, reason: str) -> None:
@@ -89,6 +91,6 @@ class VideoReadError(RuntimeError):
         return (type(self), (self.path, self.reason))
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(UserError, RuntimeError):
     """A reader backend that cannot run here (an optional package or library missing): a set-up problem,
     never a bad video, so it is raised, not skipped; str() names what to install."""

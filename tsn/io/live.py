@@ -19,11 +19,13 @@ from typing import Iterator
 
 import numpy as np
 
+from tsn.errors import UserError
+
 _CAMERA = re.compile(r"^(\d+|/dev/video\d+)$")
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 
 
-class LiveSourceError(RuntimeError):
+class LiveSourceError(UserError, RuntimeError):
     """A live source that cannot be opened or read on: ``str()`` is ``"<source>: <reason>"`` on one line."""
 
     def __init__(self, source: str, reason: str) -> None:

@@ -21,13 +21,15 @@ from typing import Callable, Iterable, Iterator
 import cv2
 import numpy as np
 
+from tsn.errors import UserError
+
 FLOW_METHODS = ("dis", "tvl1", "farneback")
 DEFAULT_BOUND = 20.0
 
 FlowFunction = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-class FlowMethodUnavailable(RuntimeError):
+class FlowMethodUnavailable(UserError, RuntimeError):
     """A flow method whose OpenCV module is not installed; the message says what to install."""
 
 

@@ -16,13 +16,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tsn.errors import UserError
+
 logger = logging.getLogger("tsn.models")
 
 MODULE_PREFIX = "module."  # what nn.DataParallel and DistributedDataParallel put before every key
 _MAX_KEYS_LOGGED = 20
 
 
-class PretrainedWeightsNotFound(FileNotFoundError):
+class PretrainedWeightsNotFound(UserError, FileNotFoundError):
     """A pretrained weight file that should be on disk is not; the message says where to put it."""
 
 
