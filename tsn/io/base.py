@@ -61,7 +61,7 @@ class VideoInfo:
     """What ``probe`` found: frame size, the number of frames that really decode, frame rate, backend.
 
     ``fps`` is 0.0 where it is unknown (a folder of frames has no frame rate). ``backend`` is the
-    backend that produced the numbers ("pyav", "decord", "opencv" or "rawframes") and reads every
+    backend that produced the numbers (one of ``tsn.io.BACKENDS``) and reads every
     frame of this video: ``read`` with ``backend="auto"`` uses it, and never another one, so that a
     frame number means one frame in every call. ``index`` is the backend's ``FrameIndex`` where it
     keeps one (PyAV; OpenCV where its packets give one), so that reads need not index the file again;
