@@ -13,6 +13,8 @@ RAWFRAME_TEMPLATE = "img_{:05d}.jpg"
 # mmaction2 layout; the original TSN's extractor wrote ``flow_x_00001.jpg`` / ``flow_y_00001.jpg``.
 FLOW_TEMPLATES = ("x_{:05d}.jpg", "y_{:05d}.jpg")
 TSN_FLOW_TEMPLATES = ("flow_x_{:05d}.jpg", "flow_y_{:05d}.jpg")
+# The endings (lower case) of the files taken for videos where a folder is searched for them.
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv")
 
 
 @dataclass(frozen=True, eq=False)

@@ -36,13 +36,11 @@ from typing import ClassVar, Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from tsn.io import RAWFRAME_TEMPLATE, VideoReadError, iter_frames
+from tsn.io import RAWFRAME_TEMPLATE, VIDEO_EXTENSIONS, VideoReadError, iter_frames
 from tsn.io.base import FLOW_TEMPLATES
 from tsn.jobs.batch import BatchSummary, ExtractJob, ListFile, run_jobs
 from tsn.jobs.flow import DEFAULT_BOUND, video_flow
 
-VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv",
-                              ".3gp", ".ogv"})
 MARKER_NAME = ".done"
 # Hidden work folders next to the frame folders: ".<name>.partial-<pid>" (being written) and
 # ".<name>.stale-<pid>" (an old folder moved aside before being deleted).
