@@ -32,10 +32,9 @@ _CHOICES = ("auto",) + BACKENDS
 _MODULES: dict[str, ModuleType] = {module.NAME: module for module in (pyav_backend, decord_backend, opencv_backend,
                                                                        torchcodec_backend, rawframes)}
 # PyAV first: frames identified by their timestamps, unwanted non-reference frames never decoded
-# (an 8-frame read took 42 % less CPU than decord's on actrecog2, see tsn.io.pyav_backend).
+# (see tsn.io.pyav_backend; the README's loader benchmarks compare the backends).
 _PROBE_ORDER = (pyav_backend.NAME, opencv_backend.NAME)
-# Whole-video decoding: OpenCV first, it decodes with several threads and was 2 to 3 times faster
-# than decord over a 1080p clip here (2.1 s against 4.6 s with next(), 7.3 s with get_batch chunks).
+# Whole-video decoding: OpenCV first, it decodes with several threads.
 _ITER_ORDER = (opencv_backend.NAME, pyav_backend.NAME)
 
 logger = logging.getLogger("tsn.io")

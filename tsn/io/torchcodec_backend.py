@@ -7,10 +7,9 @@ each wanted frame's display interval, by time, so that packets an MP4 edit list 
 counts as frames) shift nothing, and every frame returned is checked against the index by its timestamp:
 a frame that is not the one asked for is a ``VideoReadError``, never a shifted frame. torchcodec runs in
 its "exact" mode, which scans the file's packets (no decoding) on each open, that is on every read: a
-cost that grows with the video's length, yet measured smaller than handing it PyAV's index as
+cost that grows with the video's length, yet smaller than handing it PyAV's index as
 ``custom_frame_mappings`` JSON (building and parsing the JSON cost more than the scan, even for a
-27,000-frame video). Its "approximate" mode
-turns times into frame numbers by the average frame rate and missed two frames in three of a
+27,000-frame video). Its "approximate" mode turns times into frame numbers by the average frame rate and missed two frames in three of a
 variable-rate file here.
 
 ``read_sorted`` decodes on the CPU to numpy, as the other backends.

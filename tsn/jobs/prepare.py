@@ -8,12 +8,10 @@ side is odd (4:2:0 chroma needs even sizes). Frame ``i`` of the copy is frame ``
 frame count is checked against the number of frames decoded from the source (``tsn.io.probe`` with PyAV, which
 decodes the last frame). Keyframes are exactly frames 0, k, 2k ... (``keyframe_interval`` k; 1 = all intra):
 closed GOPs, no scene-cut keyframes. Between them, up to ``bframes`` B-frames that no other frame refers to
-(no B-pyramid): measured on actrecog2 clips at short side 256, keyframe interval 16, they made the copies 7 to
-11 % smaller and the PyAV reader's 8-frame TSN reads 12 to 18 % faster (it skips unwanted non-reference
-frames without decoding them), decord's and OpenCV's about 5 % slower. Encoding runs on one thread
-(``workers`` processes share the cores). The bytes are not reproducible: libx264 gave a few different bytes in
-one copy of twelve in about one process of sixteen here, with the same frames. Frames keep the coded
-orientation the readers give (a display rotation is not carried over).
+(no B-pyramid): they make the copies smaller, and the PyAV reader skips the unwanted ones without decoding
+them. Encoding runs on one thread (``workers`` processes share the cores). The bytes are not reproducible:
+libx264 gave a few different bytes in one copy of twelve in about one process of sixteen here, with the same
+frames. Frames keep the coded orientation the readers give (a display rotation is not carried over).
 
 Crash safety (SIGKILL, power aside): a video is encoded into the hidden sibling ``OUT/<parent>/.<stem>.partial-
 <pid>.mp4``, its frames are counted, it is fsynced, and then, in this order: (1) the old marker
