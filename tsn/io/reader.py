@@ -7,9 +7,10 @@ OpenCV (for ``iter_frames``: OpenCV, then PyAV, see there); a named backend is u
 first backend fails and the second works, one warning on the logger ``"tsn.io"`` says so, once per
 file in each process; except for a file PyAV refuses by design because of its packed B-frames
 (``tsn.io.pyav_backend.PackedBFrames``), which OpenCV reads: the first such file is logged at INFO,
-the others at DEBUG, and ``packed_b_frame_files()`` counts them. When none works, one ``VideoReadError`` names the file and every backend's
-reason. The backend that probed (``VideoInfo.backend``) then reads every frame of that video, with
-the ``FrameIndex`` it built: frame ``i`` is the ``i``-th frame a player shows, whichever backend.
+the others at DEBUG, and ``packed_b_frame_files()`` counts them. When none works, one
+``VideoReadError`` names the file and every backend's reason. The backend that probed
+(``VideoInfo.backend``) then reads every frame of that video, with the ``FrameIndex`` it built: frame
+``i`` is the ``i``-th frame a player shows, whichever backend.
 """
 
 from __future__ import annotations

@@ -74,7 +74,8 @@ class JobKind(Protocol):
         """The output of ``video`` (a job's path), relative to OUT, ``/``-separated."""
 
     def refusal(self, video: str, source: Path, output: Path) -> str:
-        """Why the output ``output`` of ``video`` (at ``source``) must not be made, or "" to go on."""
+        """Why the output ``output`` of ``video`` (at ``source``) must not be made, or "" to go on. Asked once the
+        output is this video's: a later video with the same output is refused either way."""
 
     def completed(self, output: Path, source_size: int) -> int | None:
         """The frame count of ``output`` when it is finished, made with these settings from a source of this size;
