@@ -23,31 +23,17 @@ import sys
 from pathlib import Path
 
 from tsn.cli import run_main
-from tsn.data.builders import (
-    VALIDATION_GROUPS,
-    DatasetLists,
-    carve_validation_splits,
-    folder_lists,
-    hmdb51_lists,
-    keep_existing,
-    kinetics_lists,
-    sthv2_lists,
-    ucf101_lists,
-    write_dataset_lists,
-)
-from tsn.data.lists import read_class_names
+from tsn.data.builders import DATASETS, dataset_lists, lists_summary, refined_lists, write_dataset_lists
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", required=True, choices=("ucf101", "hmdb51", "kinetics", "sthv2", "folder"))
-    parser.add_argument("--src", required=True, action="append",
-                        help="annotation folder; Kinetics: a CSV file (repeatable: --src train.csv --src val.csv); "
-                             "folder: video root")
+    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--src", required=True, action="append", help="annotation folder; Kinetics: a CSV file "
+                        "(repeatable: --src train.csv --src val.csv); folder: video root")
     parser.add_argument("--out", type=Path, required=True, help="folder for classes.txt and <split>.txt")
-    parser.add_argument("--split", nargs="+", metavar="SPLIT",
-                        help="UCF101/HMDB51: split numbers 1..3 (default: all three); folder: the split "
-                             "subfolders above the class folders (default: none)")
+    parser.add_argument("--split", nargs="+", metavar="SPLIT", help="UCF101/HMDB51: split numbers 1..3 (default: "
+                        "all three); folder: the split subfolders above the class folders (default: none)")
     parser.add_argument("--videos", help="video root, for --only-existing (folder: --src)")
     parser.add_argument("--only-existing", action="store_true", help="drop entries whose file is absent under --videos")
     carve = parser.add_argument_group("validation split")
@@ -93,44 +79,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def build(args: argparse.Namespace) -> DatasetLists:
-    if args.dataset in ("ucf101", "hmdb51"):
-        splits = tuple(sorted({int(split) for split in args.split})) if args.split else (1, 2, 3)
-        builder = ucf101_lists if args.dataset == "ucf101" else hmdb51_lists
-        return builder(args.src[0], splits)
-    if args.dataset == "kinetics":
-        return kinetics_lists(
-            args.src,
-            class_names=read_class_names(args.classes) if args.classes else None,
-            class_folders=not args.flat,
-            underscores=args.underscores,
-            split_dirs=dict(item.split("=", 1) for item in args.split_dir),
-            ext=args.ext,
-        )
-    if args.dataset == "sthv2":
-        return sthv2_lists(args.src[0])
-    return folder_lists(args.src[0], args.split)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        lists = build(args)
-        if args.only_existing:
-            lists = keep_existing(lists, args.videos or args.src[0])
-        if args.carve_val is not None:
-            group = args.group if args.group is not None else VALIDATION_GROUPS.get(args.dataset)
-            lists = carve_validation_splits(lists, args.carve_val, args.seed, group)
+        split_dirs = dict(item.split("=", 1) for item in args.split_dir)
+        lists = dataset_lists(args.dataset, args.src, args.split, classes=args.classes, class_folders=not args.flat,
+                              underscores=args.underscores, split_dirs=split_dirs, ext=args.ext)
+        existing_under = (args.videos or args.src[0]) if args.only_existing else None
+        lists = refined_lists(lists, args.dataset, existing_under, args.carve_val, args.seed, args.group)
         written = write_dataset_lists(lists, args.out)
     except (OSError, ValueError, re.error) as err:  # ListFormatError is a ValueError; re.error: a bad --group
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{args.dataset}: {len(lists.class_names)} classes")
-    for split, records in lists.splits.items():
-        dropped = len(lists.missing.get(split, ()))
-        print(f"  {split}: {len(records)} videos" + (f" ({dropped} missing, dropped)" if dropped else ""))
-    for path in written:
-        print(f"wrote {path}")
+    print(lists_summary(args.dataset, lists, written))
     return 0
 
 

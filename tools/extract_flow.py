@@ -18,9 +18,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tsn.cli import add_extraction_args, positive_float, report_failures, run_main, source_jobs
-from tsn.data.lists import VideoRecord, write_rawframe_list
-from tsn.jobs.extract import FlowSettings, extract_frames
+from tsn.cli import add_extraction_args, positive_float, run_main
+from tsn.jobs.command import run_command
+from tsn.jobs.extract import FlowSettings, FrameKind
 from tsn.jobs.flow import DEFAULT_BOUND, FLOW_METHODS, FlowMethodUnavailable, flow_function
 
 
@@ -43,24 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     except FlowMethodUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    found = source_jobs(args)
-    if found is None:
-        return 2
-    jobs, stem = found
-
-    settings = FlowSettings(args.method, args.bound, args.rgb)
-    summary = extract_frames(args.src, args.out, jobs, short_side=args.short_side, quality=args.quality,
-                             workers=args.workers, backend=args.backend,
-                             progress=not args.no_progress, flow=settings)
-    flow_list = args.out / f"{stem}flow.txt"
-    write_rawframe_list([VideoRecord(video.frame_dir, video.label, video.num_frames) for video in summary.extracted],
-                        flow_list)
-    if args.rgb:
-        write_rawframe_list([VideoRecord(video.frame_dir, video.label, video.num_frames + 1)
-                             for video in summary.extracted], args.out / f"{stem}rawframes.txt")
-    report_failures(summary.failed, args.out / f"{stem}flow_errors.csv")
-    print(f"{summary.line()} -> {flow_list}")
-    return 1 if args.strict and summary.failed else 0
+    kind = FrameKind(args.short_side, args.quality, args.backend, FlowSettings(args.method, args.bound, args.rgb))
+    return run_command(kind, args.src, args.out, args.list, args.workers, not args.no_progress, args.strict)
 
 
 if __name__ == "__main__":

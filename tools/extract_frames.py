@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import argparse
 
-from tsn.cli import add_extraction_args, report_failures, run_main, source_jobs
-from tsn.data.lists import VideoRecord, write_rawframe_list
-from tsn.jobs.extract import extract_frames
+from tsn.cli import add_extraction_args, run_main
+from tsn.jobs.command import run_command
+from tsn.jobs.extract import FrameKind
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,19 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the extraction; returns the exit status."""
     args = build_parser().parse_args(argv)
-    found = source_jobs(args)
-    if found is None:
-        return 2
-    jobs, stem = found
-    summary = extract_frames(args.src, args.out, jobs, short_side=args.short_side, quality=args.quality,
-                             workers=args.workers, backend=args.backend,
-                             progress=not args.no_progress)
-    list_path, errors_path = args.out / f"{stem}rawframes.txt", args.out / f"{stem}extract_errors.csv"
-    records = [VideoRecord(video.frame_dir, video.label, video.num_frames) for video in summary.extracted]
-    write_rawframe_list(records, list_path)
-    report_failures(summary.failed, errors_path)
-    print(f"{summary.line()} -> {list_path}")
-    return 1 if args.strict and summary.failed else 0
+    kind = FrameKind(args.short_side, args.quality, args.backend)
+    return run_command(kind, args.src, args.out, args.list, args.workers, not args.no_progress, args.strict)
 
 
 if __name__ == "__main__":

@@ -23,9 +23,9 @@ import argparse
 import sys
 from typing import Callable
 
-from tsn.cli import add_source_args, int_at_least, report_failures, run_main, source_jobs
-from tsn.data.lists import VideoRecord, write_video_list
-from tsn.jobs.prepare import CODECS, MAX_BFRAMES, MAX_CRF, PrepareSettings, prepare_videos
+from tsn.cli import add_source_args, int_at_least, run_main
+from tsn.jobs.command import run_command
+from tsn.jobs.prepare import CODECS, MAX_BFRAMES, MAX_CRF, CopyKind, PrepareSettings
 
 
 def _int_in(low: int, high: int) -> Callable[[str], int]:
@@ -65,20 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         # Without a list, the next run would take the copies inside ROOT for videos to copy.
         print(f"error: --out {args.out}: lies inside --src; give --list or another --out", file=sys.stderr)
         return 2
-    found = source_jobs(args)
-    if found is None:
-        return 2
-    jobs, stem = found
-
     settings = PrepareSettings(short_side=args.short_side, keyframe_interval=args.keyframe_interval,
                                codec=args.codec, crf=args.crf, bframes=args.bframes)
-    summary = prepare_videos(args.src, args.out, jobs, settings, workers=args.workers, backend=args.backend,
-                             progress=not args.no_progress)
-    list_path, errors_path = args.out / f"{stem}prepared.txt", args.out / f"{stem}prepare_errors.csv"
-    write_video_list([VideoRecord(video.video, video.label) for video in summary.prepared], list_path)
-    report_failures(summary.failed, errors_path)
-    print(f"{summary.line()} -> {list_path}")
-    return 1 if args.strict and summary.failed else 0
+    kind = CopyKind(settings, args.backend)
+    return run_command(kind, args.src, args.out, args.list, args.workers, not args.no_progress, args.strict)
 
 
 if __name__ == "__main__":

@@ -19,13 +19,10 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
-from tsn.data.lists import ListFormatError, read_video_list, write_class_names
 # re-exported: the tools raise UsageError and import it with the other command-line helpers
 from tsn.errors import UsageError as UsageError, UserError
-from tsn.fileio import atomic_write_text
-from tsn.jobs.extract import ExtractFailure, ExtractJob, failures_csv, find_videos
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
@@ -72,7 +69,9 @@ def add_workers_arg(parser: argparse.ArgumentParser, what: str = "worker process
 
 def add_backend_arg(parser: argparse.ArgumentParser) -> None:
     """``--backend auto|pyav|decord|opencv|torchcodec``: the video reader (``tsn.io``; auto: chosen per video at probe)."""
-    parser.add_argument("--backend", choices=("auto", "pyav", "decord", "opencv", "torchcodec"), default="auto",
+    from tsn.io import BACKEND_CHOICES  # here, not at the top: tsn.cli stays light for tools without videos
+
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
                         help="video reader (auto: PyAV, OpenCV for the files PyAV cannot number, chosen per video)")
 
 
@@ -130,38 +129,6 @@ def add_extraction_args(parser: argparse.ArgumentParser) -> None:
     """``add_source_args`` and the JPEG quality: the flags ``tools/extract_frames.py`` and ``tools/extract_flow.py`` share."""
     add_source_args(parser)
     parser.add_argument("--quality", type=jpeg_quality, default=95, help="JPEG quality 0..100")
-
-
-def extraction_jobs(src: Path, list_file: Path | None, out: Path) -> tuple[list[ExtractJob], str]:
-    """The videos to extract and the prefix of the output lists: the list's videos and ``"<list stem>_"``,
-    or every video under ``src`` labelled by its top-level folder (its names written to ``out/classes.txt``)
-    and ``""``. Raises ``ListFormatError``/``OSError``/``ValueError`` for a bad list or folder."""
-    if list_file is not None:
-        return [ExtractJob(record.path, record.label) for record in read_video_list(list_file)], f"{list_file.stem}_"
-    jobs, classes = find_videos(src)
-    if classes:
-        write_class_names(classes, out / "classes.txt")
-    return jobs, ""
-
-
-def source_jobs(args: argparse.Namespace) -> tuple[list[ExtractJob], str] | None:
-    """``extraction_jobs`` of the parsed ``add_source_args`` flags, or None after printing ``error: ...``
-    (a missing --src folder, a bad list): the caller then exits with status 2."""
-    if not args.src.is_dir():
-        print(f"error: --src {args.src}: not a folder", file=sys.stderr)
-        return None
-    try:
-        return extraction_jobs(args.src, args.list, args.out)
-    except (ListFormatError, OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return None
-
-
-def report_failures(failures: Sequence[ExtractFailure], errors_path: Path) -> None:
-    """Write ``errors_path`` (CSV ``path,reason``, header only when none failed) and print each failure."""
-    atomic_write_text(errors_path, failures_csv(failures))
-    for failure in failures:
-        print(f"failed: {failure.path}: {failure.reason}", file=sys.stderr)
 
 
 def user_error_message(error: BaseException) -> str | None:

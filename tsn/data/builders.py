@@ -45,15 +45,16 @@ from tsn.data.lists import (
     ListFormatError,
     VideoRecord,
     iter_lines,
+    read_class_names,
     write_class_names,
     write_video_list,
 )
 from tsn.fileio import atomic_write_text
+from tsn.io import VIDEO_EXTENSIONS
 from tsn.data.splits import carve_validation
 
 logger = logging.getLogger("tsn.data")
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv")
 UCF101_SPLITS = (1, 2, 3)
 HMDB51_SPLITS = (1, 2, 3)
 KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
@@ -199,6 +200,19 @@ def _seconds(value: str, column: str, path: Path, line_no: int) -> int:
     return int(seconds)
 
 
+def _read_kinetics_csv(csv_path: Path) -> pd.DataFrame:
+    """One Kinetics CSV file, every cell as text; ``ListFormatError`` for an unreadable file or missing columns."""
+    # Everything as text: a YouTube id such as "12345678901" or "NaN" must stay as written.
+    try:
+        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ListFormatError(csv_path, None, f"not a readable CSV file: {err}".replace("\n", " ")) from None
+    absent = [column for column in KINETICS_COLUMNS if column not in table.columns]
+    if absent:
+        raise ListFormatError(csv_path, 1, f"missing column(s) {absent}; expected header {','.join(KINETICS_COLUMNS)}")
+    return table
+
+
 def kinetics_lists(
     csv_paths: Sequence[str | os.PathLike],
     *,
@@ -220,21 +234,7 @@ def kinetics_lists(
     """
     if not csv_paths:
         raise ValueError("kinetics_lists needs at least one CSV file")
-    tables = []
-    for csv_path in map(Path, csv_paths):
-        # Everything as text: a YouTube id such as "12345678901" or "NaN" must stay as written.
-        try:
-            table = pd.read_csv(
-                csv_path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig"
-            )
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-            raise ListFormatError(csv_path, None, f"not a readable CSV file: {err}".replace("\n", " ")) from None
-        absent = [column for column in KINETICS_COLUMNS if column not in table.columns]
-        if absent:
-            raise ListFormatError(
-                csv_path, 1, f"missing column(s) {absent}; expected header {','.join(KINETICS_COLUMNS)}"
-            )
-        tables.append((csv_path, table))
+    tables = [(Path(csv_path), _read_kinetics_csv(Path(csv_path))) for csv_path in csv_paths]
     if class_names is None:
         names = sorted({label for _, table in tables for label in table["label"]})
     else:
@@ -436,3 +436,52 @@ def write_dataset_lists(lists: DatasetLists, out_dir: str | os.PathLike) -> list
         atomic_write_text(path, "".join(f"{p}\n" for p in paths))
         written.append(path)
     return written
+
+
+# ---------------------------------------------------------------------------- the whole recipe (tools/build_lists.py)
+
+DATASETS = ("ucf101", "hmdb51", "kinetics", "sthv2", "folder")
+
+
+def dataset_lists(dataset: str, sources: Sequence[str], splits: Sequence[str] | None = None, *,
+                  classes: str | None = None, class_folders: bool = True, underscores: bool = False,
+                  split_dirs: Mapping[str, str] | None = None, ext: str = ".mp4") -> DatasetLists:
+    """The lists of ``dataset`` (one of ``DATASETS``) from ``sources``: its annotation folder, Kinetics' CSV
+    files, or for "folder" the video root. ``splits``: UCF101's and HMDB51's split numbers as text (default all
+    three), or the folder's split subfolders (default none). ``classes`` (a class list file fixing the label
+    order) and the other keywords are ``kinetics_lists``'s. ValueError for an unknown data set."""
+    if dataset in ("ucf101", "hmdb51"):
+        numbers = tuple(sorted({int(split) for split in splits})) if splits else (1, 2, 3)
+        return (ucf101_lists if dataset == "ucf101" else hmdb51_lists)(sources[0], numbers)
+    if dataset == "kinetics":
+        return kinetics_lists(sources, class_names=read_class_names(classes) if classes else None,
+                              class_folders=class_folders, underscores=underscores, split_dirs=split_dirs, ext=ext)
+    if dataset == "sthv2":
+        return sthv2_lists(sources[0])
+    if dataset == "folder":
+        return folder_lists(sources[0], splits)
+    raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+
+
+def refined_lists(lists: DatasetLists, dataset: str, existing_under: str | None = None,
+                  carve_val: float | None = None, seed: int = 0, group: str | None = None) -> DatasetLists:
+    """``lists`` without the videos missing under ``existing_under`` (when given, ``keep_existing``) and, with
+    ``carve_val``, with validation splits carved from its training splits (``carve_validation_splits``; ``group``
+    None: the entry of ``dataset`` in ``VALIDATION_GROUPS``)."""
+    if existing_under is not None:
+        lists = keep_existing(lists, existing_under)
+    if carve_val is not None:
+        group = group if group is not None else VALIDATION_GROUPS.get(dataset)
+        lists = carve_validation_splits(lists, carve_val, seed, group)
+    return lists
+
+
+def lists_summary(dataset: str, lists: DatasetLists, written: Sequence[Path]) -> str:
+    """The lines a run of ``tools/build_lists.py`` prints: classes, videos per split (and how many were dropped
+    as missing), the files written."""
+    lines = [f"{dataset}: {len(lists.class_names)} classes"]
+    for split, records in lists.splits.items():
+        dropped = len(lists.missing.get(split, ()))
+        lines.append(f"  {split}: {len(records)} videos" + (f" ({dropped} missing, dropped)" if dropped else ""))
+    lines += [f"wrote {path}" for path in written]
+    return "\n".join(lines)

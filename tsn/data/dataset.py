@@ -300,7 +300,7 @@ class ClipDataset(torch.utils.data.Dataset):
             self._infos[index] = info
         else:
             # A frame folder is probed once (listing, first and last frame) and cached: without it
-            # every read would list the folder again to check the indices (2 ms for 500 frames).
+            # every read would list the folder again to check the indices.
             info = self.video_info(index)
             indices = self._indices(index, self.num_frames(index), rng, frames)
             size = size_for(info.height, info.width) if size_for is not None else None
@@ -385,8 +385,8 @@ class ClipDataset(torch.utils.data.Dataset):
 def collate_clips(samples: Sequence[ClipSample]) -> ClipBatch:
     """Stack samples into a ``ClipBatch``: clips (B, ...), int64 labels and indices (B,), skips concatenated,
     int64 requested indices (B,)."""
-    # numpy's single-threaded copy: torch.stack runs on the intra-op threads, which in the main
-    # process of a busy machine made stacking one 1.2 MB clip take 9 ms instead of 0.2 ms.
+    # numpy's single-threaded copy: torch.stack runs on the intra-op threads, which are slow to
+    # come by in the main process of a busy machine.
     # (B, T, 3, H, W) or (B, V, T, 3, H, W)
     clips = torch.from_numpy(np.stack([sample.clip.numpy() for sample in samples]))
     labels = torch.tensor([sample.label for sample in samples], dtype=torch.int64)

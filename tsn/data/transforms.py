@@ -33,8 +33,7 @@ scale), so the result never depends on which backend read the frames beyond resa
 Interpolation: ``cv2.INTER_LINEAR`` (what mmaction2 and the original TSN use). Bilinear
 does not antialias when shrinking a lot; with ``antialias=True`` a box that is more than twice
 the output size on an axis is shrunk with ``cv2.INTER_AREA`` instead. It is off by default
-because it is slow: about 5 ms per 1000x1000 -> 224x224 frame against 0.2 ms for bilinear on
-this project's CPU. With frames extracted at short side 256 the shrink factor stays below 2
+because it is much slower than bilinear. With frames extracted at short side 256 the shrink factor stays below 2
 for every preset here except RandomResizedCrop's largest boxes, so the flag rarely matters.
 """
 
@@ -140,8 +139,7 @@ def flip_clip(frames: np.ndarray) -> np.ndarray:
     """Mirror ``(..., H, W, C)`` frames left-right -> a contiguous copy of the same shape; flow
     (C = 2) also gets its x flow negated, ``255 - x`` in the quantised form.
 
-    ``cv2.flip`` frame by frame: 40 times faster than copying numpy's reversed view
-    (0.3 ms against 11 ms for 8 frames of 224x224 here).
+    ``cv2.flip`` frame by frame: much faster than copying numpy's reversed view.
     """
     source = np.ascontiguousarray(frames).reshape(-1, *frames.shape[-3:])  # (N, H, W, C)
     out = np.empty_like(source)
@@ -425,6 +423,6 @@ def to_tensor_clip(frames: np.ndarray) -> torch.Tensor:
         raise ValueError(f"expected frames of shape (T, H, W, C) or (V, T, H, W, C), C = 3 or 2, got {frames.shape}")
     lead = list(range(frames.ndim - 3))
     # (..., H, W, C) -> (..., C, H, W): one copy by numpy, single-threaded; torch's permuted
-    # copy of uint8 was 3 times slower with one thread and 18 times with two on a busy CPU.
+    # copy of uint8 is slower, and more so with several threads on a busy CPU.
     planar = np.ascontiguousarray(frames.transpose(*lead, frames.ndim - 1, frames.ndim - 3, frames.ndim - 2))
     return torch.from_numpy(planar)

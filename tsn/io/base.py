@@ -15,6 +15,8 @@ RAWFRAME_TEMPLATE = "img_{:05d}.jpg"
 # mmaction2 layout; the original TSN's extractor wrote ``flow_x_00001.jpg`` / ``flow_y_00001.jpg``.
 FLOW_TEMPLATES = ("x_{:05d}.jpg", "y_{:05d}.jpg")
 TSN_FLOW_TEMPLATES = ("flow_x_{:05d}.jpg", "flow_y_{:05d}.jpg")
+# The endings (lower case) of the files taken for videos where a folder is searched for them.
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv")
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,7 +65,7 @@ class VideoInfo:
     """What ``probe`` found: frame size, the number of frames that really decode, frame rate, backend.
 
     ``fps`` is 0.0 where it is unknown (a folder of frames has no frame rate). ``backend`` is the
-    backend that produced the numbers ("pyav", "decord", "opencv" or "rawframes") and reads every
+    backend that produced the numbers (one of ``tsn.io.BACKENDS``) and reads every
     frame of this video: ``read`` with ``backend="auto"`` uses it, and never another one, so that a
     frame number means one frame in every call. ``index`` is the backend's ``FrameIndex`` where it
     keeps one (PyAV; OpenCV where its packets give one), so that reads need not index the file again;

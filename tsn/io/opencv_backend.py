@@ -5,7 +5,7 @@ ones. OpenCV's ``CAP_PROP_POS_FRAMES`` seek alone is not trusted: it maps a time
 number and can land on the wrong frame for variable frame rates, missing timestamps or some codecs.
 
 Decode plan (``read_sorted``): one demux pass without decoding when ``probe`` runs (OpenCV's
-raw-stream mode, 20-40 ms for the 5-30 s clips here, kept in the ``VideoInfo`` as its ``index``)
+raw-stream mode, kept in the ``VideoInfo`` as its ``index``)
 gives every packet's timestamp and keyframe flag, hence the timestamp of each frame in display
 order and the keyframe positions. Reading sorted frames, the reader
 seeks only when OpenCV's seek to the next wanted frame would start decoding at a keyframe after

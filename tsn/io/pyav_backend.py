@@ -45,6 +45,11 @@ NAME = "pyav"
 _SKIPS_NONREF = frozenset({"h264", "hevc"})
 
 
+class PackedBFrames(VideoReadError):
+    """A stream whose decoder gives frames out of timestamp order (MPEG-4 part 2 with packed B-frames, as in
+    Xvid AVI files): PyAV refuses it by design, and ``"auto"`` reads it with OpenCV."""
+
+
 def _reason(error: BaseException) -> str:
     """PyAV's exception -> one short line, without the file name PyAV appends."""
     text = getattr(error, "strerror", None) or str(error).strip()
@@ -169,9 +174,9 @@ class _Video:
             nonlocal shown
             for decoded in decoded_frames:
                 if decoded.pts is None or (shown is not None and decoded.pts <= shown):
-                    raise VideoReadError(self.path, f"{NAME}: the decoder gives frames out of timestamp order "
-                                                    f"(packed B-frames?): frames cannot be told apart by their "
-                                                    f"timestamps")
+                    raise PackedBFrames(self.path, f"{NAME}: the decoder gives frames out of timestamp order "
+                                                   f"(packed B-frames?): frames cannot be told apart by their "
+                                                   f"timestamps")
                 shown = decoded.pts
                 slot = slot_of.get(decoded.pts)
                 if slot is None or filled[slot]:
@@ -250,8 +255,9 @@ def probe(path: str) -> VideoInfo:
             # The decoder's own words only: "pyav: frames 39 do not decode: <FFmpeg's reason>" -> its reason.
             cause = error.reason.removeprefix(f"{NAME}: ").partition(" do not decode: ")[2] or \
                 error.reason.removeprefix(f"{NAME}: ")
-            raise VideoReadError(path, f"{NAME}: frame {int(last[0])}, the last of the {info.num_frames} "
-                                       f"packets, does not decode: {cause}") from None
+            # type(error): a PackedBFrames stays one, so that "auto" can tell it from damage.
+            raise type(error)(path, f"{NAME}: frame {int(last[0])}, the last of the {info.num_frames} "
+                                    f"packets, does not decode: {cause}") from None
     finally:
         video.close()
     return info

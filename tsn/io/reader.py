@@ -5,9 +5,12 @@
 always a frame folder (``"auto"`` or ``"rawframes"``). On a file, ``"auto"``'s probe tries PyAV, then
 OpenCV (for ``iter_frames``: OpenCV, then PyAV, see there); a named backend is used alone. When the
 first backend fails and the second works, one warning on the logger ``"tsn.io"`` says so, once per
-file in each process. When none works, one ``VideoReadError`` names the file and every backend's
-reason. The backend that probed (``VideoInfo.backend``) then reads every frame of that video, with
-the ``FrameIndex`` it built: frame ``i`` is the ``i``-th frame a player shows, whichever backend.
+file in each process; except for a file PyAV refuses by design because of its packed B-frames
+(``tsn.io.pyav_backend.PackedBFrames``), which OpenCV reads: the first such file is logged at INFO,
+the others at DEBUG, and ``packed_b_frame_files()`` counts them. When none works, one
+``VideoReadError`` names the file and every backend's reason. The backend that probed
+(``VideoInfo.backend``) then reads every frame of that video, with the ``FrameIndex`` it built: frame
+``i`` is the ``i``-th frame a player shows, whichever backend.
 """
 
 from __future__ import annotations
@@ -24,19 +27,22 @@ from tsn.io import decord_backend, opencv_backend, pyav_backend, rawframes, torc
 from tsn.io.base import VideoInfo, VideoReadError
 
 BACKENDS = (pyav_backend.NAME, decord_backend.NAME, opencv_backend.NAME, torchcodec_backend.NAME, rawframes.NAME)
+# What a user names (--backend, data.backend): "rawframes" needs no naming, a folder is always read as frames.
+BACKEND_CHOICES = ("auto", pyav_backend.NAME, decord_backend.NAME, opencv_backend.NAME, torchcodec_backend.NAME)
 _CHOICES = ("auto",) + BACKENDS
 _MODULES: dict[str, ModuleType] = {module.NAME: module for module in (pyav_backend, decord_backend, opencv_backend,
                                                                        torchcodec_backend, rawframes)}
 # PyAV first: frames identified by their timestamps, unwanted non-reference frames never decoded
-# (an 8-frame read took 42 % less CPU than decord's on actrecog2, see tsn.io.pyav_backend).
+# (see tsn.io.pyav_backend; the README's loader benchmarks compare the backends).
 _PROBE_ORDER = (pyav_backend.NAME, opencv_backend.NAME)
-# Whole-video decoding: OpenCV first, it decodes with several threads and was 2 to 3 times faster
-# than decord over a 1080p clip here (2.1 s against 4.6 s with next(), 7.3 s with get_batch chunks).
+# Whole-video decoding: OpenCV first, it decodes with several threads.
 _ITER_ORDER = (opencv_backend.NAME, pyav_backend.NAME)
 
 logger = logging.getLogger("tsn.io")
 # Files whose fallback was already logged by this process (absolute paths, not readers).
 _fallback_logged: set[str] = set()
+# Of those, the files read by OpenCV because PyAV cannot decode their packed B-frames.
+_packed_b_frame_files: set[str] = set()
 
 Result = TypeVar("Result")
 
@@ -67,26 +73,45 @@ def _kind(path: str, backend: str) -> str:
     return backend
 
 
-def _log_fallback(path: str, reason: str, used: str) -> None:
+def packed_b_frame_files() -> int:
+    """How many files this process has read with OpenCV because PyAV cannot decode their packed B-frames."""
+    return len(_packed_b_frame_files)
+
+
+def _log_fallback(path: str, refusal: VideoReadError, used: str) -> None:
+    """Say, once per file, that ``used`` reads ``path`` because the first backend refused it (``refusal``).
+
+    Packed B-frames are read as designed, nothing for the user to do: INFO for the first such file, DEBUG after.
+    """
     key = os.path.abspath(path)
-    if key not in _fallback_logged:
-        _fallback_logged.add(key)
-        logger.warning("%s: %s; reading it with %s instead", path, reason, used)
+    if key in _fallback_logged:
+        return
+    _fallback_logged.add(key)
+    if not isinstance(refusal, pyav_backend.PackedBFrames):
+        logger.warning("%s: %s; reading it with %s instead", path, refusal.reason, used)
+        return
+    _packed_b_frame_files.add(key)
+    count = len(_packed_b_frame_files)
+    if count == 1:
+        logger.info("%s: read by %s (PyAV cannot decode packed B-frames); other such files are logged at DEBUG",
+                    path, used)
+    else:
+        logger.debug("%s: read by %s (PyAV cannot decode packed B-frames; %d such files so far)", path, used, count)
 
 
 def _first_that_works(path: str, order: Sequence[str], attempt: Callable[[str], Result]) -> Result:
     """``attempt(backend)`` for each backend in ``order`` until one does not raise VideoReadError."""
-    reasons = []
+    errors = []
     for name in order:
         try:
             result = attempt(name)
         except VideoReadError as error:
-            reasons.append(error.reason)
+            errors.append(error)
             continue
-        if reasons:
-            _log_fallback(path, reasons[0], name)
+        if errors:
+            _log_fallback(path, errors[0], name)
         return result
-    raise VideoReadError(path, "no backend can read it: " + "; ".join(reasons))
+    raise VideoReadError(path, "no backend can read it: " + "; ".join(error.reason for error in errors))
 
 
 def probe(path: str | os.PathLike, backend: str = "auto") -> VideoInfo:

@@ -7,14 +7,12 @@ each wanted frame's display interval, by time, so that packets an MP4 edit list 
 counts as frames) shift nothing, and every frame returned is checked against the index by its timestamp:
 a frame that is not the one asked for is a ``VideoReadError``, never a shifted frame. torchcodec runs in
 its "exact" mode, which scans the file's packets (no decoding) on each open, that is on every read: a
-cost that grows with the video's length, yet measured smaller than handing it PyAV's index as
+cost that grows with the video's length, yet smaller than handing it PyAV's index as
 ``custom_frame_mappings`` JSON (building and parsing the JSON cost more than the scan, even for a
-27,000-frame video). Its "approximate" mode
-turns times into frame numbers by the average frame rate and missed two frames in three of a
+27,000-frame video). Its "approximate" mode turns times into frame numbers by the average frame rate and missed two frames in three of a
 variable-rate file here.
 
-``decode_to_device`` decodes on a CUDA device (NVDEC) straight to a device tensor, for pipelines that
-transform on the GPU; ``read_sorted`` decodes on the CPU to numpy, as the other backends.
+``read_sorted`` decodes on the CPU to numpy, as the other backends.
 
 torchcodec is imported on first use: without it, choosing this backend raises ``BackendUnavailable``
 naming what to install (never a skipped video).
@@ -63,16 +61,16 @@ def available() -> bool:
     return True
 
 
-def _open(path: str, threads: int = 1, size: tuple[int, int] | None = None, device: str = "cpu",
-          dimension_order: str = "NHWC") -> Any:
+def _open(path: str, threads: int = 1, size: tuple[int, int] | None = None) -> Any:
+    """A torchcodec decoder of ``path`` on the CPU giving (T, H, W, 3) frames, resized to ``size`` if given."""
     decoders = _module()
     transforms = None
     if size is not None:
         from torchcodec.transforms import Resize
         transforms = [Resize(size)]
     try:
-        return decoders.VideoDecoder(path, seek_mode="exact", dimension_order=dimension_order,
-                                     num_ffmpeg_threads=threads, device=device, transforms=transforms)
+        return decoders.VideoDecoder(path, seek_mode="exact", dimension_order="NHWC", num_ffmpeg_threads=threads,
+                                     transforms=transforms)
     except (RuntimeError, ValueError, OSError) as error:
         if "libtorchcodec" in str(error):  # its FFmpeg libraries were not found: nothing can be read
             raise BackendUnavailable(f"data.backend torchcodec: no FFmpeg libraries it can load: {INSTALL_HINT}") \
@@ -138,14 +136,6 @@ def read_sorted(path: str, indices: np.ndarray, info: VideoInfo, size: tuple[int
     (torchcodec's bilinear, antialiased resize)."""
     decoder = _open(path, threads, size)
     return _frames_at(decoder, path, indices, info).data.numpy()
-
-
-def decode_to_device(path: str, indices: np.ndarray, info: VideoInfo, device: str = "cuda",
-                     size: tuple[int, int] | None = None) -> Any:
-    """Frames ``indices`` (sorted, unique) decoded on ``device`` (NVDEC on CUDA) -> torch uint8 (T, 3, H, W)
-    there, each checked by its timestamp like ``read_sorted``."""
-    decoder = _open(path, 1, size, device, dimension_order="NCHW")
-    return _frames_at(decoder, path, np.asarray(indices, dtype=np.int64), info).data
 
 
 def iter_frames(path: str, info: VideoInfo) -> Iterator[np.ndarray]:

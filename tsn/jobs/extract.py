@@ -19,46 +19,33 @@ cost a disk flush per frame), so the guarantee covers a killed process, not a po
 
 Runs that share one OUT at the same time are not supported.
 
-This module writes frames only; the annotation list is written by the caller (``tools/extract_frames.py``) from
-``ExtractSummary.extracted`` with ``tsn.data.lists.write_rawframe_list``, because ``tsn.io`` sits above
-``tsn.data`` in the layering.
+This module makes one video's folder (``FrameKind``); ``tsn.jobs.batch`` plans and runs a list of them, and
+``tsn.jobs.command`` writes the lists.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import ClassVar, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
-from tsn.io import RAWFRAME_TEMPLATE, VideoReadError, iter_frames
+from tsn.io import RAWFRAME_TEMPLATE, VIDEO_EXTENSIONS, VideoReadError, iter_frames
 from tsn.io.base import FLOW_TEMPLATES
+from tsn.jobs.batch import BatchSummary, ExtractJob, ListFile, run_jobs
 from tsn.jobs.flow import DEFAULT_BOUND, video_flow
-from tsn.runtime.pools import run_unordered
 
-VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv",
-                              ".3gp", ".ogv"})
 MARKER_NAME = ".done"
 # Hidden work folders next to the frame folders: ".<name>.partial-<pid>" (being written) and
 # ".<name>.stale-<pid>" (an old folder moved aside before being deleted).
 _WORK_DIR_RE = re.compile(r"^\..+\.(partial|stale)-\d+$")
 _ANY_FRAME_RE = re.compile(r"^(img|x|y)_\d{5,}\.jpg$")
-
-
-@dataclass(frozen=True)
-class ExtractJob:
-    """One video to extract: ``video`` relative to the source root (``/``-separated, as in a list), its label."""
-    video: str
-    label: int
 
 
 @dataclass(frozen=True)
@@ -69,37 +56,10 @@ class ExtractedVideo:
     label: int
 
 
-@dataclass(frozen=True)
-class ExtractFailure:
-    """A video that gave no frame folder, with the reason (``path`` as in the job)."""
-    path: str
-    reason: str
-
-
 @dataclass
-class ExtractSummary:
-    """What a run did. ``extracted`` follows job order (one entry per successful job, repeats kept)."""
-    done: int = 0
-    skipped_existing: int = 0
-    failed: list[ExtractFailure] = field(default_factory=list)
+class ExtractSummary(BatchSummary):
+    """``BatchSummary`` with ``extracted``, the finished frame folders in job order (repeats kept)."""
     extracted: list[ExtractedVideo] = field(default_factory=list)
-
-    def line(self) -> str:
-        """One line for the console."""
-        return (f"extracted {self.done} videos, {self.skipped_existing} already done, {len(self.failed)} failed; "
-                f"{len(self.extracted)} list entries")
-
-
-@dataclass(frozen=True)
-class _Task:
-    """What a worker needs for one video (picklable)."""
-    index: int
-    source: str
-    frame_dir: str
-    short_side: int
-    quality: int
-    backend: str
-    flow: FlowSettings | None
 
 
 def find_videos(root: str | os.PathLike) -> tuple[list[ExtractJob], list[str]]:
@@ -336,66 +296,57 @@ def remove_work_dirs(folders: Iterable[Path]) -> int:
     return removed
 
 
-def _run_task(task: _Task) -> tuple[int, int | None, str]:
-    """Worker: extract one video. Returns (index, frames written or None, failure reason or "")."""
-    try:
-        source_size = os.stat(task.source).st_size
-        threads = cv2.getNumThreads()
-        cv2.setNumThreads(1)  # one video per process (resize, flow): the processes share the cores
+@dataclass(frozen=True)
+class FrameKind:
+    """The ``tsn.jobs.batch.JobKind`` of frame folders: ``OUT/<video without extension>/`` holding the frames
+    resized to ``short_side`` as JPEGs of ``quality``, or with ``flow`` the flow pairs (and the frames when
+    ``flow.with_rgb``; the frame count is then the pair count). ValueError for settings out of range."""
+    short_side: int = 256
+    quality: int = 95
+    backend: str = "auto"
+    flow: FlowSettings | None = None
+    verb: ClassVar[str] = "extracted"
+    noun: ClassVar[str] = "frame folder"
+
+    def __post_init__(self) -> None:
+        if self.short_side < 0:
+            raise ValueError(f"short_side must be >= 0, got {self.short_side}")
+        if not 0 <= self.quality <= 100:
+            raise ValueError(f"quality must be in 0..100, got {self.quality}")
+
+    @property
+    def name(self) -> str:
+        return "extract" if self.flow is None else "flow"
+
+    @property
+    def lists(self) -> tuple[ListFile, ...]:
+        """The frame folders' list, or the flow list and, with the frames too, their list (one frame more)."""
+        if self.flow is None:
+            return (ListFile("rawframes"),)
+        return (ListFile("flow"),) + ((ListFile("rawframes", 1),) if self.flow.with_rgb else ())
+
+    def output_name(self, video: str) -> str:
+        return frame_dir_name(video)
+
+    def refusal(self, video: str, source: Path, output: Path) -> str:
+        # A video without extension extracted into its own source tree would be replaced by its frames.
+        if frame_dir_name(video) == video and output.resolve() == source.resolve():
+            return "its frame folder would replace the video itself (no file extension and --out is --src)"
+        return _other_kind(output, self.flow)
+
+    def completed(self, output: Path, source_size: int) -> int | None:
+        return completed_frames(output, self.short_side, self.quality, source_size, self.flow)
+
+    def make(self, source: str, output: str) -> tuple[int | None, str]:
         try:
-            num_frames = write_frames(iter_frames(task.source, backend=task.backend), task.frame_dir,
-                                      task.short_side, task.quality, task.source, source_size, task.flow)
-        finally:
-            cv2.setNumThreads(threads)
-    except VideoReadError as error:
-        return task.index, None, error.reason
-    return task.index, num_frames, ""
+            source_size = os.stat(source).st_size
+            return write_frames(iter_frames(source, backend=self.backend), output, self.short_side, self.quality,
+                                source, source_size, self.flow), ""
+        except VideoReadError as error:
+            return None, error.reason
 
-
-def check_job(video: str, source: Path) -> str:
-    """Reason why a job cannot be extracted before any decoding, or "" when it can be tried."""
-    if PurePosixPath(video).is_absolute() or ".." in PurePosixPath(video).parts or video in ("", "."):
-        return "path must be relative to the source root, without '..'"
-    if video != video.strip() or "\n" in video or "\r" in video or video.startswith("#"):
-        return "path cannot go into a list (surrounding spaces, a line break or a leading '#')"
-    if not source.exists():
-        return "file not found"
-    if not source.is_file():
-        return "not a file"
-    return ""
-
-
-def run_distinct(work: Callable[[Any], tuple[int, int | None, str]], tasks: Sequence[Any], task_videos: Sequence[str],
-                 frames_of: dict[str, int | None], reason_of: dict[str, str], workers: int, bar: tqdm) -> int:
-    """Run ``tasks`` in ``workers`` processes (``tsn.runtime.pools.run_unordered``): ``work(task)`` gives ``(task index,
-    frame count or None, failure reason)`` for the video ``task_videos[index]``, whose count goes into
-    ``frames_of`` or, on failure, whose reason goes into ``reason_of`` (and out of ``frames_of``). Returns how
-    many tasks succeeded; ``bar`` moves by one per task."""
-    done = 0
-    for index, num_frames, reason in run_unordered(work, tasks, workers):
-        video = task_videos[index]
-        if num_frames is None:
-            del frames_of[video]
-            reason_of[video] = reason
-        else:
-            frames_of[video] = num_frames
-            done += 1
-        bar.update(1)
-    return done
-
-
-def in_job_order(jobs: Sequence[ExtractJob], frames_of: dict[str, int],
-                 reason_of: dict[str, str]) -> tuple[list[tuple[ExtractJob, int]], list[ExtractFailure]]:
-    """The successful jobs with their frame counts, in job order (repeats kept), and one failure per failed
-    distinct video, in job order."""
-    finished, failed, reported = [], [], set()
-    for job in jobs:
-        if job.video in frames_of:
-            finished.append((job, frames_of[job.video]))
-        elif job.video not in reported:
-            reported.add(job.video)
-            failed.append(ExtractFailure(job.video, reason_of[job.video]))
-    return finished, failed
+    def remove_work_files(self, folders: set[Path]) -> int:
+        return remove_work_dirs(folders)
 
 
 def extract_frames(src_root: str | os.PathLike, out_root: str | os.PathLike, jobs: Sequence[ExtractJob],
@@ -407,66 +358,10 @@ def extract_frames(src_root: str | os.PathLike, out_root: str | os.PathLike, job
 
     Finished folders (see ``completed_frames``) are skipped; hidden work folders of killed runs are removed first.
     Each distinct video is decoded once, in one sequential pass, by ``workers`` processes (spawned; 1 = in this
-    process). Failures (``VideoReadError``, missing file, two videos mapping to one frame folder) are collected,
-    never raised. ``extracted`` lists the successful jobs in job order, labels untouched.
+    process). Failures (``VideoReadError``, missing file, two videos mapping to one frame folder, a folder holding
+    the other kind of output) are collected, never raised (``tsn.jobs.batch``). ``extracted`` lists the successful
+    jobs in job order, labels untouched. ValueError for settings out of range or ``workers`` < 1.
     """
-    if short_side < 0:
-        raise ValueError(f"short_side must be >= 0, got {short_side}")
-    if not 0 <= quality <= 100:
-        raise ValueError(f"quality must be in 0..100, got {quality}")
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    src_root, out_root = Path(src_root), Path(out_root)
-    summary = ExtractSummary()
-    # One entry per distinct video: frames (None until known) or the failure reason.
-    frames_of: dict[str, int | None] = {}
-    reason_of: dict[str, str] = {}
-    owner_of_dir: dict[str, str] = {}
-    tasks: list[_Task] = []
-    task_videos: list[str] = []
-    for job in jobs:
-        if job.video in frames_of or job.video in reason_of:
-            continue
-        source = src_root / job.video
-        reason = check_job(job.video, source)
-        rel_dir = frame_dir_name(job.video) if not reason else ""
-        if not reason and rel_dir in owner_of_dir:
-            reason = f"frame folder {rel_dir} is already the target of {owner_of_dir[rel_dir]}"
-        # A video without extension extracted into its own source tree would be replaced by its frames.
-        if not reason and rel_dir == job.video and (out_root / rel_dir).resolve() == source.resolve():
-            reason = "its frame folder would replace the video itself (no file extension and --out is --src)"
-        if reason:
-            reason_of[job.video] = reason
-            continue
-        owner_of_dir[rel_dir] = job.video
-        frame_dir = out_root / rel_dir
-        other = _other_kind(frame_dir, flow)
-        if other:
-            reason_of[job.video] = other
-            continue
-        done = completed_frames(frame_dir, short_side, quality, source.stat().st_size, flow)
-        frames_of[job.video] = done
-        if done is not None:
-            summary.skipped_existing += 1
-        else:
-            tasks.append(_Task(len(tasks), str(source), str(frame_dir), short_side, quality, backend, flow))
-            task_videos.append(job.video)
-    remove_work_dirs({(out_root / rel_dir).parent for rel_dir in owner_of_dir})
-
-    with tqdm(total=len(frames_of), initial=summary.skipped_existing, unit="video",
-              desc="extract" if flow is None else "flow",
-              disable=not progress) as bar:
-        summary.done = run_distinct(_run_task, tasks, task_videos, frames_of, reason_of, workers, bar)
-    finished, summary.failed = in_job_order(jobs, frames_of, reason_of)
-    summary.extracted = [ExtractedVideo(frame_dir_name(job.video), count, job.label) for job, count in finished]
-    return summary
-
-
-def failures_csv(failures: Sequence[ExtractFailure]) -> str:
-    """CSV text ``path,reason`` (header line first), one row per failure."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "reason"])
-    writer.writerows([failure.path, failure.reason] for failure in failures)
-    return buffer.getvalue()
-
+    run = run_jobs(FrameKind(short_side, quality, backend, flow), src_root, out_root, jobs, workers, progress)
+    extracted = [ExtractedVideo(frame_dir_name(job.video), count, job.label) for job, count in run.finished]
+    return ExtractSummary(run.done, run.skipped_existing, run.failed, run.finished, extracted)

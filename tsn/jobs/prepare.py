@@ -8,12 +8,10 @@ side is odd (4:2:0 chroma needs even sizes). Frame ``i`` of the copy is frame ``
 frame count is checked against the number of frames decoded from the source (``tsn.io.probe`` with PyAV, which
 decodes the last frame). Keyframes are exactly frames 0, k, 2k ... (``keyframe_interval`` k; 1 = all intra):
 closed GOPs, no scene-cut keyframes. Between them, up to ``bframes`` B-frames that no other frame refers to
-(no B-pyramid): measured on actrecog2 clips at short side 256, keyframe interval 16, they made the copies 7 to
-11 % smaller and the PyAV reader's 8-frame TSN reads 12 to 18 % faster (it skips unwanted non-reference
-frames without decoding them), decord's and OpenCV's about 5 % slower. Encoding runs on one thread
-(``workers`` processes share the cores). The bytes are not reproducible: libx264 gave a few different bytes in
-one copy of twelve in about one process of sixteen here, with the same frames. Frames keep the coded
-orientation the readers give (a display rotation is not carried over).
+(no B-pyramid): they make the copies smaller, and the PyAV reader skips the unwanted ones without decoding
+them. Encoding runs on one thread (``workers`` processes share the cores). The bytes are not reproducible:
+libx264 gave a few different bytes in one copy of twelve in about one process of sixteen here, with the same
+frames. Frames keep the coded orientation the readers give (a display rotation is not carried over).
 
 Crash safety (SIGKILL, power aside): a video is encoded into the hidden sibling ``OUT/<parent>/.<stem>.partial-
 <pid>.mp4``, its frames are counted, it is fsynced, and then, in this order: (1) the old marker
@@ -38,17 +36,15 @@ import re
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import ClassVar, Iterable, Iterator, Sequence
 
 import av
-import cv2
 import numpy as np
-from tqdm import tqdm
 
 from tsn.fileio import atomic_write_text
 from tsn.io import VideoReadError, iter_frames, probe
-from tsn.jobs.extract import (ExtractFailure, ExtractJob, check_job, frame_dir_name, in_job_order, resize_short_side,
-                            run_distinct)
+from tsn.jobs.batch import BatchSummary, ExtractJob, ListFile, run_jobs
+from tsn.jobs.extract import frame_dir_name, resize_short_side
 
 # --codec -> PyAV's encoder; both take CRF, an exact keyframe interval and non-reference B-frames.
 CODECS = {"h264": "libx264", "hevc": "libx265"}
@@ -103,27 +99,9 @@ class PreparedVideo:
 
 
 @dataclass
-class PrepareSummary:
-    """What a run did. ``prepared`` follows job order (one entry per successful job, repeats kept)."""
-    done: int = 0
-    skipped_existing: int = 0
-    failed: list[ExtractFailure] = field(default_factory=list)
+class PrepareSummary(BatchSummary):
+    """``BatchSummary`` with ``prepared``, the finished copies in job order (repeats kept)."""
     prepared: list[PreparedVideo] = field(default_factory=list)
-
-    def line(self) -> str:
-        """One line for the console."""
-        return (f"prepared {self.done} videos, {self.skipped_existing} already done, {len(self.failed)} failed; "
-                f"{len(self.prepared)} list entries")
-
-
-@dataclass(frozen=True)
-class _Task:
-    """What a worker needs for one video (picklable)."""
-    index: int
-    source: str
-    target: str
-    settings: PrepareSettings
-    backend: str
 
 
 def copy_name(video: str) -> str:
@@ -303,20 +281,43 @@ def remove_work_files(folders: Iterable[Path]) -> int:
     return removed
 
 
-def _run_task(task: _Task) -> tuple[int, int | None, str]:
-    """Worker: prepare one video. Returns (index, frame count or None, failure reason or "")."""
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)  # one video per process (resize): the processes share the cores
-    try:
-        return task.index, prepare_video(task.source, task.target, task.settings, task.backend), ""
-    except VideoReadError as error:
-        return task.index, None, error.reason
-    except av.FFmpegError as error:
-        return task.index, None, f"encoder: {error}"
-    except OSError as error:  # the copy cannot be written (a folder in its place, a full disk ...)
-        return task.index, None, str(error)
-    finally:
-        cv2.setNumThreads(threads)
+@dataclass(frozen=True)
+class CopyKind:
+    """The ``tsn.jobs.batch.JobKind`` of training copies: ``OUT/<video with .mp4>`` made with ``settings``, the
+    source read by ``backend``. ValueError for settings out of range."""
+    settings: PrepareSettings = PrepareSettings()
+    backend: str = "auto"
+    name: ClassVar[str] = "prepare"
+    verb: ClassVar[str] = "prepared"
+    noun: ClassVar[str] = "copy"
+    lists: ClassVar[tuple[ListFile, ...]] = (ListFile("prepared", None),)
+
+    def __post_init__(self) -> None:
+        self.settings.check()
+
+    def output_name(self, video: str) -> str:
+        return copy_name(video)
+
+    def refusal(self, video: str, source: Path, output: Path) -> str:
+        if output.resolve() == source.resolve():
+            return "its copy would replace the video itself (--out is --src)"
+        return ""
+
+    def completed(self, output: Path, source_size: int) -> int | None:
+        return completed_copy(output, self.settings, source_size)
+
+    def make(self, source: str, output: str) -> tuple[int | None, str]:
+        try:
+            return prepare_video(source, output, self.settings, self.backend), ""
+        except VideoReadError as error:
+            return None, error.reason
+        except av.FFmpegError as error:
+            return None, f"encoder: {error}"
+        except OSError as error:  # the copy cannot be written (a folder in its place, a full disk ...)
+            return None, str(error)
+
+    def remove_work_files(self, folders: set[Path]) -> int:
+        return remove_work_files(folders)
 
 
 def prepare_videos(src_root: str | os.PathLike, out_root: str | os.PathLike, jobs: Sequence[ExtractJob],
@@ -327,46 +328,9 @@ def prepare_videos(src_root: str | os.PathLike, out_root: str | os.PathLike, job
     Finished copies (``completed_copy``) are skipped; work files of killed runs are removed first. Each
     distinct video is decoded once, by ``workers`` processes (spawned; 1 = in this process). Failures (an
     unreadable video, a frame count that changes, a missing file, two videos with one copy, a copy that would
-    replace its source) are collected, never raised. ``prepared`` lists the successful jobs in job order,
-    labels untouched. ValueError for settings out of range or ``workers`` < 1.
+    replace its source) are collected, never raised (``tsn.jobs.batch``). ``prepared`` lists the successful jobs
+    in job order, labels untouched. ValueError for settings out of range or ``workers`` < 1.
     """
-    settings.check()
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    src_root, out_root = Path(src_root), Path(out_root)
-    summary = PrepareSummary()
-    frames_of: dict[str, int | None] = {}  # each distinct video: frame count, None until known
-    reason_of: dict[str, str] = {}
-    owner_of: dict[str, str] = {}  # copy (relative to OUT) -> the video it is made from
-    tasks: list[_Task] = []
-    task_videos: list[str] = []
-    for job in jobs:
-        if job.video in frames_of or job.video in reason_of:
-            continue
-        source = src_root / job.video
-        reason = check_job(job.video, source)
-        name = copy_name(job.video) if not reason else ""
-        if not reason and name in owner_of:
-            reason = f"copy {name} is already the target of {owner_of[name]}"
-        if not reason and (out_root / name).resolve() == source.resolve():
-            reason = "its copy would replace the video itself (--out is --src)"
-        if reason:
-            reason_of[job.video] = reason
-            continue
-        owner_of[name] = job.video
-        done = completed_copy(out_root / name, settings, source.stat().st_size)
-        frames_of[job.video] = done
-        if done is not None:
-            summary.skipped_existing += 1
-        else:
-            tasks.append(_Task(len(tasks), str(source), str(out_root / name), settings, backend))
-            task_videos.append(job.video)
-    remove_work_files({(out_root / name).parent for name in owner_of})
-
-    with tqdm(total=len(frames_of), initial=summary.skipped_existing, unit="video", desc="prepare",
-              disable=not progress) as bar:
-        summary.done = run_distinct(_run_task, tasks, task_videos, frames_of, reason_of, workers, bar)
-    finished, summary.failed = in_job_order(jobs, frames_of, reason_of)
-    summary.prepared = [PreparedVideo(copy_name(job.video), count, job.label) for job, count in finished]
-    return summary
-
+    run = run_jobs(CopyKind(settings, backend), src_root, out_root, jobs, workers, progress)
+    prepared = [PreparedVideo(copy_name(job.video), count, job.label) for job, count in run.finished]
+    return PrepareSummary(run.done, run.skipped_existing, run.failed, run.finished, prepared)

@@ -121,9 +121,3 @@ def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
     if isinstance(converted, TSN) and converted.frozen_modules:
         converted.frozen_modules = frozen_modules(converted.backbone)  # the new layers, not the replaced ones
     return converted.train(converted.training)
-
-
-def trainable_parameter_count(model: nn.Module) -> int:
-    """Number of scalars with requires_grad True."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
