@@ -12,8 +12,10 @@ from typing import Sequence
 
 from tsn.config import load_config
 from tsn.data.synthetic import DemoData, make_demo_dataset
-from tsn.evaluation.testing import Report, format_per_class_table, run_test
-from tsn.training.trainer import TrainResult, setup_logging, train
+from tsn.evaluation.build import run_test
+from tsn.evaluation.testing import Report, format_per_class_table
+from tsn.training.build import train
+from tsn.training.trainer import TrainResult, setup_logging
 
 logger = logging.getLogger("tsn.demo")
 
