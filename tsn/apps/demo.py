@@ -1,7 +1,7 @@
 """The embedded demo: a synthetic action data set, a 3-segment TSN trained on it, and its report.
 
-Runs on the CPU in a few minutes with the offline ImageNet EfficientNet-Lite0, with no data of
-the user's: ``python tools/train.py`` (or ``make demo``) with no arguments.
+Runs on the CPU with the offline ImageNet EfficientNet-Lite0, with no data of the user's:
+``python tools/train.py`` (or ``make demo``) with no arguments.
 """
 
 from __future__ import annotations

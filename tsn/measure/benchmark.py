@@ -6,10 +6,10 @@ as one JSON line, or as a table with ``format_table``). The ones that start from
 checkpoint (``loader_benchmark``, ``train_benchmark``, ``inference_benchmark``, ``deployed_benchmark``)
 live in ``tsn.measure.build`` and time what they build with the functions here:
 
-- ``loader_benchmark`` (``loader_timings``): clips/s through the real ``ClipDataset`` and ``DataLoader`` that training
-  uses (``build_dataset`` / ``build_loader``). The same clips (the first ``clips`` of epoch 0's
-  order, with the same random frames and crops) are read ``passes`` times by the same loader
-  (persistent workers). The first pass is the warm-up: it starts the workers and probes every
+- ``loader_benchmark`` (``loader_timings``): clips/s through the real ``ClipDataset`` and
+  ``DataLoader`` that training uses (``build_dataset`` / ``build_loader``). The same clips (the
+  first ``clips`` of epoch 0's order, with the same random frames and crops) are read ``passes``
+  times by the same loader (persistent workers). The first pass is the warm-up: it starts the workers and probes every
   video (frame count, size), which a ``ClipDataset`` does once per process and then caches;
   ``clips_per_s`` is the median of the later passes (every epoch after the first: the median
   because other processes on a shared machine make single passes noisy), ``clips_per_s_first``

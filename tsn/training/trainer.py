@@ -23,7 +23,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -55,6 +55,9 @@ from tsn.data.prefetch import DevicePrefetcher
 from tsn.training.schedulers import LRSchedule
 from tsn.fileio import atomic_write_text
 from tsn.models import TSN, load_state_dict_flexible, unwrap
+
+if TYPE_CHECKING:
+    from tensorboardX import SummaryWriter
 
 logger = logging.getLogger("tsn.train")
 
@@ -268,7 +271,7 @@ def run_training(run: TrainingRun, progress: bool = True, stop_after_epoch: int 
     return TrainResult(end_epoch, max(run.best_top1, 0.0), run.last_val, run.work_dir)
 
 
-def run_epoch(run: TrainingRun, epoch: int, writer, skip_log: SkipLog, progress: bool) -> None:
+def run_epoch(run: TrainingRun, epoch: int, writer: SummaryWriter | None, skip_log: SkipLog, progress: bool) -> None:
     """Epoch ``epoch`` (0-based): train, validate when due, step the schedule per epoch, then (rank 0) the
     metrics record, the checkpoints and the log line."""
     info, recipe = run.info, run.recipe
@@ -497,14 +500,14 @@ def _restore_random_states(state: dict[str, Any], used: Path, mix_rng: np.random
     set_generator_state(mix_rng, generator_state(np.random.default_rng([seed, info.rank, 7, epoch])))
 
 
-def _summary_writer(work_dir: Path):
+def _summary_writer(work_dir: Path) -> SummaryWriter:
     """A tensorboardX writer under ``work_dir/tb``."""
     from tensorboardX import SummaryWriter
 
     return SummaryWriter(str(work_dir / "tb"))
 
 
-def _log_scalars(writer, record: dict[str, Any], epoch: int) -> None:
+def _log_scalars(writer: SummaryWriter | None, record: dict[str, Any], epoch: int) -> None:
     if writer is None:
         return
     for key, tag in (("train_loss", "train/loss"), ("train_top1", "train/top1"),
