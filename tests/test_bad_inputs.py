@@ -34,7 +34,7 @@ from tsn.data.lists import ListFormatError, VideoRecord
 from tsn.data.loader import build_dataloader, set_loader_epoch
 from tsn.data.sampling import val_indices
 from tsn.build import build_dataset
-from tsn.evaluation.testing import run_test
+from tsn.evaluation.build import run_test
 from tsn.io import VideoReadError
 from videos import frame_index
 

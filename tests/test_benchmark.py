@@ -9,7 +9,8 @@ import pytest
 
 from tiny_training import make_tiny_data, run_tool, tiny_overrides, tool_env
 from tsn.config import load_config
-from tsn.measure.benchmark import format_table, loader_benchmark, model_benchmark, train_benchmark
+from tsn.measure.benchmark import format_table, model_benchmark
+from tsn.measure.build import loader_benchmark, train_benchmark
 
 
 @pytest.fixture(scope="module")

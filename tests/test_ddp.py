@@ -13,7 +13,7 @@ import torch
 from tiny_training import REPO_ROOT, make_tiny_data, restored_global_state, tiny_overrides, tool_env
 from tsn.config import load_config, save_config
 from tsn.checkpoint import load_checkpoint
-from tsn.training.trainer import train
+from tsn.training.build import train
 
 # The same global batch in both runs: DistributedSampler shuffles with torch.randperm seeded
 # with seed + epoch, exactly as the single-process order does, and deals the permutation out

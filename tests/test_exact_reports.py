@@ -26,8 +26,8 @@ from tsn.data.loader import build_dataloader
 from tsn.data.splits import carve_validation, group_of
 from tsn.build import build_tsn
 from tsn.evaluation.evaluate import NonFiniteError, evaluate
-from tsn.training.linear_probe import extract_view_features, probe_init_head
-from tsn.training.trainer import train
+from tsn.training.build import probe_init_head, train
+from tsn.training.linear_probe import extract_view_features
 from videos import make_index_video
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)

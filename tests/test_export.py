@@ -123,7 +123,7 @@ def test_export_tool_checks_on_real_videos_and_prints_the_differences(tmp_path: 
 
 
 def test_the_deployed_benchmark_runs_each_runtime_on_the_same_input(tmp_path: Path) -> None:
-    from tsn.measure.benchmark import deployed_benchmark
+    from tsn.measure.build import deployed_benchmark
 
     _, checkpoint = make_checkpoint(tmp_path, [])
     trained = load_trained(checkpoint)
@@ -138,7 +138,7 @@ def test_the_deployed_benchmark_runs_each_runtime_on_the_same_input(tmp_path: Pa
 def test_test_and_predict_run_an_exported_file_as_they_run_the_checkpoint(tmp_path: Path) -> None:
     """tools/test.py --model and Predictor.from_exported give the checkpoint's scores (issue 22)."""
     from tsn.config import save_config
-    from tsn.evaluation.testing import run_test
+    from tsn.evaluation.build import run_test
 
     for i in range(3):
         make_index_video(tmp_path / "videos" / f"v{i}.mp4", 30 + 7 * i, width=80, height=64)

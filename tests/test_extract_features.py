@@ -22,7 +22,8 @@ import torch
 from tsn.config import load_config
 from tsn.data.synthetic import make_demo_dataset
 from tsn.checkpoint import CheckpointError
-from tsn.apps.features import knn_search, nearest_neighbours, precision_at_k, run_extract, video_features
+from tsn.apps.build import run_extract
+from tsn.apps.features import knn_search, nearest_neighbours, precision_at_k, video_features
 from tsn.layout import normalize_clips
 from tsn.models import build_model
 

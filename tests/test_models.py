@@ -586,7 +586,8 @@ def test_build_model_heads_and_flags() -> None:
     )
     assert isinstance(model.head, BilinearHead) and model.head.descriptor_dim == 256
     assert model.eval()(torch.randn(1, 2, 3, 32, 32)).shape == (1, 6)
-    frozen = build_model(backbone="efficientnet_lite0", pretrained=False, num_classes=3, freeze_backbone=True)
+    frozen = build_model(backbone="efficientnet_lite0", pretrained=False, num_classes=3, num_segments=3,
+                         freeze_backbone=True)
     assert not any(p.requires_grad for p in frozen.backbone.parameters())
     assert all(p.requires_grad for p in frozen.head.parameters())
     assert frozen.spec.name == "efficientnet_lite0" and frozen.num_segments == 3

@@ -12,6 +12,7 @@ import torch
 from tiny_training import make_tiny_data, restored_global_state, run_tool, tiny_overrides, tool_env
 from tsn.config import ConfigError, load_config
 from tsn.training import linear_probe as P
+from tsn.training.build import probe_init_head
 from tsn.models import build_model
 
 
@@ -154,4 +155,4 @@ def test_lp_ft_refuses_the_maximum_of_scores_whose_classifier_no_probe_computes(
     cfg = load_config(None, ["model.consensus=max"])
     model = build_model(backbone="resnet18", pretrained=False, num_classes=3, num_segments=2, consensus="max")
     with pytest.raises(ConfigError, match="train.head_init: linear_probe needs model.consensus: avg or feature_max"):
-        P.probe_init_head(cfg, model, 3, torch.device("cpu"), None)
+        probe_init_head(cfg, model, 3, torch.device("cpu"), None)

@@ -20,7 +20,7 @@ import pytest
 
 from tiny_training import restored_global_state, run_tool, tool_env
 from tsn.config import load_config, save_config
-from tsn.training.trainer import train
+from tsn.training.build import train
 
 # The defaults (ImageNet EfficientNet-Lite0, maximum of the segment features, LP-FT: a probed head,
 # then AdamW with frozen BatchNorm, cosine schedule) with 3 segments instead of 8, cut to 2 epochs

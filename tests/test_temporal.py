@@ -207,7 +207,7 @@ def order_data(tmp_path_factory: pytest.TempPathFactory):
 
 def _order_run(data, work, temporal: str, epochs: int) -> float:
     from tiny_training import restored_global_state
-    from tsn.training.trainer import train
+    from tsn.training.build import train
 
     overrides = [f"data.root={data.root}", "data.test_list=val.txt", "data.num_segments=8", "data.input_size=64",
                  "data.short_side=64", "data.batch_size=8", "data.num_workers=0", "data.train_scales=[1.0]",

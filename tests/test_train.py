@@ -20,7 +20,8 @@ from tsn.data.synthetic import DemoData
 from tsn.build import build_optimizer, build_tsn
 from tsn.checkpoint import load_checkpoint
 from tsn.apps.demo import run_demo
-from tsn.training.trainer import compute_loss, optimizer_step, train
+from tsn.training.build import train
+from tsn.training.trainer import compute_loss, optimizer_step
 
 EPOCHS = 3
 # The resume runs use every generator a run draws from: dropout (torch), mixup (numpy),
@@ -209,7 +210,7 @@ def test_a_checkpoint_is_refused_under_another_consensus_or_segment_count(tiny_d
     """The weights of an ``avg`` and a ``feature_max`` TSN are the same tensors, so a config whose defaults
     changed since training would load them silently and compute something else: refused, naming the key."""
     from tsn.checkpoint import CheckpointError
-    from tsn.evaluation.testing import run_test
+    from tsn.evaluation.build import run_test
 
     trained = load_config(straight_run / "config.yaml")
     assert trained.model.consensus == "feature_max"
@@ -228,7 +229,7 @@ def test_testing_a_checkpoint_needs_no_imagenet_weights(tiny_data: DemoData, str
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """The checkpoint replaces every weight, so ``tools/test.py`` must not read the ImageNet file (an empty torch
     cache here), and scores what the run's own config scores."""
-    from tsn.evaluation.testing import run_test
+    from tsn.evaluation.build import run_test
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
     cfg = load_config(None, [*tiny_overrides(tiny_data, EPOCHS), *RESUME_OPTS, "model.pretrained=true"])
@@ -284,7 +285,7 @@ def test_load_trained_refuses_what_does_not_fit(straight_run: Path, tmp_path: Pa
 def test_test_tool_refuses_a_class_list_other_than_the_checkpoint_s(tiny_data: DemoData, straight_run: Path,
                                                                     tmp_path: Path) -> None:
     from tsn.checkpoint import CheckpointError
-    from tsn.evaluation.testing import run_test
+    from tsn.evaluation.build import run_test
 
     classes = tmp_path / "classes.txt"
     classes.write_text("square_rotating\nball_bouncing\n")  # the same classes reordered: every label would shift
@@ -295,7 +296,7 @@ def test_test_tool_refuses_a_class_list_other_than_the_checkpoint_s(tiny_data: D
 
 
 def test_benchmark_infer_times_a_trained_checkpoint(straight_run: Path) -> None:
-    from tsn.measure.benchmark import inference_benchmark
+    from tsn.measure.build import inference_benchmark
 
     result = inference_benchmark(straight_run / "best.pth", batch=2, steps=1, warmup=0)
     assert result["mode"] == "infer" and result["backbone"] == "resnet18"

@@ -19,7 +19,7 @@ import torch
 from tiny_training import REPO_ROOT, make_tiny_data, restored_global_state, tiny_overrides
 from tsn.config import load_config
 from tsn.data.transforms import flip_clip
-from tsn.training.trainer import train
+from tsn.training.build import train
 from tsn.io import count_flow_frames, read_flow
 from tsn.jobs.extract import ExtractJob, FlowSettings, extract_frames
 from tsn.jobs.flow import dequantize_flow, quantize_flow

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 from tsn.config import load_config
-from tsn.training.trainer import train
+from tsn.training.build import train
 
 if __name__ == "__main__":
     config, work_dir, stop_after = sys.argv[1], sys.argv[2], int(sys.argv[3])

@@ -20,11 +20,8 @@ import json
 from pathlib import Path
 
 from tsn.cli import add_batch_size_arg, add_config_args, add_workers_arg, int_at_least, run_main
-from tsn.config import load_config
-from tsn.data.lists import read_video_list
-from tsn.measure.benchmark import (AMP_CHOICES, deployed_benchmark, format_table, inference_benchmark, loader_benchmark,
-                                  model_benchmark, train_benchmark)
-from tsn.apps.stream import load_stream_model, stream_accuracy
+from tsn.measure.benchmark import AMP_CHOICES, format_table, model_benchmark
+from tsn.measure import build as measure
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,10 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--backbone", required=True)
     add_batch_size_arg(model, "clips per step", default=32)
     model.add_argument("--num-segments", type=int_at_least(1), default=8, help="segments (frames) per clip")
-    model.add_argument("--amp", choices=AMP_CHOICES, default="none")
-    model.add_argument("--channels-last", action="store_true")
     model.add_argument("--compile", action="store_true")
-    model.add_argument("--steps", type=int_at_least(1), default=10)
     model.add_argument("--input-size", type=int_at_least(1), default=224)
     model.add_argument("--temporal", choices=("none", "tsm"), default="none", help="as model.temporal")
     infer = modes.add_parser("infer", parents=[common], help="forward-only images/s of a trained checkpoint")
@@ -59,15 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_batch_size_arg(infer, "clips per forward", default=8)
     infer.add_argument("--num-segments", type=int_at_least(1),
                        help="segments per clip (default: the run's data.num_segments)")
-    infer.add_argument("--amp", choices=AMP_CHOICES, default="none")
-    infer.add_argument("--channels-last", action="store_true")
-    infer.add_argument("--steps", type=int_at_least(1), default=10)
+    for sub in (model, infer):
+        sub.add_argument("--amp", choices=AMP_CHOICES, default="none")
+        sub.add_argument("--channels-last", action="store_true")
     deployed = modes.add_parser("deployed", parents=[common],
                                 help="CPU clips/s of the whole deployed TSN: an exported file or a checkpoint (eager)")
     deployed.add_argument("--model", type=Path, required=True,
                           help="model.onnx or model.pt of tools/export.py, or a checkpoint (.pth: PyTorch eager)")
     add_batch_size_arg(deployed, "clips per call", default=1)
-    deployed.add_argument("--steps", type=int_at_least(1), default=10)
+    for sub in (model, infer, deployed):
+        sub.add_argument("--steps", type=int_at_least(1), default=10)
     stream = modes.add_parser("stream", parents=[common],
                               help="top-1 of a causal model streamed over a list's videos at several strides")
     weights = stream.add_mutually_exclusive_group(required=True)
@@ -83,32 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = build_parser().parse_args()
-    if args.mode == "model":
-        result = model_benchmark(args.backbone, args.batch_size, args.num_segments, args.amp, args.channels_last,
-                                 args.compile, args.steps, args.input_size, temporal=args.temporal)
-    elif args.mode == "stream":
-        loaded = load_stream_model(args.model or args.checkpoint, args.model is not None, args.stream_window)
-        videos = [(str(args.src / record.path), record.label) for record in read_video_list(args.list)]
-        for row in stream_accuracy(loaded, videos, args.strides):
-            print(format_table(row) if args.pretty else json.dumps(row), flush=True)
-        return
+    if args.mode == "stream":
+        rows = measure.stream_benchmark(args.checkpoint, args.model, args.stream_window, args.list, args.src,
+                                        args.strides)
+    elif args.mode == "model":
+        rows = [model_benchmark(args.backbone, args.batch_size, args.num_segments, args.amp, args.channels_last,
+                                args.compile, args.steps, args.input_size, temporal=args.temporal)]
     elif args.mode == "deployed":
-        result = deployed_benchmark(args.model, args.batch_size, args.steps)
+        rows = [measure.deployed_benchmark(args.model, args.batch_size, args.steps)]
     elif args.mode == "infer":
-        result = inference_benchmark(args.checkpoint, args.batch_size, args.num_segments, args.amp, args.channels_last,
-                                     args.steps)
+        rows = [measure.inference_benchmark(args.checkpoint, args.batch_size, args.num_segments, args.amp,
+                                            args.channels_last, args.steps)]
     else:
-        overrides = list(args.opt)
-        if args.workers is not None:
-            overrides.append(f"data.num_workers={args.workers}")
-        if args.batch_size is not None:
-            overrides.append(f"data.batch_size={args.batch_size}")
-        cfg = load_config(args.config, overrides)
-        if args.mode == "loader":
-            result = loader_benchmark(cfg, args.split, args.clips, args.passes)
-        else:
-            result = train_benchmark(cfg, args.steps, profile_dir=args.profile)
-    print(format_table(result) if args.pretty else json.dumps(result))
+        cfg = measure.benchmark_config(args.config, args.opt, args.workers, args.batch_size)
+        rows = [measure.loader_benchmark(cfg, args.split, args.clips, args.passes) if args.mode == "loader"
+                else measure.train_benchmark(cfg, args.steps, profile_dir=args.profile)]
+    print("\n".join(format_table(row) if args.pretty else json.dumps(row) for row in rows), flush=True)
 
 
 if __name__ == "__main__":

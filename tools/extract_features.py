@@ -21,7 +21,8 @@ from tsn.config import ConfigError, load_config
 from tsn.data.dataset import AllVideosFailedError
 from tsn.data.lists import ListFormatError
 from tsn.checkpoint import CheckpointError
-from tsn.apps.features import QUERY_BATCH, run_extract
+from tsn.apps.build import run_extract
+from tsn.apps.features import QUERY_BATCH
 from tsn.io import VideoReadError
 
 

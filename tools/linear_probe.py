@@ -18,7 +18,7 @@ from pathlib import Path
 from tsn.cli import add_config_args, add_device_arg, add_progress_arg, add_view_args, positive_float, run_main
 from tsn.config import load_config
 from tsn.build import build_class_names
-from tsn.training.linear_probe import run_linear_probe
+from tsn.training.build import run_linear_probe
 from tsn.evaluation.testing import format_per_class_table
 from tsn.training.trainer import setup_logging
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from tsn.cli import add_batch_size_arg, add_config_args, add_device_arg, add_progress_arg, add_view_args, run_main
 from tsn.config import load_config
 from tsn.build import build_class_names
-from tsn.evaluation.testing import format_per_class_table, run_test
+from tsn.evaluation.build import run_test
+from tsn.evaluation.testing import format_per_class_table
 from tsn.training.trainer import setup_logging
 
 

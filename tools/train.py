@@ -13,7 +13,7 @@ from pathlib import Path
 from tsn.cli import add_config_args, add_device_arg, add_progress_arg, run_main
 from tsn.config import load_config
 from tsn.apps.demo import run_demo
-from tsn.training.trainer import train
+from tsn.training.build import train
 
 REPO = Path(__file__).resolve().parents[1]
 

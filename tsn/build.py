@@ -1,7 +1,8 @@
 """The one place where a ``Config`` becomes objects: model, datasets, loaders, optimizer.
 
-Everything these functions call takes plain arguments; only ``tools/`` and the functions here
-(and ``tsn.training.schedulers.build_scheduler``) read the config.
+Everything these functions call takes plain arguments; only ``tools/``, the functions here, and each
+subsystem's own config readers (``tsn.training.build``, ``tsn.evaluation.build``, ``tsn.apps.build``,
+``tsn.measure.build``, ``tsn.training.schedulers.build_scheduler``) read the config.
 """
 
 from __future__ import annotations

@@ -28,9 +28,9 @@ import numpy as np
 from tsn.config import Config, ConfigError
 from tsn.data.lists import VideoRecord, read_list, write_rawframe_list, write_video_list
 from tsn.data.splits import assign_folds, group_of  # noqa: F401  (group_of: part of this module's interface)
-from tsn.training.linear_probe import run_linear_probe
-from tsn.evaluation.testing import run_test
-from tsn.training.trainer import LATEST, train
+from tsn.checkpoint import LATEST
+from tsn.evaluation.build import run_test
+from tsn.training.build import run_linear_probe, train
 from tsn.fileio import atomic_write_text
 
 logger = logging.getLogger("tsn.crossval")

@@ -1,7 +1,7 @@
 """The embedded demo: a synthetic action data set, a 3-segment TSN trained on it, and its report.
 
-Runs on the CPU in a few minutes with the offline ImageNet EfficientNet-Lite0, with no data of
-the user's: ``python tools/train.py`` (or ``make demo``) with no arguments.
+Runs on the CPU with the offline ImageNet EfficientNet-Lite0, with no data of the user's:
+``python tools/train.py`` (or ``make demo``) with no arguments.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from typing import Sequence
 
 from tsn.config import load_config
 from tsn.data.synthetic import DemoData, make_demo_dataset
-from tsn.evaluation.testing import Report, format_per_class_table, run_test
-from tsn.training.trainer import TrainResult, setup_logging, train
+from tsn.evaluation.build import run_test
+from tsn.evaluation.testing import Report, format_per_class_table
+from tsn.training.build import train
+from tsn.training.trainer import TrainResult, setup_logging
 
 logger = logging.getLogger("tsn.demo")
 

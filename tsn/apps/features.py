@@ -31,8 +31,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from tsn.build import build_class_names, build_dataset, build_loader
-from tsn.config import Config
 from tsn.data.dataset import SkippedVideo
 from tsn.data.lists import VideoRecord
 from tsn.evaluation.evaluate import (
@@ -42,11 +40,9 @@ from tsn.evaluation.evaluate import (
     check_on_nonfinite,
     video_path,
 )
-from tsn.evaluation.inference import load_model
 from tsn.fileio import atomic_write, atomic_write_text
 from tsn.models import TSN, FeatureExtractor
 from tsn.models.modality import stack_segments
-from tsn.runtime.device import resolve_device
 
 logger = logging.getLogger("tsn.features")
 
@@ -79,6 +75,19 @@ class ExtractResult:
 
     features: FeatureSet
     knn: KnnResult | None
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    """What ``extract_to`` computes: the backbone ``layer`` (None: its output), ``knn`` neighbours per video
+    (None: none) searched ``query_batch`` queries at a time, autocast ``amp``, and what a non-finite feature
+    does (``extract_features``)."""
+
+    layer: str | None
+    knn: int | None
+    query_batch: int
+    amp: str
+    on_nonfinite: str
 
 
 def check_layer(model: TSN, layer: str) -> None:
@@ -255,34 +264,20 @@ def write_knn(out_dir: Path, knn: KnnResult, records: Sequence[VideoRecord]) -> 
     atomic_write_text(out_dir / "knn.json", json.dumps(summary, indent=2) + "\n")
 
 
-def run_extract(cfg: Config, list_file: Path, out_dir: Path, checkpoint: Path | None = None,
-                layer: str | None = None, knn: int | None = None, batch_size: int | None = None,
-                device: str = "auto", query_batch: int = QUERY_BATCH, progress: bool = True) -> ExtractResult:
-    """Features of every video of ``list_file`` (val clips) written under ``out_dir``; with ``knn`` also
-    the neighbours and precision@K (module docstring). Returns what was written."""
-    torch_device = resolve_device(device)
-    if not list_file.is_file():
-        raise ValueError(f"{list_file}: list not found")
-    class_names = build_class_names(cfg)
-    dataset = build_dataset(cfg, "val", len(class_names), list_file=list_file)
-    if knn is not None and not 1 <= knn < len(dataset):
-        raise ValueError(f"--knn {knn} needs 1 <= K < {len(dataset)}, the number of videos in {list_file}")
-    model = load_model(cfg, len(class_names), checkpoint)
-    if layer is not None:
-        check_layer(model, layer)  # before any decoding
-    model.to(torch_device)
-    loader = build_loader(cfg, dataset, train=False, distributed=False, batch_size=batch_size)
-    logger.info("features of %d videos of %s (%s, layer %s) on %s", len(dataset), list_file,
-                checkpoint or "ImageNet weights", layer or "output", torch_device)
-    features = extract_features(model, loader, torch_device, len(dataset), layer, cfg.train.amp, progress,
-                                cfg.test.on_nonfinite)
+def extract_to(model: TSN, loader: DataLoader, out_dir: Path, device: torch.device, settings: ExtractSettings,
+               progress: bool = True) -> ExtractResult:
+    """Features of every video of ``loader``'s dataset (val clips of a ``ClipDataset``'s list) written under
+    ``out_dir``; with ``settings.knn`` also the neighbours and precision@K (module docstring)."""
+    dataset = loader.dataset
+    features = extract_features(model, loader, device, len(dataset), settings.layer, settings.amp, progress,
+                                settings.on_nonfinite)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_features(out_dir, features, dataset.records)
     for item in features.skipped:
         logger.warning("no features: %s: %s", item.path, item.reason)
     result = None
-    if knn is not None:
+    if settings.knn is not None:
         labels = np.array([record.label for record in dataset.records], dtype=np.int64)
-        result = knn_search(features.features, labels, knn, torch_device, query_batch)
+        result = knn_search(features.features, labels, settings.knn, device, settings.query_batch)
         write_knn(out_dir, result, dataset.records)
     return ExtractResult(features, result)

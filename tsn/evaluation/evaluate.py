@@ -201,11 +201,16 @@ def evaluate(model: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, 
     metrics = meter.compute()  # every rank: the non-finite count below is the same on all of them
     if metrics.nonfinite and on_nonfinite == "raise":
         raise NonFiniteError("scores", [path for _, path in nonfinite], metrics.nonfinite)
-    predictions = Predictions(
+    return metrics, _predictions(scores, labels, indices, skipped, nonfinite, num_classes)
+
+
+def _predictions(scores: list[torch.Tensor], labels: list[torch.Tensor], indices: list[torch.Tensor],
+                 skipped: list[SkippedVideo], nonfinite: list[tuple[int, str]], num_classes: int) -> Predictions:
+    """The batches' kept scores ``(b, num_classes)``, labels and indices ``(b,)`` joined into ``Predictions``."""
+    return Predictions(
         scores=torch.cat(scores).numpy() if scores else np.zeros((0, num_classes)),
         labels=torch.cat(labels).numpy() if labels else np.zeros(0, dtype=np.int64),
         indices=torch.cat(indices).numpy() if indices else np.zeros(0, dtype=np.int64),
         skipped=tuple(skipped),
         nonfinite=tuple(nonfinite),
     )
-    return metrics, predictions

@@ -96,12 +96,3 @@ def _class_names(state: dict, path: Path, config: Config) -> list[str]:
     if not isinstance(names, list) or not names or not all(isinstance(name, str) for name in names):
         raise CheckpointError(path, "its class_names are not a non-empty list of strings")
     return list(names)
-
-
-def load_model(cfg: Config, num_classes: int, checkpoint: Path | None) -> TSN:
-    """The config's TSN: with ``checkpoint``, its trained weights (``tsn.evaluation.inference.load_trained``,
-    strict, its own classes, in eval mode); without, the ImageNet backbone (``model.pretrained``)
-    and a new head for ``num_classes`` classes."""
-    if checkpoint is None:
-        return build_tsn(cfg, num_classes)
-    return load_trained(checkpoint, cfg).model

@@ -144,7 +144,7 @@ def write_confusion_csv(
 
 def _confusion_figure(cm: np.ndarray, class_names: Sequence[str]):  # -> matplotlib Figure
     """Row-normalised heat map (colour = fraction of the true class), counts written in small matrices."""
-    from matplotlib.figure import Figure  # imported when drawn: it costs a second at start-up
+    from matplotlib.figure import Figure  # imported when drawn, not with tsn: it is slow to import
 
     num = cm.shape[0]
     side = min(max(4.0, 0.4 * num + 2.5), 40.0)

@@ -19,15 +19,12 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from tsn.runtime.allocator import strategy as allocator_strategy
-from tsn.config import Config, ConfigError
 from tsn.data.dataset import ClipDataset, SkippedVideo
-from tsn.build import build_class_names, build_dataset, build_loader, list_path, same_list
+from tsn.build import same_list
 from tsn.checkpoint import CheckpointError
-from tsn.evaluation.deployed import ExportedTSN
-from tsn.evaluation.inference import load_trained
-from tsn.runtime.distributed import init_distributed
 from tsn.evaluation.evaluate import NONFINITE_REASON, NonFiniteError, evaluate
 from tsn.evaluation.metrics import (
     ClassMetrics,
@@ -164,6 +161,20 @@ def videos_per_test_batch(batch_size: int, views: int, clips_per_forward: int) -
     return max(1, min(batch_size, clips_per_forward // views))
 
 
+@dataclass(frozen=True)
+class TestSettings:
+    """What ``evaluate_and_report`` is told besides the model and the loader: the ``checkpoint`` and
+    ``test_list`` it names (the list also tells whether a ``best.pth`` was chosen on it), the ``views`` per
+    video, autocast ``amp``, clips per forward, and what a non-finite score does."""
+
+    checkpoint: Path
+    test_list: Path
+    views: int
+    amp: str
+    clips_per_forward: int
+    on_nonfinite: str
+
+
 class ModelUnderTest(NamedTuple):
     """What ``run_test`` runs: clips -> scores, the class names of its outputs, the mean and std to normalise
     uint8 clips with (None: it takes them as they are), channels-last input, and the validation list a
@@ -177,74 +188,43 @@ class ModelUnderTest(NamedTuple):
     selected_on: str | None
 
 
-def load_model_under_test(cfg: Config, path: Path, device: torch.device, exported: bool) -> ModelUnderTest:
-    """A checkpoint (``load_trained`` with ``cfg``'s network) or, with ``exported``, a file of ``tools/export.py``
-    run by onnxruntime or TorchScript, whose clips must be the ones ``cfg`` makes (a ``ConfigError`` names the
-    first difference)."""
-    if not exported:
-        trained = load_trained(path, cfg, device)
-        model = trained.model
-        if cfg.train.channels_last:
-            model.to(memory_format=torch.channels_last)
-        return ModelUnderTest(model, trained.class_names, tuple(model.spec.mean), tuple(model.spec.std),
-                           cfg.train.channels_last, trained.selected_on)
-    deployed = ExportedTSN(path, device)
-    data = cfg.data
-    wanted = {"data.modality": (deployed.config.data.modality, data.modality),
-              "data.num_segments": (deployed.config.data.num_segments, data.num_segments),
-              "data.new_length": (deployed.config.data.frames_per_segment, data.frames_per_segment),
-              "data.input_size": (deployed.spec.size, data.input_size)}
-    for key, (theirs, ours) in wanted.items():
-        if theirs != ours:
-            raise ConfigError(key, f"{path} was exported with {theirs}, the config says {ours}")
-    logger.info("running %s with %s", path, deployed.runtime)
-    return ModelUnderTest(deployed, deployed.class_names, None, None, False, None)
-
-
-def run_test(cfg: Config, checkpoint: Path, out_dir: Path, list_file: Path | None = None,
-             num_clips: int | None = None, crops: int | None = None, device: str = "auto",
-             progress: bool = True, batch_size: int | None = None, exported: bool = False) -> Report:
-    """Test ``checkpoint`` (with ``exported``: a file of ``tools/export.py``) on ``list_file`` (default
-    ``data.test_list``) with clips x crops views; writes the files.
-
-    ``batch_size``: videos per loader batch (default: ``videos_per_test_batch`` of ``data.batch_size``)."""
-    info = init_distributed(device)
-    if info.distributed:
-        raise RuntimeError("tools/test.py runs in one process; launch it without torchrun")
-    model = load_model_under_test(cfg, checkpoint, info.device, exported)
-    class_names = model.class_names
-    listed = build_class_names(cfg)  # what the list's labels mean
-    if listed != class_names:
-        raise CheckpointError(checkpoint, f"trained on {len(class_names)} classes ({_names(class_names)}), but "
-                                          f"data.classes lists {len(listed)} ({_names(listed)})")
-    dataset = build_dataset(cfg, "test", len(class_names), list_file=list_file, num_clips=num_clips, crops=crops)
-    views = dataset.num_clips * (crops if crops is not None else cfg.test.crops)
-    batch_size = batch_size or videos_per_test_batch(cfg.data.batch_size, views, cfg.test.clips_per_forward)
-    loader = build_loader(cfg, dataset, train=False, distributed=False, batch_size=batch_size)
-    test_list = list_file or list_path(cfg, "test")
-    logger.info("testing %s on %d videos of %s, %d view(s) each, %d video(s) per batch", checkpoint, len(dataset),
-                test_list, views, batch_size)
+def evaluate_and_report(model: ModelUnderTest, loader: DataLoader, settings: TestSettings, out_dir: Path,
+                        device: torch.device, progress: bool = True) -> Report:
+    """Run ``model`` over ``loader`` (multi-view clips of a ``ClipDataset``'s list) and write the report files
+    under ``out_dir``; unscored videos are logged."""
+    dataset = loader.dataset
+    num_classes = len(model.class_names)
+    logger.info("testing %s on %d videos of %s, %d view(s) each, %d video(s) per batch", settings.checkpoint,
+                len(dataset), settings.test_list, settings.views, loader.batch_size)
     logger.info("memory allocator: %s", allocator_strategy())
-    chosen_here = model.selected_on is not None and same_list(Path(model.selected_on), test_list)
+    chosen_here = model.selected_on is not None and same_list(Path(model.selected_on), settings.test_list)
     if chosen_here:
         logger.warning("%s was chosen as the best on this list (%s): its accuracy here is optimistic; test "
-                       "latest.pth, or choose on a validation list carved from the training list", checkpoint,
-                       test_list)
-    _, predictions = evaluate(model.forward, loader, info.device, len(class_names), model.mean, model.std,
-                              cfg.train.amp, progress=progress, channels_last=model.channels_last,
-                              clips_per_forward=cfg.test.clips_per_forward, on_nonfinite=cfg.test.on_nonfinite)
-    scores = np.full((len(dataset), len(class_names)), np.nan)  # unscored rows stay NaN
+                       "latest.pth, or choose on a validation list carved from the training list",
+                       settings.checkpoint, settings.test_list)
+    _, predictions = evaluate(model.forward, loader, device, num_classes, model.mean, model.std, settings.amp,
+                              progress=progress, channels_last=model.channels_last,
+                              clips_per_forward=settings.clips_per_forward, on_nonfinite=settings.on_nonfinite)
+    scores = np.full((len(dataset), num_classes), np.nan)  # unscored rows stay NaN
     scores[predictions.indices] = predictions.scores
     scored = np.zeros(len(dataset), dtype=bool)
     scored[predictions.indices] = True
     labels = np.array([record.label for record in dataset.records], dtype=np.int64)
-    report = score_report(scores[scored], labels[scored], len(class_names))
+    report = score_report(scores[scored], labels[scored], num_classes)
     unscored = unscored_rows(dataset, scored, predictions.skipped, predictions.nonfinite)
-    write_report(report, class_names, out_dir, scores, unscored,
+    write_report(report, model.class_names, out_dir, scores, unscored,
                  extra={"checkpoint_chosen_on_this_list": chosen_here})
     for row in unscored:
         logger.warning("not scored: %s: %s", row.path, row.reason)
     return report
+
+
+def check_class_names(checkpoint: Path, trained: Sequence[str], listed: Sequence[str]) -> None:
+    """A ``CheckpointError`` when the model's ``trained`` class names are not the ``listed`` ones (what the
+    list's labels mean)."""
+    if list(listed) != list(trained):
+        raise CheckpointError(checkpoint, f"trained on {len(trained)} classes ({_names(trained)}), but "
+                                          f"data.classes lists {len(listed)} ({_names(listed)})")
 
 
 def _names(names: Sequence[str], shown: int = 3) -> str:

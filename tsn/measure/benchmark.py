@@ -1,19 +1,22 @@
-"""Throughput measurements: the data loader, one model's train step, and end-to-end training.
+"""Throughput measurements: the data loader, one model's train step, a trained model's inference, and
+end-to-end training.
 
-Each function returns a flat ``dict`` of plain numbers and strings (``tools/benchmark.py`` prints it
-as one JSON line, or as a table with ``format_table``):
+Each benchmark returns a flat ``dict`` of plain numbers and strings (``tools/benchmark.py`` prints it
+as one JSON line, or as a table with ``format_table``). The ones that start from a config or a
+checkpoint (``loader_benchmark``, ``train_benchmark``, ``inference_benchmark``, ``deployed_benchmark``)
+live in ``tsn.measure.build`` and time what they build with the functions here:
 
-- ``loader_benchmark``: clips/s through the real ``ClipDataset`` and ``DataLoader`` that training
-  uses (``build_dataset`` / ``build_loader``). The same clips (the first ``clips`` of epoch 0's
-  order, with the same random frames and crops) are read ``passes`` times by the same loader
-  (persistent workers). The first pass is the warm-up: it starts the workers and probes every
+- ``loader_benchmark`` (``loader_timings``): clips/s through the real ``ClipDataset`` and
+  ``DataLoader`` that training uses (``build_dataset`` / ``build_loader``). The same clips (the
+  first ``clips`` of epoch 0's order, with the same random frames and crops) are read ``passes``
+  times by the same loader (persistent workers). The first pass is the warm-up: it starts the workers and probes every
   video (frame count, size), which a ``ClipDataset`` does once per process and then caches;
   ``clips_per_s`` is the median of the later passes (every epoch after the first: the median
   because other processes on a shared machine make single passes noisy), ``clips_per_s_first``
   the first pass.
 - ``model_benchmark``: train steps (forward, loss, backward, SGD step) of a TSN on random input
   held on the device: images/s and clips/s, after ``warmup`` untimed steps.
-- ``train_benchmark``: training steps/s with the real loader, and with one batch held on the
+- ``train_benchmark`` (``train_timings``): training steps/s with the real loader, and with one batch held on the
   device (the model's own rate), and their ratio (1.0: the loader keeps up). ``profile_dir``
   adds a ``torch.profiler`` trace of three more steps (CPU and, on CUDA, GPU activity) that
   TensorBoard's profiler plugin opens.
@@ -27,29 +30,28 @@ from __future__ import annotations
 import math
 import os
 import time
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
-from tsn.config import Config, TrainConfig
 from tsn.data.loader import set_loader_epoch
-from tsn.build import build_class_names, build_dataset, build_loader, build_optimizer, build_tsn
 from tsn.evaluation.evaluate import autocast_context
-from tsn.evaluation.deployed import DeployedTSN, InputSpec, input_spec, load_runner, read_description
-from tsn.evaluation.inference import load_trained
+from tsn.evaluation.deployed import InputSpec
 from tsn.data.prefetch import DeviceBatch, DevicePrefetcher, channels_last_clips
-from tsn.training.trainer import compute_loss, optimizer_step
+from tsn.training.trainer import LossRecipe, compute_loss, optimizer_step
 from tsn.models import build_model
+from tsn.runtime.device import resolve_device
 
 AMP_CHOICES = ("none", "bf16", "fp16")
 
 
-def default_device() -> torch.device:
-    """CUDA when available, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def check_amp(amp: str) -> None:
+    """ValueError unless ``amp`` is one of ``AMP_CHOICES``."""
+    if amp not in AMP_CHOICES:
+        raise ValueError(f"amp must be one of {AMP_CHOICES}, got {amp!r}")
 
 
 def _sync(device: torch.device) -> None:
@@ -57,18 +59,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def loader_benchmark(cfg: Config, split: str = "train", clips: int = 0, passes: int = 3) -> dict[str, Any]:
-    """Clips/s of the ``split`` loader that ``cfg`` describes (workers and batch size from ``cfg.data``).
-
-    ``clips``: clips to read per pass (0: the whole list; with ``drop_last`` in training, whole
-    batches only). ``passes`` >= 1 reads of those clips; see the module docstring.
-    """
-    if passes < 1:
-        raise ValueError(f"passes must be >= 1, got {passes}")
-    num_classes = len(build_class_names(cfg))
-    dataset = build_dataset(cfg, split, num_classes)  # type: ignore[arg-type]
-    loader = build_loader(cfg, dataset, train=split == "train", distributed=False)
-    wanted = len(dataset) if clips <= 0 else min(clips, len(dataset))
+def loader_timings(loader: DataLoader, wanted: int, passes: int) -> dict[str, Any]:
+    """Clips/s of ``loader``: ``passes`` >= 1 reads of its first ``wanted`` clips (with ``drop_last`` in
+    training, whole batches only); see the module docstring."""
     results, cpu_ms = [], []
     for _ in range(passes):
         set_loader_epoch(loader, 0)  # the same clips, frames and crops every pass
@@ -80,12 +73,10 @@ def loader_benchmark(cfg: Config, split: str = "train", clips: int = 0, passes: 
     # this process's CPU time, every thread: the whole cost of a clip only without loader workers
     cpu_later = cpu_ms[1:] or cpu_ms
     return {
-        "mode": "loader", "format": cfg.data.format, "backend": cfg.data.backend, "split": split,
-        "workers": cfg.data.num_workers, "batch_size": cfg.data.batch_size, "segments": cfg.data.num_segments,
         "cpus": os.cpu_count(), "clips": results[-1][0],
         "clips_per_s": round(float(np.median(later)), 3), "clips_per_s_first": round(rates[0], 3),
         "pass_clips_per_s": [round(rate, 3) for rate in rates],
-        "cpu_ms_per_clip": round(float(np.median(cpu_later)), 1) if cfg.data.num_workers == 0 else None,
+        "cpu_ms_per_clip": round(float(np.median(cpu_later)), 1) if loader.num_workers == 0 else None,
         "clip_shape": list(results[-1][2]),
         "skipped": sum(result[3] for result in results),
     }
@@ -105,7 +96,7 @@ def _time_pass(batches: Iterator, wanted: int) -> tuple[int, float, tuple[int, .
     return seen, time.perf_counter() - started, shape, skipped
 
 
-def _prepare(model: nn.Module, device: torch.device, channels_last: bool, compile_model: bool) -> nn.Module:
+def prepare_model(model: nn.Module, device: torch.device, channels_last: bool, compile_model: bool) -> nn.Module:
     """``model`` on ``device`` (channels-last weights when asked), compiled when asked;
     returns the module to call (the compiled one or ``model``)."""
     model.to(device)
@@ -114,7 +105,7 @@ def _prepare(model: nn.Module, device: torch.device, channels_last: bool, compil
     return torch.compile(model) if compile_model else model
 
 
-def _time_steps(step: Callable[[int], None], steps: int, warmup: int, device: torch.device) -> float:
+def time_steps(step: Callable[[int], None], steps: int, warmup: int, device: torch.device) -> float:
     """Seconds for ``steps`` calls of ``step(i)`` after ``warmup`` untimed ones."""
     for number in range(warmup):
         step(number)
@@ -135,14 +126,14 @@ def model_benchmark(backbone: str, batch: int = 32, segments: int = 8, amp: str 
 
     ``amp`` acts on CUDA only (as in training); on the CPU it is reported as ``"none"``.
     """
-    if amp not in AMP_CHOICES:
-        raise ValueError(f"amp must be one of {AMP_CHOICES}, got {amp!r}")
-    device = device or default_device()
+    check_amp(amp)
+    device = device or resolve_device("auto")
     on_cuda = device.type == "cuda"
+    # the model the README's tables were measured with: TSN's average of scores, dropout 0.5
     model = build_model(backbone=backbone, pretrained=False, num_classes=num_classes, num_segments=segments,
-                        temporal=temporal)
-    net = _prepare(model, device, channels_last, compile_model)
-    recipe = TrainConfig(amp=amp, label_smoothing=0.0)
+                        consensus="avg", dropout=0.5, temporal=temporal)
+    net = prepare_model(model, device, channels_last, compile_model)
+    recipe = LossRecipe(amp=amp)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16" and on_cuda)
     generator = torch.Generator().manual_seed(0)
@@ -157,9 +148,9 @@ def model_benchmark(backbone: str, batch: int = 32, segments: int = 8, amp: str 
         _, loss = compute_loss(net, model, clips, labels, recipe, mix_rng, device)
         optimizer_step(loss, model, optimizer, scaler, None)
 
-    seconds = _time_steps(step, steps, warmup, device)
+    seconds = time_steps(step, steps, warmup, device)
     return {
-        "mode": "model", "backbone": backbone, "temporal": temporal, "device": _device_name(device), "batch": batch,
+        "mode": "model", "backbone": backbone, "temporal": temporal, "device": device_name(device), "batch": batch,
         "segments": segments, "input_size": input_size, "amp": amp if on_cuda else "none",
         "channels_last": channels_last, "compile": compile_model, "steps": steps,
         "seconds": round(seconds, 3), "images_per_s": round(steps * batch * segments / seconds, 2),
@@ -167,28 +158,13 @@ def model_benchmark(backbone: str, batch: int = 32, segments: int = 8, amp: str 
     }
 
 
-def inference_benchmark(checkpoint: str | Path, batch: int = 8, segments: int | None = None, amp: str = "none",
-                        channels_last: bool = False, steps: int = 10, warmup: int = 3,
-                        device: torch.device | None = None) -> dict[str, Any]:
-    """Forward-only throughput of a trained TSN (``tsn.evaluation.inference.load_trained``, eval mode, no
-    gradients) on random clips of its own input size and stream, ``segments`` segments each (default:
-    the run's ``data.num_segments``). ``images_per_s`` counts backbone inputs (frames, or segment
-    stacks for flow and RGB difference). ``amp`` acts on CUDA only."""
-    if amp not in AMP_CHOICES:
-        raise ValueError(f"amp must be one of {AMP_CHOICES}, got {amp!r}")
-    device = device or default_device()
-    trained = load_trained(checkpoint, device=device)
-    data = trained.config.data
-    segments = segments or data.num_segments
-    size = data.input_size
-    # the loader's frames per segment and channels per frame for this stream (tsn.layout)
-    frames = data.frames_read_per_segment
-    channels = 2 if data.modality == "flow" else 3
-    trained.model.num_segments = segments
-    net = _prepare(trained.model, device, channels_last, compile_model=False)
-    generator = torch.Generator().manual_seed(0)
-    # (B, T, C, H, W)
-    clips = torch.randn((batch, segments * frames, channels, size, size), generator=generator).to(device)
+def forward_timings(model: nn.Module, clips: torch.Tensor, amp: str = "none", channels_last: bool = False,
+                    steps: int = 10, warmup: int = 3, device: torch.device | None = None) -> float:
+    """Seconds of ``steps`` forwards of ``model`` (no gradients) over random ``clips`` ``(B, T, C, H, W)`` on
+    ``device`` after ``warmup`` untimed ones; ``amp`` acts on CUDA only."""
+    device = device or resolve_device("auto")
+    net = prepare_model(model, device, channels_last, compile_model=False)
+    clips = clips.to(device)
     if channels_last:
         clips = channels_last_clips(clips)
 
@@ -196,41 +172,13 @@ def inference_benchmark(checkpoint: str | Path, batch: int = 8, segments: int | 
         with torch.inference_mode(), autocast_context(device, amp):
             net(clips)
 
-    seconds = _time_steps(step, steps, warmup, device)
-    return {
-        "mode": "infer", "checkpoint": str(checkpoint), "backbone": trained.config.model.backbone,
-        "device": _device_name(device), "batch": batch, "segments": segments, "input_size": size,
-        "amp": amp if device.type == "cuda" else "none", "channels_last": channels_last, "steps": steps,
-        "seconds": round(seconds, 3), "images_per_s": round(steps * batch * segments / seconds, 2),
-        "clips_per_s": round(steps * batch / seconds, 2),
-    }
+    return time_steps(step, steps, warmup, device)
 
 
-def deployed_benchmark(path: str | Path, batch: int = 1, steps: int = 10, warmup: int = 3) -> dict[str, Any]:
-    """CPU clips/s and CPU ms per clip of the whole deployed TSN (uint8 frames -> probabilities,
-    ``tsn.apps.export``) on random frames of its own input shape, ``batch`` clips a call: an exported
-    ``.onnx`` file (onnxruntime), a TorchScript file (the input shape from the description it carries), or a checkpoint
-    (``.pth``: PyTorch eager, the same ``DeployedTSN`` the export traces, channels-last where the run's
-    ``train.channels_last`` says so, as ``tools/predict.py`` runs it). CPU time is this process's,
-    all threads together."""
-    path = Path(path)
-    if path.suffix == ".pth":
-        trained = load_trained(path)
-        deployed = DeployedTSN(trained.model).eval()
-        if trained.config.train.channels_last:  # as tools/test.py and tools/predict.py run it
-            deployed.model.to(memory_format=torch.channels_last)
-        spec = input_spec(trained)
-
-        def run(frames: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                return deployed(torch.from_numpy(frames)).numpy()
-        runtime = "pytorch eager"
-    else:
-        shape = read_description(path)["input"]["shape"]
-        format = "onnx" if path.suffix == ".onnx" else "torchscript"
-        run = load_runner(path, format)
-        spec = InputSpec(shape[1], shape[2], shape[3])
-        runtime = "onnxruntime" if format == "onnx" else "torchscript"
+def deployed_timings(run: Callable[[np.ndarray], np.ndarray], spec: InputSpec, batch: int = 1, steps: int = 10,
+                     warmup: int = 3) -> dict[str, Any]:
+    """CPU clips/s and CPU ms per clip of ``run`` (uint8 frames -> probabilities) on random frames of ``spec``'s
+    shape, ``batch`` clips a call. CPU time is this process's, all threads together."""
     frames = spec.random(batch).numpy()  # (B, T, C, H, W) uint8
     for _ in range(warmup):
         run(frames)
@@ -240,70 +188,44 @@ def deployed_benchmark(path: str | Path, batch: int = 1, steps: int = 10, warmup
     seconds, cpu = time.perf_counter() - wall_started, time.process_time() - cpu_started
     clips = steps * batch
     return {
-        "mode": "deployed", "model": str(path), "runtime": runtime, "device": _device_name(torch.device("cpu")),
+        "device": device_name(torch.device("cpu")),
         "batch": batch, "input": [batch, spec.frames, spec.channels, spec.size, spec.size], "steps": steps,
         "seconds": round(seconds, 3), "clips_per_s": round(clips / seconds, 2),
         "cpu_ms_per_clip": round(1000 * cpu / clips, 1),
     }
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+        return torch.cuda.getdevice_name(device)
     return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
-def train_benchmark(cfg: Config, steps: int = 20, warmup: int = 3, profile_dir: str | None = None,
-                    device: torch.device | None = None) -> dict[str, Any]:
-    """Training steps/s of the ``cfg`` run with its real train loader, beside the same model fed from
-    one batch held on the device; ``ratio`` = loader rate / in-memory rate.
+class TrainTimings(NamedTuple):
+    """Training steps/s with the real loader and from one batch held on the device, and that batch's shape."""
 
-    The model side follows ``cfg.train`` as the trainer does (amp, channels_last on CUDA, compile,
-    the loss recipe, SGD/AdamW). ``steps`` timed steps each, after ``warmup`` untimed ones; the
-    loader is cycled when it has fewer batches. ``profile_dir``: afterwards, 3 more loader steps
-    under ``torch.profiler`` (1 warm-up, 2 recorded), trace written there for TensorBoard.
-    """
-    device = device or default_device()
-    on_cuda = device.type == "cuda"
-    tcfg = cfg.train
-    num_classes = len(build_class_names(cfg))
-    dataset = build_dataset(cfg, "train", num_classes)
-    loader = build_loader(cfg, dataset, train=True, distributed=False)
-    if len(loader) == 0:
-        raise ValueError(f"{len(dataset)} training videos make no full batch of {cfg.data.batch_size}")
-    model = build_tsn(cfg, num_classes)
-    mean, std = tuple(model.spec.mean), tuple(model.spec.std)
-    channels_last = tcfg.channels_last
-    net = _prepare(model, device, channels_last, tcfg.compile)
-    optimizer = build_optimizer(tcfg, model)
-    scaler = torch.amp.GradScaler(device.type, enabled=tcfg.amp == "fp16" and on_cuda)
-    mix_rng = np.random.default_rng(tcfg.seed)
-    net.train()
-    batches = _cycle(DevicePrefetcher(loader, device, mean, std, channels_last), loader)
+    loader_rate: float
+    memory_rate: float
+    batch_shape: list[int]
 
-    def train_on(batch: DeviceBatch) -> None:
-        _, loss = compute_loss(net, model, batch.clips, batch.labels, tcfg, mix_rng, device)
-        optimizer_step(loss, model, optimizer, scaler, tcfg.clip_grad_norm)
 
-    loader_seconds = _time_steps(lambda _: train_on(next(batches)), steps, warmup, device)
+def train_timings(train_on: Callable[[DeviceBatch], None], batches: Iterator[DeviceBatch], steps: int = 20,
+                  warmup: int = 3, profile_dir: str | None = None,
+                  device: torch.device | None = None) -> TrainTimings:
+    """Training steps/s of ``train_on`` (one step on a device batch) fed by ``batches`` (the real loader),
+    beside the same steps on one batch held on the device.
+    ``steps`` timed steps each, after ``warmup`` untimed ones. ``profile_dir``: afterwards, 3 more loader
+    steps under ``torch.profiler`` (1 warm-up, 2 recorded), trace written there for TensorBoard."""
+    device = device or resolve_device("auto")
+    loader_seconds = time_steps(lambda _: train_on(next(batches)), steps, warmup, device)
     held = next(batches)
-    memory_seconds = _time_steps(lambda _: train_on(held), steps, warmup, device)
+    memory_seconds = time_steps(lambda _: train_on(held), steps, warmup, device)
     if profile_dir is not None:
-        _profile(lambda: train_on(next(batches)), profile_dir, on_cuda)
-    loader_rate, memory_rate = steps / loader_seconds, steps / memory_seconds
-    clips_shape = list(held.clips.shape)
-    return {
-        "mode": "train", "backbone": cfg.model.backbone, "device": _device_name(device),
-        "format": cfg.data.format, "workers": cfg.data.num_workers, "batch": cfg.data.batch_size,
-        "segments": cfg.data.num_segments, "amp": tcfg.amp if on_cuda else "none", "channels_last": channels_last,
-        "compile": tcfg.compile, "steps": steps, "loader_steps_per_s": round(loader_rate, 3),
-        "memory_steps_per_s": round(memory_rate, 3), "ratio": round(loader_rate / memory_rate, 3),
-        "loader_clips_per_s": round(loader_rate * cfg.data.batch_size, 2), "batch_shape": clips_shape,
-        "profile_dir": profile_dir,
-    }
+        _profile(lambda: train_on(next(batches)), profile_dir, device.type == "cuda")
+    return TrainTimings(steps / loader_seconds, steps / memory_seconds, list(held.clips.shape))
 
 
-def _cycle(prefetcher: DevicePrefetcher, loader) -> Iterator[DeviceBatch]:
+def cycle_batches(prefetcher: DevicePrefetcher, loader) -> Iterator[DeviceBatch]:
     """Device batches forever: a new epoch of ``loader`` whenever one ends."""
     epoch = 0
     while True:

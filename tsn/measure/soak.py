@@ -149,21 +149,22 @@ def train_soak(backbone: str, steps: int, batch_size: int = 8, num_segments: int
     import numpy as np
     import torch
 
-    from tsn.config import TrainConfig
     from tsn.data.prefetch import channels_last_clips
-    from tsn.training.trainer import compute_loss, optimizer_step
+    from tsn.training.trainer import LossRecipe, compute_loss, optimizer_step
     from tsn.models import build_model
 
     if steps < 10:
         raise ValueError(f"steps must be >= 10 (a tenth of them is the start), got {steps}")
     torch.manual_seed(seed)
-    model = build_model(backbone=backbone, pretrained=False, num_classes=400, num_segments=num_segments)
+    # TSN's average of scores and dropout 0.5, with every BatchNorm training: the soak's model since it began
+    model = build_model(backbone=backbone, pretrained=False, num_classes=400, num_segments=num_segments,
+                        consensus="avg", dropout=0.5)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     generator = torch.Generator().manual_seed(seed)
-    recipe, mix_rng, device = TrainConfig(), np.random.default_rng(seed), torch.device("cpu")
+    recipe, mix_rng, device = LossRecipe(), np.random.default_rng(seed), torch.device("cpu")
     model.train()
     samples = []
     started = time.monotonic()

@@ -1,11 +1,18 @@
-"""``build_model``: a TSN from plain arguments (the config-reading builder sits on top of it)."""
+"""``build_model``: a TSN from plain arguments (the config-reading builder sits on top of it).
+
+Its defaults are the config's (``tsn.config``) for what the network is (backbone, head, segments, consensus,
+dropout, ...), so that a model built in code computes what an empty config's does; the BatchNorm controls of
+fine-tuning (``partial_bn``, ``freeze_bn``, ``fixed_head_statistics``) are off unless asked for: every
+BatchNorm of a model built in code trains, as in plain PyTorch.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import replace
 
-from tsn.models.backbones import DEFAULT_BACKBONE, build_backbone
+from tsn.config import DEFAULT_NEW_LENGTH, DataConfig, ModelConfig
+from tsn.models.backbones import build_backbone
 from tsn.models.finetune import freeze_backbone as _freeze_backbone
 from tsn.models.finetune import freeze_stages
 from tsn.models.heads import BilinearHead, GAPHead
@@ -19,24 +26,24 @@ HEAD_TYPES = ("gap", "bilinear")
 
 def build_model(
     *,
-    backbone: str = DEFAULT_BACKBONE,
-    pretrained: bool | str | os.PathLike = True,
-    head: str = "gap",
+    backbone: str = ModelConfig.backbone,
+    pretrained: bool | str | os.PathLike = ModelConfig.pretrained,
+    head: str = ModelConfig.head,
     num_classes: int,
-    num_segments: int = 3,
-    consensus: str = "avg",
-    dropout: float = 0.5,
+    num_segments: int = DataConfig.num_segments,
+    consensus: str = ModelConfig.consensus,
+    dropout: float = ModelConfig.dropout,
     partial_bn: bool = False,
     freeze_bn: bool = False,
-    freeze_backbone: bool = False,
-    frozen_stages: int = 0,
-    bilinear_dim: int | None = 256,
-    modality: str = "rgb",
-    new_length: int = 1,
+    freeze_backbone: bool = ModelConfig.freeze_backbone,
+    frozen_stages: int = ModelConfig.frozen_stages,
+    bilinear_dim: int | None = ModelConfig.bilinear_dim,
+    modality: str = DataConfig.modality,
+    new_length: int = DEFAULT_NEW_LENGTH[DataConfig.modality],
     fixed_head_statistics: bool = False,
-    temporal: str = "none",
-    shift_div: int = 8,
-    shift_direction: str = "bidirectional",
+    temporal: str = ModelConfig.temporal,
+    shift_div: int = ModelConfig.shift_div,
+    shift_direction: str = ModelConfig.shift_direction,
 ) -> TSN:
     """A TSN: ``build_backbone(backbone, pretrained)``, a "gap" or "bilinear" head (the bilinear
     one reduces the features to ``bilinear_dim`` channels first; None keeps all), the consensus,

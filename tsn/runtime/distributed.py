@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from tsn.runtime.device import resolve_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -34,17 +36,17 @@ class DistInfo:
 def init_distributed(device: str = "auto") -> DistInfo:
     """Join the process group torchrun describes (NCCL on CUDA, gloo on CPU), or run alone.
 
-    ``device``: "auto" (CUDA when available), "cuda" or "cpu".
+    ``device``: "auto" (CUDA when available), "cuda" or "cpu" (``tsn.runtime.device.resolve_device``); on
+    CUDA each process takes the GPU of its local rank.
     """
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    torch_device = resolve_device(device)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch_device.type == "cuda"
     if use_cuda:
         torch.cuda.set_device(local_rank)
         torch_device = torch.device("cuda", local_rank)
-    else:
-        torch_device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=torch_device)
@@ -67,9 +69,3 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
-
-
-def any_rank_true(flag: bool, device: torch.device) -> bool:
-    """True when ``flag`` is true on at least one rank, so that every rank takes the same branch."""
-    value = torch.tensor([1 if flag else 0], device=device)
-    return bool(all_reduce_sum(value).item() > 0)

@@ -35,8 +35,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from tsn.build import build_class_names, build_dataset, build_loader, list_path
-from tsn.config import Config, ConfigError, resolve_path
 from tsn.data.dataset import ClipDataset, SkippedVideo
 from tsn.evaluation.evaluate import (
     NonFiniteError,
@@ -45,11 +43,9 @@ from tsn.evaluation.evaluate import (
     chunked_forward,
     video_path,
 )
-from tsn.evaluation.inference import load_model as load_inference_model
 from tsn.evaluation.testing import Report, score_report, unscored_rows, write_report
 from tsn.fileio import atomic_write, atomic_write_text
 from tsn.models import TSN
-from tsn.runtime.device import resolve_device
 
 logger = logging.getLogger("tsn.probe")
 
@@ -344,26 +340,28 @@ class ProbeResult:
     report: Report
 
 
-def probe_dataset(cfg: Config, list_file: Path, num_classes: int, num_clips: int | None,
-                  crops: int | None) -> ClipDataset:
-    """The deterministic multi-view dataset the probe's features come from (``tools/test.py``'s views)."""
-    dataset = build_dataset(cfg, "test", num_classes, list_file=list_file, num_clips=num_clips, crops=crops)
-    if dataset.view_mirror() is not None:
-        raise ConfigError("test.crops", "10 crops with data.flip_label_map: the linear probe does not map the labels "
-                                        "of its mirrored views; use 1 or 3 crops for it (--crops)")
-    return dataset
+@dataclass(frozen=True)
+class FeatureSettings:
+    """How probe features are computed (autocast ``amp``, channels-last clips, at most ``clips_per_forward``
+    clips a forward, what a non-finite feature does: see ``extract_view_features``) and what else their cache
+    key names: ``model_keys``, the settings of the network (backbone, head, consensus, ...), and ``weights``,
+    the initial weights."""
+
+    amp: str
+    channels_last: bool
+    clips_per_forward: int
+    on_nonfinite: str
+    model_keys: dict[str, object]
+    weights: str
 
 
-def probe_features(cfg: Config, model: TSN, dataset: ClipDataset, weights: str, device: torch.device,
-                   cache_dir: Path | None, progress: bool = True, distributed: bool = False) -> ViewFeatures:
-    """Features of every video and view of ``dataset`` from ``model`` (whose weights ``weights`` names, for
-    the cache key), read from / written to ``cache_dir`` when given. Under DDP each rank computes its share
-    and every rank gets all of them."""
+def probe_features(model: TSN, dataset: ClipDataset, loader: DataLoader, settings: FeatureSettings,
+                   device: torch.device, cache_dir: Path | None, progress: bool = True,
+                   distributed: bool = False) -> ViewFeatures:
+    """Features of every video and view of ``dataset`` (read by ``loader``) from ``model``, read from / written
+    to ``cache_dir`` when given. Under DDP each rank computes its share and every rank gets all of them."""
     parts = {"root": str(dataset.root.resolve()), "format": dataset.format, "backend": dataset.backend,
-             "backbone": cfg.model.backbone, "head": cfg.model.head, "consensus": cfg.model.consensus,
-             "bilinear_dim": cfg.model.bilinear_dim, "modality": model.modality,
-             "temporal": [cfg.model.temporal, cfg.model.shift_div, cfg.model.shift_direction],
-             "amp": cfg.train.amp, "weights": weights,
+             **settings.model_keys, "modality": model.modality, "amp": settings.amp, "weights": settings.weights,
              "segments": dataset.num_segments, "new_length": dataset.new_length, "clips": dataset.num_clips,
              "transform": repr(vars(dataset.transform)), "seed": dataset.seed}
     records = "\n".join(f"{r.path} {r.num_frames} {r.label}" for r in dataset.records).encode()
@@ -374,12 +372,11 @@ def probe_features(cfg: Config, model: TSN, dataset: ClipDataset, weights: str, 
     if cached is not None and cached.features.shape[0] == len(dataset) and cached.features.shape[-1] == width:
         logger.info("probe features of %d videos from %s", len(dataset), path)
         return cached
-    loader = build_loader(cfg, dataset, train=False, distributed=distributed)
-    features = extract_view_features(model, loader, device, len(dataset), cfg.train.amp, progress,
-                                     cfg.train.channels_last, cfg.test.clips_per_forward, cfg.test.on_nonfinite,
+    features = extract_view_features(model, loader, device, len(dataset), settings.amp, progress,
+                                     settings.channels_last, settings.clips_per_forward, settings.on_nonfinite,
                                      check=not distributed)
     if distributed:  # every rank sees every row, so that all of them refuse a non-finite one together
-        features = refuse_nonfinite(_gather_features(features), dataset.path, cfg.test.on_nonfinite)
+        features = refuse_nonfinite(_gather_features(features), dataset.path, settings.on_nonfinite)
     if path is not None and (not distributed or torch.distributed.get_rank() == 0):
         save_cached(path, features)
     return features
@@ -403,41 +400,13 @@ def _gather_features(local: ViewFeatures) -> ViewFeatures:
     return ViewFeatures(features, labels, tuple(sorted(skipped)), read)
 
 
-def pretrained_name(cfg: Config) -> str:
-    """The backbone's initial weights for the cache key: the ImageNet file, a named file (with its size and
-    time), or random (``false``, seeded with ``train.seed``)."""
-    pretrained = cfg.model.pretrained
-    if isinstance(pretrained, str):
-        path = resolve_path(cfg.data, pretrained)
-        stat = path.stat() if path.exists() else None
-        return f"file:{path.resolve()}:{stat.st_size if stat else 0}:{stat.st_mtime_ns if stat else 0}"
-    return "imagenet" if pretrained else f"random:{cfg.train.seed}"
-
-
-def run_linear_probe(cfg: Config, out_dir: Path, train_list: Path | None = None, test_list: Path | None = None,
-                     checkpoint: Path | None = None, l2: float | None = None, num_clips: int | None = None,
-                     crops: int | None = None, device: str = "auto", cache_dir: Path | None = None,
-                     progress: bool = True) -> ProbeResult:
-    """Linear probe of the frozen backbone (ImageNet weights, or ``checkpoint``'s): features of the train and
-    test lists (``data.train_list`` and ``data.test_list`` by default), the fit, and ``tools/test.py``'s
-    report files under ``out_dir`` plus ``probe.json`` and ``classifier.npz``."""
-    torch_device = resolve_device(device)
-    class_names = build_class_names(cfg)
+def probe_report(train: ViewFeatures, test: ViewFeatures, test_set: ClipDataset, class_names: list[str],
+                 out_dir: Path, l2: float | None, seed: int) -> ProbeResult:
+    """Fit the probe on ``train`` (``l2`` None: chosen by cross-validation seeded with ``seed``), score ``test``
+    (the features of ``test_set``), and write ``tools/test.py``'s report files under ``out_dir`` plus
+    ``probe.json`` and ``classifier.npz``."""
     num_classes = len(class_names)
-    torch.manual_seed(cfg.train.seed)  # new head layers (the bilinear reduction) as the trainer draws them
-    model = load_inference_model(cfg, num_classes, checkpoint).to(torch_device)
-    if cfg.train.channels_last:
-        model.to(memory_format=torch.channels_last)
-    weights = pretrained_name(cfg) if checkpoint is None else \
-        f"{checkpoint.resolve()}:{checkpoint.stat().st_size}:{checkpoint.stat().st_mtime_ns}"
-    cache = cache_dir if cache_dir is not None else out_dir / "cache"
-    train_set = probe_dataset(cfg, train_list or list_path(cfg, "train"), num_classes, num_clips, crops)
-    test_set = probe_dataset(cfg, test_list or list_path(cfg, "test"), num_classes, num_clips, crops)
-    logger.info("linear probe: %d train and %d test videos, %d view(s) each", len(train_set), len(test_set),
-                train_set.num_clips * (crops if crops is not None else cfg.test.crops))
-    train = probe_features(cfg, model, train_set, weights, torch_device, cache, progress)
-    test = probe_features(cfg, model, test_set, weights, torch_device, cache, progress)
-    fit, seconds = timed_fit(train, num_classes, l2, cfg.train.seed)
+    fit, seconds = timed_fit(train, num_classes, l2, seed)
     scores = np.full((len(test_set), num_classes), np.nan)
     readable = test.readable
     scores[readable] = fit.classifier.video_scores(test.features[readable])
@@ -451,23 +420,9 @@ def run_linear_probe(cfg: Config, out_dir: Path, train_list: Path | None = None,
     return ProbeResult(fit, report)
 
 
-def probe_init_head(cfg: Config, model: TSN, num_classes: int, device: torch.device, cache_dir: Path | None,
-                    distributed: bool = False, progress: bool = True) -> ProbeFit:
-    """LP-FT's first stage: fit the probe on the training list's features from ``model`` as it is now (its
-    pretrained backbone) and copy it into ``model.head.fc``."""
-    if cfg.model.consensus not in ("avg", "feature_max"):
-        raise ConfigError("train.head_init", "linear_probe needs model.consensus: avg or feature_max (the probe is "
-                          "a linear classifier of the pooled segment features, which max of scores does not compute)")
-    moving = model.batch_statistics_layers()
-    if moving:
-        raise ConfigError("train.head_init", f"linear_probe: {len(moving)} BatchNorm layer(s) would train on batch "
-                          f"statistics (first: {moving[0]}), so the head would not see the features the probe is "
-                          f"fitted on: set model.freeze_bn: true (or freeze the backbone, or partial BN with "
-                          f"model.frozen_stages >= 1), or train.head_init: random")
-    dataset = probe_dataset(cfg, list_path(cfg, "train"), num_classes, None, None)
-    logger.info("linear probe for the head: %d train videos, %d view(s) each", len(dataset),
-                dataset.num_clips * cfg.test.crops)
-    features = probe_features(cfg, model, dataset, pretrained_name(cfg), device, cache_dir, progress, distributed)
-    fit, _ = timed_fit(features, num_classes, None, cfg.train.seed)
+def fit_head(model: TSN, features: ViewFeatures, num_classes: int, seed: int) -> ProbeFit:
+    """Fit the probe on ``features`` (of the training list, from ``model`` as it is now) and copy it into
+    ``model.head.fc``: LP-FT's first stage."""
+    fit, _ = timed_fit(features, num_classes, None, seed)
     init_head(model, fit.classifier)
     return fit

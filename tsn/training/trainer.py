@@ -1,9 +1,10 @@
 """The training loop: one device or torchrun/DDP, checkpoints and resume, logs and curves.
 
-Per epoch: train with the configured recipe (mixup, label smoothing, L1, gradient clipping,
-AMP), step the schedule per iteration, validate every ``train.val_every`` epochs (and after the
-last), then write ``best.pth`` on a new best val top-1 and ``latest.pth``, atomically, one line
-of ``metrics.jsonl`` and the TensorBoard scalars. Only rank 0 writes files.
+The loop takes built objects and plain values (``TrainingRun``, made from a config by
+``tsn.training.build.build_training``). Per epoch (``run_epoch``): train with the recipe (mixup, label
+smoothing, L1, gradient clipping, AMP), step the schedule per iteration, validate every ``train.val_every``
+epochs (and after the last), then write ``best.pth`` on a new best val top-1 and ``latest.pth``, atomically,
+one line of ``metrics.jsonl`` and the TensorBoard scalars. Only rank 0 writes files.
 
 Resume: ``latest.pth`` holds the model, optimizer, schedule, scaler, epoch, best metric,
 config and the RNG states of every generator the run draws from; data order and augmentation
@@ -22,7 +23,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,13 +31,12 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from tsn.runtime.allocator import strategy as allocator_strategy
-from tsn.config import Config, TrainConfig, save_config
+from torch.utils.data import DataLoader
+
 from tsn.data.dataset import SkippedVideo
 from tsn.data.loader import set_loader_epoch
-from tsn.build import (build_class_names, build_dataset, build_loader, build_optimizer, build_tsn, list_path,
-                              temporal_settings, val_is_test_list)
 from tsn.checkpoint import (
+    LATEST,
     CheckpointError,
     capture_rng_state,
     check_trained_with,
@@ -46,20 +46,21 @@ from tsn.checkpoint import (
     save_checkpoint,
     set_generator_state,
 )
-from tsn.runtime.distributed import DistInfo, barrier, cleanup_distributed, init_distributed
+from tsn.runtime.distributed import DistInfo, barrier
 from tsn.training.ema import WeightAverage
 from tsn.evaluation.evaluate import autocast_context, evaluate
 from tsn.training.losses import cross_entropy, l1_penalty, mixup, mixup_cross_entropy
 from tsn.evaluation.metrics import EpochMetrics, MetricAccumulator, confusion_matrix_image
 from tsn.data.prefetch import DevicePrefetcher
-from tsn.training.linear_probe import probe_init_head
-from tsn.training.schedulers import build_scheduler
+from tsn.training.schedulers import LRSchedule
 from tsn.fileio import atomic_write_text
-from tsn.models import convert_sync_batchnorm, load_state_dict_flexible, unwrap
+from tsn.models import TSN, load_state_dict_flexible, unwrap
+
+if TYPE_CHECKING:
+    from tensorboardX import SummaryWriter
 
 logger = logging.getLogger("tsn.train")
 
-LATEST = "latest.pth"
 # Steps between host syncs of the training loss (progress bar and the check for a NaN/inf loss).
 SYNC_EVERY = 10
 BEST = "best.pth"
@@ -73,6 +74,62 @@ class TrainResult:
     best_top1: float
     last_val: EpochMetrics | None
     work_dir: Path
+
+
+@dataclass(frozen=True)
+class LossRecipe:
+    """What ``compute_loss`` makes of a batch: autocast ``amp`` ("none", "bf16", "fp16"), mixup's Beta
+    ``mixup_alpha`` (0: off), ``label_smoothing`` and the ``l1`` weight penalty (0: off)."""
+
+    amp: str = "none"
+    mixup_alpha: float = 0.0
+    label_smoothing: float = 0.0
+    l1: float = 0.0
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The plain values the loop reads: ``epochs`` in the schedule, validation every ``val_every`` epochs (and
+    after the last), the ``seed``, the loss, gradient clipping (None: off), channels-last clips, and the
+    validation's clips per forward and what a non-finite score does there."""
+
+    epochs: int
+    val_every: int
+    seed: int
+    loss: LossRecipe
+    clip_grad_norm: float | None
+    channels_last: bool
+    clips_per_forward: int
+    on_nonfinite: str
+
+
+@dataclass
+class TrainingRun:
+    """A run's state: what it trains (``model``; ``net`` is what the steps call: DDP- or compile-wrapped, or
+    ``model``), with what, on which data, where its files go and where it stands. ``config``: the run's
+    config as a plain dict, stored in every checkpoint; ``selected_on``: the validation list ``best.pth``
+    names; ``segment_seconds``: the training clips' median segment spacing (rank 0), kept for streaming."""
+
+    model: TSN
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    scaler: torch.amp.GradScaler
+    mix_rng: np.random.Generator
+    ema: WeightAverage | None
+    train_loader: DataLoader
+    val_loader: DataLoader
+    class_names: list[str]
+    info: DistInfo
+    work_dir: Path
+    recipe: Recipe
+    config: dict[str, Any]
+    selected_on: str
+    val_is_test: bool
+    segment_seconds: float | None
+    start_epoch: int = 0
+    best_top1: float = -1.0
+    last_val: EpochMetrics | None = None
 
 
 def setup_logging(work_dir: Path | None, is_main: bool) -> None:
@@ -163,7 +220,7 @@ def gather_skipped(skipped: list[SkippedVideo], info: DistInfo) -> list[SkippedV
     return [SkippedVideo(*item) for part in gather_objects([tuple(s) for s in skipped], info) for item in part]
 
 
-def _truncate_jsonl(path: Path, last_epoch: int) -> None:
+def truncate_jsonl(path: Path, last_epoch: int) -> None:
     """Keep the ``metrics.jsonl`` lines of epochs up to ``last_epoch`` (a resumed run rewrites the rest)."""
     if not path.is_file():
         return
@@ -184,185 +241,90 @@ def _current_lr(optimizer: torch.optim.Optimizer) -> float:
     return max(float(group["lr"]) for group in optimizer.param_groups)
 
 
-def train(cfg: Config, work_dir: Path, resume: bool = False, device: str = "auto",
-          progress: bool = True, stop_after_epoch: int | None = None) -> TrainResult:
-    """Train the TSN ``cfg`` describes; files under ``work_dir``; ``resume`` continues from ``latest.pth``.
-
-    ``stop_after_epoch``: return once this many epochs (of the ``train.epochs`` schedule) are done,
-    as a run cut short by a time limit would; ``resume`` later finishes it. None: train to the end.
-    """
-    info = init_distributed(device)
-    try:
-        return _train(cfg, Path(work_dir), resume, info, progress, stop_after_epoch)
-    finally:
-        cleanup_distributed(info)
-
-
-def _train(cfg: Config, work_dir: Path, resume: bool, info: DistInfo, progress: bool,
-           stop_after_epoch: int | None) -> TrainResult:
-    tcfg = cfg.train
-    setup_logging(work_dir, info.is_main)
-    seed_everything(tcfg.seed, tcfg.deterministic)
-    if info.is_main:
-        work_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, work_dir / "config.yaml")
-    class_names = build_class_names(cfg)
-    num_classes = len(class_names)
-    train_set = build_dataset(cfg, "train", num_classes)
-    val_set = build_dataset(cfg, "val", num_classes)
-    train_loader = build_loader(cfg, train_set, train=True, distributed=info.distributed)
-    val_loader = build_loader(cfg, val_set, train=False, distributed=info.distributed)
-    if len(train_loader) == 0:
-        raise ValueError(f"{len(train_set)} training videos make no full batch of {cfg.data.batch_size} "
-                         f"per process: lower data.batch_size")
-    logger.info("%d classes; %d train and %d val videos; %d steps per epoch on %d process(es), device %s",
-                num_classes, len(train_set), len(val_set), len(train_loader), info.world_size, info.device)
-    logger.info("memory allocator: %s", allocator_strategy())
-    segment_seconds = train_set.segment_seconds() if info.is_main else None  # kept for streaming (tsn.apps.stream)
-    val_is_test = val_is_test_list(cfg)
-    if val_is_test and tcfg.val_every >= tcfg.epochs:
-        logger.info("the validation list is the test list, validated only after the last epoch: nothing is chosen "
-                    "on it")
-    elif val_is_test:
-        logger.warning("the validation list is the test list (%s): best.pth is chosen on the videos it would be "
-                       "tested on, so its test accuracy is optimistic; test latest.pth, or validate on a split of "
-                       "the training list (tools/build_lists.py --carve-val)", list_path(cfg, "val"))
-
-    model = build_tsn(cfg, num_classes)
-    spec = model.spec
-    mean, std = tuple(spec.mean), tuple(spec.std)
-    if info.distributed and info.device.type == "cuda":
-        model = convert_sync_batchnorm(model)
-    model.to(info.device)
-    use_cuda = info.device.type == "cuda"
-    if tcfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(tcfg, model)
-    schedule = build_scheduler(optimizer, tcfg, len(train_loader))
-    scaler = torch.amp.GradScaler(info.device.type, enabled=tcfg.amp == "fp16" and use_cuda)
-    mix_rng = np.random.default_rng([tcfg.seed, info.rank, 7])
-
-    ema = WeightAverage(model, tcfg.ema_decay) if tcfg.ema_decay is not None else None
-    start_epoch, best_top1 = 0, -1.0
-    if resume:
-        start_epoch, best_top1 = _resume(work_dir, model, optimizer, schedule, scaler, mix_rng, ema, info,
-                                         tcfg.seed, temporal_settings(cfg))
-        if info.is_main:
-            _truncate_jsonl(work_dir / "metrics.jsonl", start_epoch)
-    if start_epoch == 0 and tcfg.head_init == "linear_probe":
-        probe_init_head(cfg, model, num_classes, info.device, work_dir / "probe_cache", info.distributed,
-                        progress and info.is_main)
-        if ema is not None:
-            ema.module.load_state_dict(model.state_dict())  # the average starts from the probed head
-
+def training_net(model: TSN, info: DistInfo, compile_model: bool) -> nn.Module:
+    """What the training steps call: ``model`` wrapped in DDP under torchrun, compiled when asked."""
     net: nn.Module = model
     if info.distributed:
-        net = DistributedDataParallel(model, device_ids=[info.local_rank] if use_cuda else None)
-    if tcfg.compile:
+        net = DistributedDataParallel(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+    if compile_model:
         net = torch.compile(net)
-    if start_epoch == 0:
-        # The model, its probed head and the average above came from the shared seed, the same on
-        # every rank; from here each rank draws its own dropout masks from its own stream (a resumed
-        # run restored the states each rank had instead, in _resume).
-        seed_random_generators(rank_seed(tcfg.seed, info.rank))
+    return net
 
-    writer = _summary_writer(work_dir) if info.is_main else None
-    skip_log = SkipLog(work_dir / "skipped.csv" if info.is_main else None)
-    last_val: EpochMetrics | None = None
-    end_epoch = tcfg.epochs if stop_after_epoch is None else min(stop_after_epoch, tcfg.epochs)
-    for epoch in range(start_epoch, end_epoch):
-        started = time.time()
-        set_loader_epoch(train_loader, epoch)
-        first_lr = _current_lr(optimizer)  # the rate of this epoch's first step (the schedule set it)
-        train_metrics, skipped, last_lr = _train_epoch(net, model, train_loader, optimizer, schedule, scaler,
-                                                       mix_rng, ema, cfg, info, mean, std, num_classes, epoch,
-                                                       progress)
-        skip_log.add(gather_skipped(skipped, info), "train")
-        val_due = (epoch + 1) % tcfg.val_every == 0 or epoch + 1 == tcfg.epochs
-        val_metrics = None
-        if val_due:
-            set_loader_epoch(val_loader, epoch)
-            evaluated = ema.module if ema is not None else net  # the averaged weights are the model that is kept
-            val_metrics, predictions = evaluate(evaluated, val_loader, info.device, num_classes, mean, std, tcfg.amp,
-                                                progress=progress and info.is_main,
-                                                channels_last=tcfg.channels_last,
-                                                clips_per_forward=cfg.test.clips_per_forward,
-                                                on_nonfinite=cfg.test.on_nonfinite)
-            skip_log.add(gather_skipped(list(predictions.skipped), info), "val")
-            last_val = val_metrics
-        schedule.step_epoch(val_metrics.top1 if val_metrics is not None else None)
-        is_best = val_metrics is not None and val_metrics.top1 > best_top1
-        if is_best:
-            best_top1 = val_metrics.top1
-        if info.is_main:
-            record = {"epoch": epoch + 1, "train_loss": train_metrics.loss, "train_top1": train_metrics.top1,
-                      "train_mean_class_accuracy": train_metrics.mean_class_accuracy,
-                      "val_loss": val_metrics.loss if val_metrics else None,
-                      "val_top1": val_metrics.top1 if val_metrics else None,
-                      "val_mean_class_accuracy": val_metrics.mean_class_accuracy if val_metrics else None,
-                      "lr": first_lr, "lr_last": last_lr,
-                      "train_samples": train_metrics.count, "val_samples": val_metrics.count if val_metrics else None,
-                      "val_skipped": val_metrics.skipped if val_metrics else None,
-                      "val_is_test_list": val_is_test,
-                      "seconds": round(time.time() - started, 2)}
-            _append_jsonl(work_dir / "metrics.jsonl", record)
-            _log_scalars(writer, record, epoch + 1)
-        random_states = gather_objects((capture_rng_state(), generator_state(mix_rng)), info)  # every rank's
-        if info.is_main:
-            state = _checkpoint_state(cfg, class_names, model, optimizer, schedule, scaler, random_states, ema,
-                                      epoch + 1, best_top1)
-            state["segment_seconds"] = segment_seconds
-            # best first: latest.pth records the new best, so a kill between the two writes must leave
-            # best.pth ahead of it (the resumed epoch writes both again), never behind it for good
-            if is_best:
-                # best.pth names the list it was chosen on, so that testing it on that list is flagged
-                save_checkpoint({**state, "selected_on": str(list_path(cfg, "val").resolve())}, work_dir / BEST,
-                                keep_previous=False)
-            save_checkpoint(state, work_dir / LATEST)
-            val_text = (f"val loss {val_metrics.loss:.4f} top1 {val_metrics.top1:.4f} "
-                        f"mca {val_metrics.mean_class_accuracy:.4f} on {val_metrics.count} videos"
-                        + (f" ({val_metrics.skipped} skipped)" if val_metrics.skipped else "")) \
-                if val_metrics else "no val"
-            logger.info("epoch %d/%d: train loss %.4f top1 %.4f mca %.4f, %s, lr %.3g to %.3g, %.1fs", epoch + 1,
-                        tcfg.epochs, train_metrics.loss, train_metrics.top1, train_metrics.mean_class_accuracy,
-                        val_text, first_lr, last_lr, time.time() - started)
+
+def run_training(run: TrainingRun, progress: bool = True, stop_after_epoch: int | None = None) -> TrainResult:
+    """Train ``run`` from its start epoch to ``recipe.epochs``; ``stop_after_epoch``: return once this many epochs
+    are done, as a run cut short by a time limit would (a resumed run finishes it). Rank 0 writes the files."""
+    info = run.info
+    writer = _summary_writer(run.work_dir) if info.is_main else None
+    skip_log = SkipLog(run.work_dir / "skipped.csv" if info.is_main else None)
+    end_epoch = run.recipe.epochs if stop_after_epoch is None else min(stop_after_epoch, run.recipe.epochs)
+    for epoch in range(run.start_epoch, end_epoch):
+        run_epoch(run, epoch, writer, skip_log, progress)
         barrier(info)
     if writer is not None:
-        if last_val is not None:
-            image = confusion_matrix_image(last_val.confusion, class_names)
+        if run.last_val is not None:
+            image = confusion_matrix_image(run.last_val.confusion, run.class_names)
             writer.add_image("val/confusion_matrix", image, end_epoch, dataformats="HWC")
         writer.close()
     if skip_log.count:
-        logger.warning("%d unreadable sample(s) were replaced; see %s", skip_log.count, work_dir / "skipped.csv")
-    return TrainResult(end_epoch, max(best_top1, 0.0), last_val, work_dir)
+        logger.warning("%d unreadable sample(s) were replaced; see %s", skip_log.count, run.work_dir / "skipped.csv")
+    return TrainResult(end_epoch, max(run.best_top1, 0.0), run.last_val, run.work_dir)
 
 
-def _train_epoch(net: nn.Module, model: nn.Module, loader, optimizer, schedule, scaler, mix_rng,
-                 ema: WeightAverage | None, cfg: Config, info: DistInfo, mean, std, num_classes: int, epoch: int,
-                 progress: bool) -> tuple[EpochMetrics, list[SkippedVideo], float]:
-    """One pass over ``loader``; metrics accumulate on the device and sync once at the end.
+def run_epoch(run: TrainingRun, epoch: int, writer: SummaryWriter | None, skip_log: SkipLog, progress: bool) -> None:
+    """Epoch ``epoch`` (0-based): train, validate when due, step the schedule per epoch, then (rank 0) the
+    metrics record, the checkpoints and the log line."""
+    info, recipe = run.info, run.recipe
+    started = time.time()
+    set_loader_epoch(run.train_loader, epoch)
+    first_lr = _current_lr(run.optimizer)  # the rate of this epoch's first step (the schedule set it)
+    train_metrics, skipped, last_lr = train_one_epoch(run, epoch, progress)
+    skip_log.add(gather_skipped(skipped, info), "train")
+    val_metrics = None
+    if (epoch + 1) % recipe.val_every == 0 or epoch + 1 == recipe.epochs:
+        val_metrics, val_skipped = validate(run, epoch, progress)
+        skip_log.add(gather_skipped(val_skipped, info), "val")
+        run.last_val = val_metrics
+    run.schedule.step_epoch(val_metrics.top1 if val_metrics is not None else None)
+    is_best = val_metrics is not None and val_metrics.top1 > run.best_top1
+    if is_best:
+        run.best_top1 = val_metrics.top1
+    if info.is_main:
+        record = epoch_record(epoch + 1, train_metrics, val_metrics, (first_lr, last_lr), run.val_is_test,
+                              time.time() - started)
+        _append_jsonl(run.work_dir / "metrics.jsonl", record)
+        _log_scalars(writer, record, epoch + 1)
+    random_states = gather_objects((capture_rng_state(), generator_state(run.mix_rng)), info)  # every rank's
+    if info.is_main:
+        write_checkpoints(run, epoch + 1, is_best, random_states)
+        log_epoch(epoch + 1, recipe.epochs, train_metrics, val_metrics, (first_lr, last_lr), time.time() - started)
+
+
+def train_one_epoch(run: TrainingRun, epoch: int, progress: bool) -> tuple[EpochMetrics, list[SkippedVideo], float]:
+    """One pass over the training loader; metrics accumulate on the device and sync once at the end.
 
     Returns the metrics, the videos skipped, and the (head) learning rate of the last step taken."""
     from tqdm import tqdm
 
-    tcfg = cfg.train
-    net.train()
-    meter = MetricAccumulator(num_classes, info.device)
+    info, recipe, model = run.info, run.recipe, run.model
+    run.net.train()
+    meter = MetricAccumulator(len(run.class_names), info.device)
     skipped: list[SkippedVideo] = []
     # On CUDA the next batch is copied and normalised on a side stream while this step runs.
-    batches = DevicePrefetcher(loader, info.device, mean, std, tcfg.channels_last)
-    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{tcfg.epochs}", disable=not (progress and info.is_main),
+    batches = DevicePrefetcher(run.train_loader, info.device, tuple(model.spec.mean), tuple(model.spec.std),
+                               recipe.channels_last)
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{recipe.epochs}", disable=not (progress and info.is_main),
                dynamic_ncols=True, leave=False)
-    last_lr = _current_lr(optimizer)
+    last_lr = _current_lr(run.optimizer)
     for step, batch in enumerate(bar):
         skipped.extend(batch.skipped)
         clips, labels = batch.clips, batch.labels  # (B, T, C, H, W) float, normalised on the device
-        logits, loss = compute_loss(net, model, clips, labels, tcfg, mix_rng, info.device)
-        last_lr = _current_lr(optimizer)
-        optimizer_step(loss, model, optimizer, scaler, tcfg.clip_grad_norm)
-        if ema is not None:
-            ema.update(model)
-        schedule.step_iteration()
+        logits, loss = compute_loss(run.net, model, clips, labels, recipe.loss, run.mix_rng, info.device)
+        last_lr = _current_lr(run.optimizer)
+        optimizer_step(loss, model, run.optimizer, run.scaler, recipe.clip_grad_norm)
+        if run.ema is not None:
+            run.ema.update(model)
+        run.schedule.step_iteration()
         meter.update(logits.detach().float(), labels, loss.detach())
         if step % SYNC_EVERY == 0:
             # One host sync every SYNC_EVERY steps (not every step, which would stall the GPU queue).
@@ -371,12 +333,63 @@ def _train_epoch(net: nn.Module, model: nn.Module, loader, optimizer, schedule, 
                 raise FloatingPointError(f"loss is {loss_value} at epoch {epoch + 1} step {step}: lower train.lr "
                                          f"or set train.clip_grad_norm")
             if progress and info.is_main:
-                bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{_current_lr(optimizer):.2g}")
+                bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{_current_lr(run.optimizer):.2g}")
     return meter.compute(), skipped, last_lr
 
 
+def validate(run: TrainingRun, epoch: int, progress: bool) -> tuple[EpochMetrics, list[SkippedVideo]]:
+    """The validation metrics after epoch ``epoch`` (synced across ranks) and this rank's skipped videos; the
+    weight average is validated when the run keeps one (it is the model that is kept)."""
+    recipe, model = run.recipe, run.model
+    set_loader_epoch(run.val_loader, epoch)
+    evaluated = run.ema.module if run.ema is not None else run.net
+    metrics, predictions = evaluate(evaluated, run.val_loader, run.info.device, len(run.class_names),
+                                    tuple(model.spec.mean), tuple(model.spec.std), recipe.loss.amp,
+                                    progress=progress and run.info.is_main, channels_last=recipe.channels_last,
+                                    clips_per_forward=recipe.clips_per_forward, on_nonfinite=recipe.on_nonfinite)
+    return metrics, list(predictions.skipped)
+
+
+def epoch_record(epoch: int, train: EpochMetrics, val: EpochMetrics | None, lrs: tuple[float, float],
+                 val_is_test: bool, seconds: float) -> dict[str, Any]:
+    """One line of ``metrics.jsonl``: epoch ``epoch`` (1-based), its train and val metrics (None: not
+    validated), its first and last learning rate, and its seconds."""
+    return {"epoch": epoch, "train_loss": train.loss, "train_top1": train.top1,
+            "train_mean_class_accuracy": train.mean_class_accuracy,
+            "val_loss": val.loss if val else None,
+            "val_top1": val.top1 if val else None,
+            "val_mean_class_accuracy": val.mean_class_accuracy if val else None,
+            "lr": lrs[0], "lr_last": lrs[1],
+            "train_samples": train.count, "val_samples": val.count if val else None,
+            "val_skipped": val.skipped if val else None,
+            "val_is_test_list": val_is_test,
+            "seconds": round(seconds, 2)}
+
+
+def log_epoch(epoch: int, epochs: int, train: EpochMetrics, val: EpochMetrics | None, lrs: tuple[float, float],
+              seconds: float) -> None:
+    """The log line of epoch ``epoch`` (1-based) of ``epochs``."""
+    val_text = (f"val loss {val.loss:.4f} top1 {val.top1:.4f} mca {val.mean_class_accuracy:.4f} on {val.count} "
+                f"videos" + (f" ({val.skipped} skipped)" if val.skipped else "")) if val else "no val"
+    logger.info("epoch %d/%d: train loss %.4f top1 %.4f mca %.4f, %s, lr %.3g to %.3g, %.1fs", epoch, epochs,
+                train.loss, train.top1, train.mean_class_accuracy, val_text, lrs[0], lrs[1], seconds)
+
+
+def write_checkpoints(run: TrainingRun, epoch: int, is_best: bool,
+                      random_states: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+    """``latest.pth`` after ``epoch`` epochs and, on a new best, ``best.pth`` first (rank 0)."""
+    state = checkpoint_state(run, random_states, epoch)
+    state["segment_seconds"] = run.segment_seconds
+    # best first: latest.pth records the new best, so a kill between the two writes must leave
+    # best.pth ahead of it (the resumed epoch writes both again), never behind it for good
+    if is_best:
+        # best.pth names the list it was chosen on, so that testing it on that list is flagged
+        save_checkpoint({**state, "selected_on": run.selected_on}, run.work_dir / BEST, keep_previous=False)
+    save_checkpoint(state, run.work_dir / LATEST)
+
+
 def compute_loss(net: nn.Module, model: nn.Module, clips: torch.Tensor, labels: torch.Tensor,
-                 recipe: TrainConfig, mix_rng: np.random.Generator,
+                 recipe: LossRecipe, mix_rng: np.random.Generator,
                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward ``clips`` (B, T, C, H, W) float through ``net`` with the recipe's mixup, label
     smoothing and L1 on ``model``'s weights (under autocast for ``recipe.amp``) -> (logits (B, classes), loss)."""
@@ -413,33 +426,34 @@ def optimizer_step(loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.
     return norm
 
 
-def _checkpoint_state(cfg: Config, class_names: list[str], model: nn.Module, optimizer, schedule, scaler,
-                      random_states: list[tuple[dict[str, Any], dict[str, Any]]], ema: WeightAverage | None,
-                      epoch: int, best_top1: float) -> dict[str, Any]:
-    """What ``latest.pth`` and ``best.pth`` hold; ``ema`` (the averaged weights, with
+def checkpoint_state(run: TrainingRun, random_states: list[tuple[dict[str, Any], dict[str, Any]]],
+                     epoch: int) -> dict[str, Any]:
+    """What ``latest.pth`` and ``best.pth`` hold after ``epoch`` epochs; the weight average (with
     ``train.ema_decay``) is what ``tsn.checkpoint.inference_weights`` gives for testing.
     ``random_states``: per rank, (``capture_rng_state()``, the mixup generator's state). The config
-    and ``class_names`` make the file enough to infer with (``tsn.evaluation.inference.load_trained``)."""
-    extra = {"ema": ema.state_dict()} if ema is not None else {}
+    and the class names make the file enough to infer with (``tsn.evaluation.inference.load_trained``)."""
+    extra = {"ema": run.ema.state_dict()} if run.ema is not None else {}
     return {**extra,
-        "model": unwrap(model).state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": schedule.state_dict(),
-        "scaler": scaler.state_dict(),
+        "model": unwrap(run.model).state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.schedule.state_dict(),
+        "scaler": run.scaler.state_dict(),
         "epoch": epoch,
-        "best_top1": best_top1,
-        "config": cfg.to_dict(),
-        "class_names": list(class_names),
+        "best_top1": run.best_top1,
+        "config": run.config,
+        "class_names": list(run.class_names),
         "rng": [global_state for global_state, _ in random_states],  # one per rank
         "mixup_rng": [mixup_state for _, mixup_state in random_states],
     }
 
 
-def _resume(work_dir: Path, model: nn.Module, optimizer, schedule, scaler, mix_rng,
-            ema: WeightAverage | None, info: DistInfo, seed: int, settings: dict[str, object]) -> tuple[int, float]:
-    """Load ``latest.pth`` (or its previous copy when it is corrupt); returns (next epoch, best top-1).
+def resume_from_latest(run: TrainingRun, settings: dict[str, object]) -> tuple[int, float]:
+    """Load ``latest.pth`` (or its previous copy when it is corrupt) into ``run``'s model, optimizer, schedule,
+    scaler and weight average; returns (next epoch, best top-1). ``settings``: the config keys the checkpoint
+    must have been trained with (``tsn.checkpoint.check_trained_with``).
 
     Each rank restores its own random states (``_restore_random_states``)."""
+    work_dir = run.work_dir
     if not (work_dir / LATEST).exists() and not any(work_dir.glob("latest*.pth")):
         logger.warning("--resume: no checkpoint in %s, starting from scratch", work_dir)
         return 0, -1.0
@@ -447,18 +461,18 @@ def _resume(work_dir: Path, model: nn.Module, optimizer, schedule, scaler, mix_r
         state, used = load_latest_good(work_dir, LATEST)
     except CheckpointError as err:
         raise CheckpointError(err.path, f"cannot resume: {err.reason}") from None
-    net = unwrap(model)
+    net = unwrap(run.model)
     check_trained_with(state, used, {"model.consensus": net.consensus, "data.num_segments": net.num_segments,
                                         **settings})
     load_state_dict_flexible(net, state["model"], strict=True)
-    optimizer.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
-    _restore_random_states(state, used, mix_rng, info, seed)
-    if ema is not None:
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.schedule.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    _restore_random_states(state, used, run.mix_rng, run.info, run.recipe.seed)
+    if run.ema is not None:
         if "ema" not in state:
             raise CheckpointError(used, "cannot resume with train.ema_decay: the checkpoint has no weight average")
-        ema.load_state_dict(state["ema"])
+        run.ema.load_state_dict(state["ema"])
     logger.info("resumed from %s at epoch %d (best val top1 %.4f)", used, state["epoch"], state["best_top1"])
     return int(state["epoch"]), float(state["best_top1"])
 
@@ -486,14 +500,14 @@ def _restore_random_states(state: dict[str, Any], used: Path, mix_rng: np.random
     set_generator_state(mix_rng, generator_state(np.random.default_rng([seed, info.rank, 7, epoch])))
 
 
-def _summary_writer(work_dir: Path):
+def _summary_writer(work_dir: Path) -> SummaryWriter:
     """A tensorboardX writer under ``work_dir/tb``."""
     from tensorboardX import SummaryWriter
 
     return SummaryWriter(str(work_dir / "tb"))
 
 
-def _log_scalars(writer, record: dict[str, Any], epoch: int) -> None:
+def _log_scalars(writer: SummaryWriter | None, record: dict[str, Any], epoch: int) -> None:
     if writer is None:
         return
     for key, tag in (("train_loss", "train/loss"), ("train_top1", "train/top1"),
