@@ -1,11 +1,11 @@
 """Read every entry of one or more lists as training would, and report each bad one with its reason.
 
-    python tools/check_videos.py --src ROOT --list LIST [--list LIST ...] [--csv OUT.csv] [--workers N]
-                                 [--format video|rawframes|flow] [--new-length L] [--backend auto|pyav|decord|opencv|torchcodec]
+    python tools/check_videos.py --src ROOT --list LIST [--list LIST ...] [--out-file OUT.csv] [--workers N]
+                                 [--list-format video|rawframes|flow] [--new-length L] [--backend auto|pyav|decord|opencv|torchcodec]
                                  [--classes classes.txt] [--num-segments 8] [--num-clips 1]
 
 Each bad entry is printed as ``LIST:LINE: PATH: REASON`` (malformed lines and, with --classes, labels
-outside the class list included); --csv writes them as list_path,line,path,reason. What is read per
+outside the class list included); --out-file writes them as list_path,line,path,reason. What is read per
 video (probe, then the frames of the test sampling) and what that cannot catch: ``tsn.jobs.check``.
 Exit status: 0 when every entry is good, 1 when any is bad, 2 for bad arguments.
 """
@@ -27,9 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--src", type=Path, required=True, help="root folder the lists' paths are relative to")
     parser.add_argument("--list", type=Path, action="append", required=True,
                         help="video or rawframe list (repeatable: --list train.txt --list val.txt)")
-    parser.add_argument("--out-file", type=Path, dest="csv", help="write the bad entries here (CSV)")
+    parser.add_argument("--out-file", type=Path, help="write the bad entries here (CSV)")
     add_workers_arg(parser, "reading processes (0: this process)", minimum=0)
-    parser.add_argument("--list-format", choices=("video", "rawframes", "flow"), default="video", dest="format",
+    parser.add_argument("--list-format", choices=("video", "rawframes", "flow"), default="video",
                         help="flow: the flow folders and list of tools/extract_flow.py")
     add_backend_arg(parser)
     parser.add_argument("--classes", type=Path, help="class list: labels outside it are reported")
@@ -53,15 +53,15 @@ def main() -> int:
     if args.classes is not None and not args.classes.is_file():
         raise UsageError(f"--classes {args.classes}: no such file")
     num_classes = len(read_class_names(args.classes)) if args.classes is not None else None
-    new_length = args.new_length or DEFAULT_NEW_LENGTH["flow" if args.format == "flow" else "rgb"]
-    report = check_lists(args.src, args.list, args.format, args.backend, num_classes, args.num_segments,
+    new_length = args.new_length or DEFAULT_NEW_LENGTH["flow" if args.list_format == "flow" else "rgb"]
+    report = check_lists(args.src, args.list, args.list_format, args.backend, num_classes, args.num_segments,
                          args.num_clips, args.workers, progress=not args.no_progress, new_length=new_length)
     for problem in report.problems:
         print(problem)
-    if args.csv is not None:
-        write_problems_csv(report.problems, args.csv)
+    if args.out_file is not None:
+        write_problems_csv(report.problems, args.out_file)
     bad = len({(problem.list_path, problem.line) for problem in report.problems})
-    print(f"{report.entries} entries checked, {bad} bad line(s)" + (f" -> {args.csv}" if args.csv else ""))
+    print(f"{report.entries} entries checked, {bad} bad line(s)" + (f" -> {args.out_file}" if args.out_file else ""))
     return 1 if report.problems else 0
 
 

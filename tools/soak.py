@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tsn.cli import UsageError, add_batch_size_arg, add_progress_arg, add_workers_arg, int_at_least, run_main
 from tsn.data.lists import read_video_list
+from tsn.io import BACKEND_CHOICES
 from tsn.measure.soak import soak, train_soak
 
 
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--list", type=Path, help="video list 'rel/path.ext LABEL' (loader soak)")
     parser.add_argument("--train-steps", type=int_at_least(10), help="soak a training process this many steps instead")
     parser.add_argument("--backbone", default="efficientnet_lite0", help="the training soak's backbone (random weights)")
-    parser.add_argument("--backends", nargs="+", choices=("auto", "pyav", "decord", "opencv", "torchcodec"),
+    parser.add_argument("--backends", nargs="+", choices=BACKEND_CHOICES,
                         default=["pyav", "decord", "opencv"])
     parser.add_argument("--epochs", type=int_at_least(2), default=30, help="epochs per backend (the first is the warm-up)")
     add_workers_arg(parser, "loader worker processes")

@@ -1,6 +1,6 @@
 """Metadata of every video in a list, as CSV: path,height,width,num_frames,fps,backend,error.
 
-    python tools/video_info.py --src ROOT --list LIST --csv OUT.csv [--workers N] [--backend auto]
+    python tools/video_info.py --src ROOT --list LIST --out-file OUT.csv [--workers N] [--backend auto]
 
 LIST has lines ``rel/path.ext LABEL`` (paths relative to ROOT). ``num_frames`` is the number of frames
 that really decode (``tsn.io.probe``). An unreadable video gets a row with its reason in ``error``.
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--src", type=Path, required=True, help="root folder the list's paths are relative to")
     parser.add_argument("--list", type=Path, required=True, help="video list 'rel/path.ext LABEL'")
-    parser.add_argument("--out-file", type=Path, required=True, dest="csv", help="output CSV")
+    parser.add_argument("--out-file", type=Path, required=True, help="output CSV")
     add_workers_arg(parser, "probing processes")
     add_backend_arg(parser)
     return parser
@@ -41,9 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     rows = probe_rows(args.src, [record.path for record in records], backend=args.backend, workers=args.workers)
-    write_info_csv(rows, args.csv)
+    write_info_csv(rows, args.out_file)
     failed = sum(1 for row in rows if row.error)
-    print(f"{len(rows)} videos, {failed} unreadable -> {args.csv}")
+    print(f"{len(rows)} videos, {failed} unreadable -> {args.out_file}")
     return 0
 
 
