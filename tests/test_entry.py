@@ -94,3 +94,13 @@ def test_one_meaning_per_flag(path: Path) -> None:
         assert set(flags["--list-format"].choices) <= LIST_FORMATS
     if "--format" in flags:  # the format of what the tool writes
         assert not set(flags["--format"].choices) & LIST_FORMATS
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU")
+def test_asking_for_cuda_without_a_gpu_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from tsn.runtime.device import resolve_device
+
+    def main() -> int:
+        resolve_device("cuda")
+        return 0
+    assert _exit_status(main, capsys) == (2, "error: --device cuda: no CUDA device is available\n")

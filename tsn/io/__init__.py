@@ -17,15 +17,15 @@ Backends: ``BACKENDS`` = pyav, decord, opencv, torchcodec, rawframes (a folder `
 ``RAWFRAME_TEMPLATE``); ``BACKEND_CHOICES`` = what a user names (``--backend``, ``data.backend``): "auto" and the
 backends of video files. ``"auto"`` reads a folder as frames and a file with PyAV, falling back to
 OpenCV (a warning once per file on the logger ``"tsn.io"``; INFO for the packed B-frames PyAV cannot decode,
-counted by ``packed_b_frame_files()``). No reader object outlives a call (decord
+once per process, DEBUG after). No reader object outlives a call (decord
 readers leak memory when kept, decord issues 157 and 208). Frames are in the coded orientation
 (OpenCV's automatic rotation is off), the same for every backend.
 """
 
 from tsn.io.base import FLOW_TEMPLATES, RAWFRAME_TEMPLATE, VIDEO_EXTENSIONS, FrameIndex, VideoInfo, VideoReadError
 from tsn.io.rawframes import count_flow_frames, read_flow
-from tsn.io.reader import BACKEND_CHOICES, BACKENDS, iter_frames, packed_b_frame_files, probe, read, read_first
+from tsn.io.reader import BACKEND_CHOICES, BACKENDS, iter_frames, probe, read, read_first
 
 __all__ = ["BACKENDS", "BACKEND_CHOICES", "FLOW_TEMPLATES", "RAWFRAME_TEMPLATE", "VIDEO_EXTENSIONS", "FrameIndex",
-           "VideoInfo", "VideoReadError", "count_flow_frames", "iter_frames", "packed_b_frame_files", "probe", "read",
+           "VideoInfo", "VideoReadError", "count_flow_frames", "iter_frames", "probe", "read",
            "read_first", "read_flow"]

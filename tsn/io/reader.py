@@ -7,7 +7,7 @@ OpenCV (for ``iter_frames``: OpenCV, then PyAV, see there); a named backend is u
 first backend fails and the second works, one warning on the logger ``"tsn.io"`` says so, once per
 file in each process; except for a file PyAV refuses by design because of its packed B-frames
 (``tsn.io.pyav_backend.PackedBFrames``), which OpenCV reads: the first such file is logged at INFO,
-the others at DEBUG, and ``packed_b_frame_files()`` counts them. When none works, one
+the others at DEBUG with a running count. When none works, one
 ``VideoReadError`` names the file and every backend's reason. The backend that probed
 (``VideoInfo.backend``) then reads every frame of that video, with the ``FrameIndex`` it built: frame
 ``i`` is the ``i``-th frame a player shows, whichever backend.
@@ -71,11 +71,6 @@ def _kind(path: str, backend: str) -> str:
     if not os.access(path, os.R_OK):
         raise VideoReadError(path, "not readable (permission denied)")
     return backend
-
-
-def packed_b_frame_files() -> int:
-    """How many files this process has read with OpenCV because PyAV cannot decode their packed B-frames."""
-    return len(_packed_b_frame_files)
 
 
 def _log_fallback(path: str, refusal: VideoReadError, used: str) -> None:

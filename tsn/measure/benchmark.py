@@ -197,7 +197,7 @@ def deployed_timings(run: Callable[[np.ndarray], np.ndarray], spec: InputSpec, b
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
-        return torch.cuda.getdevice_name(device)
+        return torch.cuda.get_device_name(device)
     return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
