@@ -17,6 +17,7 @@ The command-line side (the jobs of a list or folder, the lists, the errors file,
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -30,14 +31,15 @@ from tsn.runtime.pools import run_unordered
 
 @dataclass(frozen=True)
 class ExtractJob:
-    """One video to work on: ``video`` relative to the source root (``/``-separated, as in a list), its label."""
+    """One video for any batch job (frames, flow, training copies): ``video`` relative to the source root
+    (``/``-separated, as in a list), its label."""
     video: str
     label: int
 
 
 @dataclass(frozen=True)
 class ExtractFailure:
-    """A video that gave no output, with the reason (``path`` as in the job)."""
+    """A video that gave no output in any batch job, with the reason (``path`` as in the job)."""
     path: str
     reason: str
 
@@ -121,6 +123,21 @@ class Plan:
     tasks: list[_Task] = field(default_factory=list)
     task_videos: list[str] = field(default_factory=list)
     skipped: int = 0
+
+
+def read_marker(path: Path) -> tuple[dict, int] | None:
+    """The JSON marker a finished output carries and the frame count it records; None when the file is missing,
+    unreadable, not a JSON object, or records no positive frame count (the output is then made again)."""
+    try:
+        marker = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict):
+        return None
+    num_frames = marker.get("num_frames")
+    if not isinstance(num_frames, int) or num_frames < 1:
+        return None
+    return marker, num_frames
 
 
 def check_job(video: str, source: Path) -> str:

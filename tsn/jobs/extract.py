@@ -38,7 +38,7 @@ import numpy as np
 
 from tsn.io import RAWFRAME_TEMPLATE, VIDEO_EXTENSIONS, VideoReadError, iter_frames
 from tsn.io.base import FLOW_TEMPLATES
-from tsn.jobs.batch import BatchSummary, ExtractJob, ListFile, run_jobs
+from tsn.jobs.batch import BatchSummary, ExtractJob, ListFile, read_marker, run_jobs
 from tsn.jobs.flow import DEFAULT_BOUND, video_flow
 
 MARKER_NAME = ".done"
@@ -161,15 +161,13 @@ def completed_frames(frame_dir: str | os.PathLike, short_side: int, quality: int
     Reads the marker and lists the folder once (the JPEG counts must match the marker's); decodes nothing.
     """
     frame_dir = Path(frame_dir)
+    found = read_marker(frame_dir / MARKER_NAME)
+    if found is None:
+        return None
+    marker, num_frames = found
     try:
-        marker = json.loads((frame_dir / MARKER_NAME).read_text())
         counts = _counts(frame_dir)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(marker, dict):
-        return None
-    num_frames = marker.get("num_frames")
-    if not isinstance(num_frames, int) or num_frames < 1:
+    except OSError:
         return None
     if flow is None:
         expected = {"img": num_frames, "x": 0, "y": 0}

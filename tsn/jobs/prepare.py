@@ -43,7 +43,7 @@ import numpy as np
 
 from tsn.fileio import atomic_write_text
 from tsn.io import VideoReadError, iter_frames, probe
-from tsn.jobs.batch import BatchSummary, ExtractJob, ListFile, run_jobs
+from tsn.jobs.batch import BatchSummary, ExtractJob, ListFile, read_marker, run_jobs
 from tsn.jobs.extract import frame_dir_name, resize_short_side
 
 # --codec -> PyAV's encoder; both take CRF, an exact keyframe interval and non-reference B-frames.
@@ -206,15 +206,13 @@ def completed_copy(target: str | os.PathLike, settings: PrepareSettings, source_
     Reads the marker and stats the copy (its size must be the marker's); decodes nothing.
     """
     target = Path(target)
+    found = read_marker(marker_path(target))
+    if found is None:
+        return None
+    marker, num_frames = found
     try:
-        marker = json.loads(marker_path(target).read_text())
         output_size = target.stat().st_size if target.is_file() else -1
-    except (OSError, ValueError):
-        return None
-    if not isinstance(marker, dict):
-        return None
-    num_frames = marker.get("num_frames")
-    if not isinstance(num_frames, int) or num_frames < 1:
+    except OSError:
         return None
     if marker != _marker(settings, num_frames, source_size, output_size):
         return None
