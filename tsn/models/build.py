@@ -2,8 +2,9 @@
 
 Its defaults are the config's (``tsn.config``) for what the network is (backbone, head, segments, consensus,
 dropout, ...), so that a model built in code computes what an empty config's does (``new_length`` is the RGB
-one: pass it for flow and RGB difference); the BatchNorm controls of fine-tuning (``partial_bn``, ``freeze_bn``, ``fixed_head_statistics``) are off unless asked for: every
-BatchNorm of a model built in code trains, as in plain PyTorch.
+one: pass it for flow and RGB difference); the BatchNorm controls of fine-tuning (``partial_bn``, ``freeze_bn``,
+``fixed_head_statistics``) are off unless asked for: every BatchNorm of a model built in code trains, as in
+plain PyTorch.
 """
 
 from __future__ import annotations
