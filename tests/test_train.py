@@ -15,13 +15,13 @@ import torch
 import yaml
 
 from tiny_training import REPO_ROOT, make_tiny_data, restored_global_state, run_tool, tiny_overrides
-from tsn.config import Config, TrainConfig, load_config
+from tsn.config import Config, load_config
 from tsn.data.synthetic import DemoData
 from tsn.build import build_optimizer, build_tsn
 from tsn.checkpoint import load_checkpoint
 from tsn.apps.demo import run_demo
 from tsn.training.build import train
-from tsn.training.trainer import compute_loss, optimizer_step
+from tsn.training.trainer import LossRecipe, compute_loss, optimizer_step
 
 EPOCHS = 3
 # The resume runs use every generator a run draws from: dropout (torch), mixup (numpy),
@@ -83,7 +83,7 @@ def one_step(base: torch.nn.Module, clip: float | None) -> tuple[torch.nn.Module
     before = [p.detach().clone() for p in model.parameters()]
     generator = torch.Generator().manual_seed(1)
     clips = torch.randn(2, 2, 3, 32, 32, generator=generator)  # (B, T, C, H, W)
-    recipe = TrainConfig(label_smoothing=0.0, clip_grad_norm=clip)
+    recipe = LossRecipe(label_smoothing=0.0)
     _, loss = compute_loss(model, model, clips, torch.tensor([0, 2]), recipe, np.random.default_rng(0),
                            torch.device("cpu"))
     norm = optimizer_step(loss, model, optimizer, torch.amp.GradScaler("cpu", enabled=False), clip)

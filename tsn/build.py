@@ -129,13 +129,14 @@ def build_clip_dataset(cfg: Config, split: Split, records: Sequence[VideoRecord]
         transform = train_transform(data.train_augment, data.input_size, data.short_side, flip=data.flip,
                                     scales=data.train_scales)
         mode, clips = "train", 1
-    elif split == "val":
+    elif split == "val" and (cfg.train.val_num_clips, cfg.train.val_crops) == (1, 1):
         transform = val_transform(data.input_size, data.short_side)
         mode, clips = "val", 1
-    else:
-        views = crops if crops is not None else cfg.test.crops
+    else:  # test, or validation with several views (train.val_num_clips, train.val_crops)
+        views = crops if crops is not None else (cfg.train.val_crops if split == "val" else cfg.test.crops)
+        num_clips = num_clips if num_clips is not None else (cfg.train.val_num_clips if split == "val" else None)
         if views == 10 and not data.flip and not data.flip_label_map:
-            raise ConfigError("test.crops", "10 crops include mirrored views, and a model trained with data.flip: "
+            raise ConfigError("train.val_crops" if split == "val" else "test.crops", "10 crops include mirrored views, and a model trained with data.flip: "
                                             "false has never seen a mirror: use 1 or 3 crops (--crops), or give "
                                             "data.flip_label_map")
         transform = test_transform(views, data.input_size, data.short_side)
@@ -166,10 +167,12 @@ def build_label_mirror(cfg: Config, class_names: Sequence[str] | None = None) ->
 
 def build_loader(cfg: Config, dataset: ClipDataset, train: bool, distributed: bool,
                  batch_size: int | None = None) -> DataLoader:
-    """A loader over ``dataset``: shuffled with full batches only when ``train``."""
+    """A loader over ``dataset``: shuffled with full batches only when ``train``, then class-balanced with
+    ``train.class_balance: sampler``."""
+    balance = [record.label for record in dataset.records] if train and cfg.train.class_balance == "sampler" else None
     return build_dataloader(dataset, batch_size or cfg.data.batch_size, shuffle=train,
                             num_workers=cfg.data.num_workers, seed=cfg.train.seed, drop_last=train,
-                            distributed=distributed)
+                            distributed=distributed, balance_labels=balance)
 
 
 def build_optimizer(train: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -434,6 +434,18 @@ class TrainConfig(_Section):
         ema_decay: (added key) keep an exponential moving average of the weights with this
             decay (``tsn.training.ema``); validation, ``best.pth`` selection and ``tools/test.py``
             use the average. null = off.
+        class_balance: (added key) how classes with fewer training videos are weighed: ``none``
+            (every video once per epoch, unweighted), ``sampler`` (each epoch draws every class as
+            often as the largest: a class's videos are repeated, every video still seen at least
+            once; also under DDP) or ``loss`` (each video's loss weighted ``N / (K * n_c)``, see
+            ``tsn.training.losses.inverse_frequency_weights``). With ``sampler`` or ``loss`` the
+            LP-FT probe weighs its videos the same way. On balanced lists all three are the same
+            recipe (``loss`` computes exactly the unweighted loss). See the README, Accuracy.
+        val_num_clips: (added key) temporal clips per video in validation (1: the centre
+            frames of each segment, the fastest; more, as ``test.num_clips``, makes the val top-1
+            that picks ``best.pth`` less noisy, at that many times the cost).
+        val_crops: (added key) spatial crops per clip in validation: 1 (centre), 3 or 10 (as
+            ``test.crops``).
     """
 
     SECTION: ClassVar[str] = "train"
@@ -458,6 +470,9 @@ class TrainConfig(_Section):
     val_every: int = _bounded(1, ge=1)
     head_init: Literal["random", "linear_probe"] = "linear_probe"
     ema_decay: float | None = _bounded(None, gt=0.0, lt=1.0)
+    class_balance: Literal["none", "sampler", "loss"] = "none"
+    val_num_clips: int = _bounded(1, ge=1)
+    val_crops: Literal[1, 3, 10] = 1
 
 
 @dataclass(frozen=True)

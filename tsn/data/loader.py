@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import functools
 import random
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
@@ -57,10 +58,54 @@ class IndexOrder(Sampler[int]):
         return self.num_samples
 
 
+class ClassBalancedOrder(Sampler[int]):
+    """Each epoch, every class as often as the largest: class ``c`` with ``n_c`` of the ``labels`` contributes
+    ``m = max n_c`` indices, its videos in a seeded permutation repeated until ``m`` are taken (so every video
+    is drawn at least ``m // n_c`` times, never skipped), and all classes' indices are shuffled together.
+    Deterministic in (``seed``, epoch), as ``IndexOrder``.
+
+    ``num_replicas`` > 1 (DDP): the epoch's order is padded with its start to a multiple of ``num_replicas``
+    and rank ``rank`` takes positions ``rank, rank + num_replicas, ...``, as ``DistributedSampler`` does.
+    """
+
+    def __init__(self, labels: Sequence[int], seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        labels_array = np.asarray(labels, dtype=np.int64)
+        if labels_array.size == 0:
+            raise ValueError("a class-balanced order needs at least one labelled video")
+        self.members = [np.flatnonzero(labels_array == c) for c in np.unique(labels_array)]  # per present class
+        self.per_class = max(len(members) for members in self.members)
+        self.total = self.per_class * len(self.members)
+        self.seed, self.num_replicas, self.rank = seed, num_replicas, rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def epoch_order(self) -> list[int]:
+        """This epoch's whole order, every rank's (``total`` indices)."""
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        drawn = []
+        for members in self.members:
+            rounds = -(-self.per_class // len(members))  # ceil: enough permutations to fill per_class
+            picks = torch.cat([torch.randperm(len(members), generator=generator) for _ in range(rounds)])
+            drawn.append(torch.from_numpy(members)[picks[:self.per_class]])
+        everything = torch.cat(drawn)
+        return everything[torch.randperm(len(everything), generator=generator)].tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.epoch_order()
+        order += order[:len(self) * self.num_replicas - len(order)]  # pad to a multiple of the ranks
+        return iter(order[self.rank::self.num_replicas])
+
+    def __len__(self) -> int:
+        return -(-self.total // self.num_replicas)
+
+
 class EpochSampler(Sampler[ClipKey]):
     """Wraps an index order and yields ``ClipKey(epoch, index)`` so that workers know the epoch."""
 
-    def __init__(self, order: IndexOrder | DistributedSampler) -> None:
+    def __init__(self, order: IndexOrder | DistributedSampler | ClassBalancedOrder) -> None:
         self.order = order
         self.epoch = 0
 
@@ -101,21 +146,26 @@ def seed_worker(worker_id: int, base_seed: int) -> None:
 
 
 def build_dataloader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int,
-                     drop_last: bool, distributed: bool = False, pin_memory: bool | None = None) -> DataLoader:
+                     drop_last: bool, distributed: bool = False, pin_memory: bool | None = None,
+                     balance_labels: Sequence[int] | None = None) -> DataLoader:
     """A DataLoader of ``ClipBatch`` over ``dataset`` (a ``ClipDataset`` or anything taking ``ClipKey`` keys).
 
     In: batch size, shuffle, worker count (0 = load in this process), seed for the order and
     the workers, drop_last (drop the last incomplete batch), distributed (split between the
-    ranks of the initialised process group), pin_memory (``None``: when CUDA is available).
-    Workers are persistent and prefetch ``PREFETCH_FACTOR`` batches each. Call
-    ``set_loader_epoch(loader, epoch)`` before iterating each epoch.
+    ranks of the initialised process group), pin_memory (``None``: when CUDA is available),
+    ``balance_labels``: the dataset's labels, to draw every class equally often (``ClassBalancedOrder``,
+    instead of each video once). Workers are persistent and prefetch ``PREFETCH_FACTOR`` batches each.
+    Call ``set_loader_epoch(loader, epoch)`` before iterating each epoch.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-    order: IndexOrder | DistributedSampler
-    if distributed:
+    order: IndexOrder | DistributedSampler | ClassBalancedOrder
+    if balance_labels is not None:
+        world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
+        order = ClassBalancedOrder(balance_labels, seed, world, rank)
+    elif distributed:
         order = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=False)
     else:
         order = IndexOrder(len(dataset), shuffle, seed)

@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from tsn.build import (build_class_names, build_dataset, build_loader, build_optimizer, build_tsn, list_path,
-                       temporal_settings, val_is_test_list)
+from tsn.build import (
+    build_class_names,
+    build_dataset,
+    build_loader,
+    build_optimizer,
+    build_tsn,
+    list_path,
+    temporal_settings,
+    val_is_test_list,
+)
 from tsn.config import Config, ConfigError, TrainConfig, resolve_path, save_config
 from tsn.data.dataset import ClipDataset
 from tsn.evaluation.build import build_inference_model
@@ -23,12 +32,30 @@ from tsn.runtime.allocator import strategy as allocator_strategy
 from tsn.runtime.device import resolve_device
 from tsn.runtime.distributed import DistInfo, cleanup_distributed, init_distributed
 from tsn.training.ema import WeightAverage
-from tsn.training.linear_probe import (FeatureSettings, ProbeFit, ProbeResult, fit_head, probe_features,
-                                       probe_report)
+from tsn.training.linear_probe import (
+    FeatureSettings,
+    ProbeFit,
+    ProbeResult,
+    fit_head,
+    probe_features,
+    probe_report,
+)
+from tsn.training.losses import inverse_frequency_weights
 from tsn.training.schedulers import build_scheduler
-from tsn.training.trainer import (LossRecipe, Recipe, TrainingRun, TrainResult, rank_seed, resume_from_latest,
-                                  run_training, seed_everything, seed_random_generators, setup_logging,
-                                  training_net, truncate_jsonl)
+from tsn.training.trainer import (
+    LossRecipe,
+    Recipe,
+    TrainingRun,
+    TrainResult,
+    rank_seed,
+    resume_from_latest,
+    run_training,
+    seed_everything,
+    seed_random_generators,
+    setup_logging,
+    training_net,
+    truncate_jsonl,
+)
 
 logger = logging.getLogger("tsn.train")
 
@@ -48,16 +75,21 @@ def train(cfg: Config, work_dir: Path, resume: bool = False, device: str = "auto
         cleanup_distributed(info)
 
 
-def build_loss_recipe(train: TrainConfig) -> LossRecipe:
-    """``train``'s amp, mixup, label smoothing and L1."""
+def build_loss_recipe(train: TrainConfig, class_weights: tuple[float, ...] | None = None) -> LossRecipe:
+    """``train``'s amp, mixup, label smoothing and L1, with ``class_weights`` (``train.class_balance: loss``)."""
     return LossRecipe(amp=train.amp, mixup_alpha=train.mixup_alpha, label_smoothing=train.label_smoothing,
-                      l1=train.l1)
+                      l1=train.l1, class_weights=class_weights)
 
 
-def build_recipe(cfg: Config) -> Recipe:
-    """The plain values of ``cfg`` that the training loop reads."""
+def build_recipe(cfg: Config, train_labels: Sequence[int], num_classes: int) -> Recipe:
+    """The plain values of ``cfg`` that the training loop reads; ``train_labels`` give the loss weights of
+    ``train.class_balance: loss``."""
     train = cfg.train
-    return Recipe(epochs=train.epochs, val_every=train.val_every, seed=train.seed, loss=build_loss_recipe(train),
+    weights = inverse_frequency_weights(train_labels, num_classes) if train.class_balance == "loss" else None
+    if weights is not None:
+        logger.info("class loss weights: %s", ", ".join(f"{w:.3g}" for w in weights))
+    return Recipe(epochs=train.epochs, val_every=train.val_every, seed=train.seed,
+                  loss=build_loss_recipe(train, weights),
                   clip_grad_norm=train.clip_grad_norm, channels_last=train.channels_last,
                   clips_per_forward=cfg.test.clips_per_forward, on_nonfinite=cfg.test.on_nonfinite)
 
@@ -116,7 +148,8 @@ def _build_run(cfg: Config, work_dir: Path, info: DistInfo) -> TrainingRun:
     ema = WeightAverage(model, tcfg.ema_decay) if tcfg.ema_decay is not None else None
     return TrainingRun(model=model, net=model, optimizer=optimizer, schedule=schedule, scaler=scaler, mix_rng=mix_rng,
                        ema=ema, train_loader=train_loader, val_loader=val_loader, class_names=class_names, info=info,
-                       work_dir=work_dir, recipe=build_recipe(cfg), config=cfg.to_dict(),
+                       work_dir=work_dir, recipe=build_recipe(cfg, [r.label for r in train_set.records], len(class_names)),
+                       config=cfg.to_dict(),
                        selected_on=str(list_path(cfg, "val").resolve()), val_is_test=val_is_test,
                        segment_seconds=segment_seconds)
 
@@ -202,7 +235,8 @@ def run_linear_probe(cfg: Config, out_dir: Path, train_list: Path | None = None,
                            torch_device, cache, progress)
     test = probe_features(model, test_set, build_loader(cfg, test_set, train=False, distributed=False), settings,
                           torch_device, cache, progress)
-    return probe_report(train, test, test_set, class_names, out_dir, l2, cfg.train.seed)
+    return probe_report(train, test, test_set, class_names, out_dir, l2, cfg.train.seed,
+                        cfg.train.class_balance != "none")
 
 
 def probe_init_head(cfg: Config, model: TSN, num_classes: int, device: torch.device, cache_dir: Path | None,
@@ -225,4 +259,4 @@ def probe_init_head(cfg: Config, model: TSN, num_classes: int, device: torch.dev
     loader = build_loader(cfg, dataset, train=False, distributed=distributed)
     features = probe_features(model, dataset, loader, build_feature_settings(cfg, pretrained_name(cfg)), device,
                               cache_dir, progress, distributed)
-    return fit_head(model, features, num_classes, cfg.train.seed)
+    return fit_head(model, features, num_classes, cfg.train.seed, cfg.train.class_balance != "none")

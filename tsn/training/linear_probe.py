@@ -46,6 +46,7 @@ from tsn.evaluation.evaluate import (
 from tsn.evaluation.testing import Report, score_report, unscored_rows, write_report
 from tsn.fileio import atomic_write, atomic_write_text
 from tsn.models import TSN
+from tsn.training.losses import inverse_frequency_weights
 
 logger = logging.getLogger("tsn.probe")
 
@@ -164,9 +165,11 @@ def refuse_nonfinite(features: ViewFeatures, path_of: Callable[[int], str], on_n
 
 def fit_logistic_regression(features: np.ndarray, labels: np.ndarray, num_classes: int, l2: float,
                             max_iter: int = 300, tolerance: float = 1e-7,
-                            start: LinearClassifier | None = None) -> LinearClassifier:
+                            start: LinearClassifier | None = None,
+                            class_weights: np.ndarray | None = None) -> LinearClassifier:
     """Multinomial logistic regression: ``features (N, F)``, int ``labels (N,)`` -> the minimiser of
-    ``mean_i CE(W x_i + b, y_i) + l2 / 2 * ||W||^2`` (no penalty on ``b``), by L-BFGS in float64.
+    ``mean_i w_{y_i} CE(W x_i + b, y_i) + l2 / 2 * ||W||^2`` (no penalty on ``b``), by L-BFGS in float64;
+    ``w``: ``class_weights (num_classes,)``, or 1 for every class.
 
     The objective is strictly convex in ``W`` for ``l2 > 0``, so the result does not depend on the
     start (zeros, or ``start``: a nearby solution, e.g. for the next ``l2`` of a path, converges
@@ -178,6 +181,7 @@ def fit_logistic_regression(features: np.ndarray, labels: np.ndarray, num_classe
         raise ValueError(f"l2 must be > 0, got {l2}")
     x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float64))
     y = torch.from_numpy(labels.astype(np.int64))
+    sample_weights = None if class_weights is None else torch.from_numpy(np.asarray(class_weights, np.float64))[y]
     weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64)
     bias = torch.zeros(num_classes, dtype=torch.float64)
     if start is not None:
@@ -190,7 +194,12 @@ def fit_logistic_regression(features: np.ndarray, labels: np.ndarray, num_classe
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(x @ weight.T + bias, y) + 0.5 * l2 * weight.pow(2).sum()
+        logits = x @ weight.T + bias
+        if sample_weights is None:
+            data_loss = nn.functional.cross_entropy(logits, y)
+        else:
+            data_loss = (nn.functional.cross_entropy(logits, y, reduction="none") * sample_weights).mean()
+        loss = data_loss + 0.5 * l2 * weight.pow(2).sum()
         loss.backward()
         return loss
 
@@ -199,10 +208,10 @@ def fit_logistic_regression(features: np.ndarray, labels: np.ndarray, num_classe
 
 
 def fit_standardized_path(features: np.ndarray, labels: np.ndarray, num_classes: int,
-                          l2s: Sequence[float]) -> list[LinearClassifier]:
+                          l2s: Sequence[float], class_weights: np.ndarray | None = None) -> list[LinearClassifier]:
     """``fit_logistic_regression`` for each of ``l2s`` on centred features divided by their overall standard
     deviation, the scaling folded back so that the classifiers take raw features. Fitted strongest penalty
-    first, each fit starting from the previous solution.
+    first, each fit starting from the previous solution. ``class_weights``: see ``fit_logistic_regression``.
 
     One scale for all dimensions, not one per dimension: per-dimension scaling lets dimensions that
     hardly vary (std 0.0005 against a median of 0.1 for EfficientNet-Lite0 here) take weights
@@ -216,7 +225,8 @@ def fit_standardized_path(features: np.ndarray, labels: np.ndarray, num_classes:
     fitted: dict[float, LinearClassifier] = {}
     start = None
     for l2 in sorted(set(l2s), reverse=True):
-        start = fitted[l2] = fit_logistic_regression(z, labels, num_classes, l2, start=start)
+        start = fitted[l2] = fit_logistic_regression(z, labels, num_classes, l2, start=start,
+                                                     class_weights=class_weights)
     out = []
     for l2 in l2s:
         weight = fitted[l2].weight / std  # W z = W (x - mean) / std
@@ -224,9 +234,10 @@ def fit_standardized_path(features: np.ndarray, labels: np.ndarray, num_classes:
     return out
 
 
-def fit_standardized(features: np.ndarray, labels: np.ndarray, num_classes: int, l2: float) -> LinearClassifier:
+def fit_standardized(features: np.ndarray, labels: np.ndarray, num_classes: int, l2: float,
+                     class_weights: np.ndarray | None = None) -> LinearClassifier:
     """``fit_standardized_path`` for one ``l2``."""
-    return fit_standardized_path(features, labels, num_classes, [l2])[0]
+    return fit_standardized_path(features, labels, num_classes, [l2], class_weights)[0]
 
 
 def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
@@ -254,13 +265,17 @@ def _flatten_views(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray
 
 
 def fit_probe(train: ViewFeatures, num_classes: int, l2: float | None = None, seed: int = 0,
-              folds: int = CV_FOLDS, grid: Sequence[float] = L2_GRID) -> ProbeFit:
+              folds: int = CV_FOLDS, grid: Sequence[float] = L2_GRID, balanced: bool = False) -> ProbeFit:
     """Fit the probe on the readable videos of ``train``; ``l2=None`` picks the value of ``grid`` with the
-    lowest log-loss in a stratified ``folds``-fold cross-validation over videos (the stronger on a tie)."""
+    lowest log-loss in a stratified ``folds``-fold cross-validation over videos (the stronger on a tie).
+    ``balanced``: every video weighted by its class's inverse frequency (``inverse_frequency_weights``), in
+    the fits and in the log-loss that picks ``l2``."""
     keep = train.readable
     features, labels = train.features[keep], train.labels[keep]
     if labels.size == 0:
         raise ValueError("no readable training videos for the linear probe")
+    weights = inverse_frequency_weights(labels.tolist(), num_classes) if balanced else None
+    class_weights = None if weights is None else np.asarray(weights)
     cv_top1: dict[float, float] = {}
     cv_nll: dict[float, float] = {}
     if l2 is None:
@@ -269,16 +284,18 @@ def fit_probe(train: ViewFeatures, num_classes: int, l2: float | None = None, se
         scores = np.zeros((len(grid), labels.size, num_classes))  # (grid, N, C) held-out video scores
         for fold in range(folds):
             held = assignment == fold
-            path = fit_standardized_path(*_flatten_views(features[~held], labels[~held]), num_classes, grid)
+            path = fit_standardized_path(*_flatten_views(features[~held], labels[~held]), num_classes, grid,
+                                         class_weights)
             for g, fitted in enumerate(path):
                 scores[g, held] = fitted.video_scores(features[held])
         for g, value in enumerate(grid):
             cv_top1[value] = _top1(scores[g], labels)
-            cv_nll[value] = float(-np.log(np.maximum(scores[g, np.arange(labels.size), labels], 1e-12)).mean())
+            nll = -np.log(np.maximum(scores[g, np.arange(labels.size), labels], 1e-12))
+            cv_nll[value] = float(np.average(nll, weights=None if class_weights is None else class_weights[labels]))
         # log-loss, not accuracy: smooth on a few dozen videos, and it penalises the overconfident
         # head of a too weak penalty, which would also be a bad start for LP-FT
         l2 = min(cv_nll, key=lambda value: (cv_nll[value], -value))
-    classifier = fit_standardized(*_flatten_views(features, labels), num_classes, l2)
+    classifier = fit_standardized(*_flatten_views(features, labels), num_classes, l2, class_weights)
     return ProbeFit(classifier, float(l2), cv_top1, cv_nll)
 
 
@@ -322,10 +339,11 @@ def write_probe_summary(out_dir: Path, fit: ProbeFit, seconds: float) -> None:
     atomic_write_text(out_dir / "probe.json", json.dumps(summary, indent=2) + "\n")
 
 
-def timed_fit(train: ViewFeatures, num_classes: int, l2: float | None, seed: int) -> tuple[ProbeFit, float]:
+def timed_fit(train: ViewFeatures, num_classes: int, l2: float | None, seed: int,
+              balanced: bool = False) -> tuple[ProbeFit, float]:
     """``fit_probe`` and the seconds it took (logged with the choice)."""
     started = time.time()
-    fit = fit_probe(train, num_classes, l2, seed)
+    fit = fit_probe(train, num_classes, l2, seed, balanced=balanced)
     seconds = time.time() - started
     cv = ", ".join(f"{k:g}: {fit.cv_top1[k]:.3f}/{fit.cv_nll[k]:.3f}" for k in fit.cv_top1)
     logger.info("linear probe: l2 %g%s, fitted in %.1fs", fit.l2, f" (cv top1/log-loss {cv})" if cv else "", seconds)
@@ -401,12 +419,13 @@ def _gather_features(local: ViewFeatures) -> ViewFeatures:
 
 
 def probe_report(train: ViewFeatures, test: ViewFeatures, test_set: ClipDataset, class_names: list[str],
-                 out_dir: Path, l2: float | None, seed: int) -> ProbeResult:
-    """Fit the probe on ``train`` (``l2`` None: chosen by cross-validation seeded with ``seed``), score ``test``
+                 out_dir: Path, l2: float | None, seed: int, balanced: bool = False) -> ProbeResult:
+    """Fit the probe on ``train`` (``l2`` None: chosen by cross-validation seeded with ``seed``; classes weighed
+    when ``balanced``), score ``test``
     (the features of ``test_set``), and write ``tools/test.py``'s report files under ``out_dir`` plus
     ``probe.json`` and ``classifier.npz``."""
     num_classes = len(class_names)
-    fit, seconds = timed_fit(train, num_classes, l2, seed)
+    fit, seconds = timed_fit(train, num_classes, l2, seed, balanced)
     scores = np.full((len(test_set), num_classes), np.nan)
     readable = test.readable
     scores[readable] = fit.classifier.video_scores(test.features[readable])
@@ -420,9 +439,9 @@ def probe_report(train: ViewFeatures, test: ViewFeatures, test_set: ClipDataset,
     return ProbeResult(fit, report)
 
 
-def fit_head(model: TSN, features: ViewFeatures, num_classes: int, seed: int) -> ProbeFit:
-    """Fit the probe on ``features`` (of the training list, from ``model`` as it is now) and copy it into
-    ``model.head.fc``: LP-FT's first stage."""
-    fit, _ = timed_fit(features, num_classes, None, seed)
+def fit_head(model: TSN, features: ViewFeatures, num_classes: int, seed: int, balanced: bool = False) -> ProbeFit:
+    """Fit the probe on ``features`` (of the training list, from ``model`` as it is now; classes weighed when
+    ``balanced``) and copy it into ``model.head.fc``: LP-FT's first stage."""
+    fit, _ = timed_fit(features, num_classes, None, seed, balanced)
     init_head(model, fit.classifier)
     return fit

@@ -1,8 +1,8 @@
-"""Training losses: cross-entropy with label smoothing, mixup of clips and labels, L1 on weights."""
+"""Training losses: cross-entropy with label smoothing and class weights, mixup of clips and labels, L1 on weights."""
 
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple
+from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -38,14 +38,37 @@ def mixup(clips: torch.Tensor, labels: torch.Tensor, alpha: float, rng: np.rando
     return MixupBatch(clips=mixed, labels_a=labels, labels_b=labels[perm], lam=lam)
 
 
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0,
+                  class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy of ``logits (B, num_classes)`` against ``labels (B,)``.
 
     With smoothing ``s`` over ``N`` classes the target is ``1 - s + s/N`` for the true class and
     ``s/N`` elsewhere, so the per-sample loss is
     ``(1 - s) * -log p_y + (s / N) * sum_c -log p_c`` (torch's ``label_smoothing``).
+    ``class_weights (num_classes,)``: each sample's loss times its class's weight, then the mean over
+    the batch (divided by B, not by the weights' sum, so that a batch of one class is weighted too and an
+    epoch's expected loss is that of class-balanced sampling; see ``inverse_frequency_weights``).
     """
-    return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    if class_weights is None:
+        return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    per_sample = F.cross_entropy(logits, labels, label_smoothing=label_smoothing, reduction="none")  # (B,)
+    return (per_sample * class_weights.to(per_sample)[labels]).mean()
+
+
+def inverse_frequency_weights(labels: Sequence[int], num_classes: int) -> tuple[float, ...] | None:
+    """Per-class loss weights ``N / (K * n_c)`` for ``N`` training labels of ``K`` present classes (``n_c`` of
+    class ``c``; 0 for a class without any), so that every present class carries the same total weight and
+    the mean weight over the training videos is 1. None when the classes are already balanced (every weight
+    1: the unweighted loss, computed as before)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+    present = counts > 0
+    if not present.any():
+        raise ValueError("no training labels to weigh classes by")
+    if (counts[present] == counts[present][0]).all():
+        return None
+    weights = np.zeros(num_classes, dtype=np.float64)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return tuple(float(w) for w in weights)
 
 
 def mixup_cross_entropy(
@@ -54,13 +77,15 @@ def mixup_cross_entropy(
     labels_b: torch.Tensor,
     lam: float,
     label_smoothing: float = 0.0,
+    class_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``lam * CE(logits, labels_a) + (1 - lam) * CE(logits, labels_b)`` (both mean over the batch).
+    """``lam * CE(logits, labels_a) + (1 - lam) * CE(logits, labels_b)`` (both mean over the batch, each sample
+    weighted by its class in ``labels_a`` or ``labels_b``, see ``cross_entropy``).
 
     Equal to cross-entropy against the mixed (and smoothed) target, since CE is linear in it.
     """
-    loss_a = cross_entropy(logits, labels_a, label_smoothing)
-    loss_b = cross_entropy(logits, labels_b, label_smoothing)
+    loss_a = cross_entropy(logits, labels_a, label_smoothing, class_weights)
+    loss_b = cross_entropy(logits, labels_b, label_smoothing, class_weights)
     return lam * loss_a + (1.0 - lam) * loss_b
 
 

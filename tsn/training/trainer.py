@@ -79,12 +79,14 @@ class TrainResult:
 @dataclass(frozen=True)
 class LossRecipe:
     """What ``compute_loss`` makes of a batch: autocast ``amp`` ("none", "bf16", "fp16"), mixup's Beta
-    ``mixup_alpha`` (0: off), ``label_smoothing`` and the ``l1`` weight penalty (0: off)."""
+    ``mixup_alpha`` (0: off), ``label_smoothing``, the ``l1`` weight penalty (0: off) and per-class loss
+    weights (``tsn.training.losses.inverse_frequency_weights``; None: unweighted)."""
 
     amp: str = "none"
     mixup_alpha: float = 0.0
     label_smoothing: float = 0.0
     l1: float = 0.0
+    class_weights: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -393,15 +395,16 @@ def compute_loss(net: nn.Module, model: nn.Module, clips: torch.Tensor, labels: 
                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward ``clips`` (B, T, C, H, W) float through ``net`` with the recipe's mixup, label
     smoothing and L1 on ``model``'s weights (under autocast for ``recipe.amp``) -> (logits (B, classes), loss)."""
+    weights = torch.tensor(recipe.class_weights, device=device) if recipe.class_weights is not None else None
     with autocast_context(device, recipe.amp):
         if recipe.mixup_alpha > 0:
             mixed = mixup(clips, labels, recipe.mixup_alpha, mix_rng)
             logits = net(mixed.clips)
             loss = mixup_cross_entropy(logits.float(), mixed.labels_a, mixed.labels_b, mixed.lam,
-                                       recipe.label_smoothing)
+                                       recipe.label_smoothing, weights)
         else:
             logits = net(clips)
-            loss = cross_entropy(logits.float(), labels, recipe.label_smoothing)
+            loss = cross_entropy(logits.float(), labels, recipe.label_smoothing, weights)
         if recipe.l1 > 0:
             loss = loss + l1_penalty(model, recipe.l1)
     return logits, loss
