@@ -163,8 +163,8 @@ def _bninception(pretrained: bool | str | os.PathLike) -> tuple[nn.Module, Backb
 
 
 def lite_spec(variant: efficientnet_lite.LiteVariant) -> BackboneSpec:
-    """The spec of an EfficientNet-Lite: inputs scaled to [-1, 1] as its TensorFlow training did, the stem,
-    the last block at each stride and the head as feature layers."""
+    """The spec of an EfficientNet-Lite: inputs scaled to [-1, 1] (its TensorFlow training used mean 127 and std
+    128 on 0..255), the stem, the last block at each stride and the head as feature layers."""
     ends = efficientnet_lite.stride_ends(efficientnet_lite.scaled_stages(variant.width, variant.depth))
     return BackboneSpec(
         name=variant.name,
@@ -174,9 +174,6 @@ def lite_spec(variant: efficientnet_lite.LiteVariant) -> BackboneSpec:
         feature_dim=efficientnet_lite.HEAD_CHANNELS,
         feature_layers=("stem", *(f"blocks.{i}" for i in ends), "head"),
     )
-
-
-LITE0_SPEC = lite_spec(efficientnet_lite.LITE0)
 
 
 def _efficientnet_lite(
