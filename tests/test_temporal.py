@@ -92,8 +92,10 @@ def test_tsm_sees_the_order_of_segments_and_tsn_does_not() -> None:
         assert torch.allclose(forward, reverse, atol=1e-5) == same, temporal
 
 
+# EfficientNet-Lite: every block but the first of each of its 7 stages keeps its shape (16 or 21 blocks)
 @pytest.mark.parametrize("backbone, blocks", [("resnet18", 8), ("resnet50", 16), ("mobilenet_v3_large", 10),
-                                              ("efficientnet_lite0", 9)])
+                                              ("efficientnet_lite0", 9), ("efficientnet_lite1", 14),
+                                              ("efficientnet_lite2", 14)])
 def test_tsm_goes_into_every_residual_block_and_keeps_the_state_dict(backbone: str, blocks: int) -> None:
     plain = build_model(backbone=backbone, pretrained=False, num_classes=5, num_segments=T)
     shifted = build_model(backbone=backbone, pretrained=False, num_classes=5, num_segments=T, temporal="tsm",

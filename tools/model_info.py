@@ -2,6 +2,7 @@
 
     python tools/model_info.py --backbone resnet50
     python tools/model_info.py --backbone efficientnet_lite0 --num-classes 101 --num-segments 3 --head bilinear
+    python tools/model_info.py --backbone efficientnet_lite2    # at its spec's 260 px
 
 Weights are not loaded (the shapes and counts do not depend on them).
 """

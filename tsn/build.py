@@ -19,6 +19,7 @@ from tsn.data.lists import VideoRecord, check_labels, read_class_names, read_lis
 from tsn.data.loader import build_dataloader
 from tsn.data.transforms import test_transform, train_transform, val_transform
 from tsn.models import TSN, build_model, freeze_stages, param_groups
+from tsn.models.backbones import UnknownBackbone
 from tsn.models.temporal import NoResidualBlocks
 
 Split = Literal["train", "val", "test"]
@@ -43,6 +44,8 @@ def build_tsn(cfg: Config, num_classes: int, load_pretrained: bool = True) -> TS
         model = _build_model(cfg, pretrained, num_classes)
     except NoResidualBlocks as error:
         raise ConfigError("model.temporal", str(error)) from None
+    except UnknownBackbone as error:
+        raise ConfigError("model.backbone", str(error)) from None
     if cfg.model.frozen_stages and not cfg.model.freeze_backbone:
         try:
             freeze_stages(model, cfg.model.frozen_stages)

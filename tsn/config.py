@@ -289,6 +289,9 @@ class ModelConfig(_Section):
         backbone: backbone name as ``tsn.models.build_backbone`` knows it. Default
             ``efficientnet_lite0``: its ImageNet weights ship with an install requirement, so a
             config that names no backbone still starts offline, and it is fast on a CPU.
+            ``efficientnet_lite1`` and ``efficientnet_lite2`` (ImageNet weights from the extras
+            ``lite1`` and ``lite2``) were trained at 240 and 260 px; ``data.input_size`` does not follow
+            the backbone (224 unless set).
         pretrained: ``true`` (the backbone's ImageNet weights), ``false`` (random init) or a
             path to a weight file (relative to ``data.root`` unless absolute).
         head: ``gap`` (global average pool + dropout + linear) or ``bilinear`` pooling.
@@ -318,7 +321,7 @@ class ModelConfig(_Section):
         temporal: (added key) ``none`` (TSN: every frame seen alone, the segments pooled without order)
             or ``tsm``: the temporal shift module (``tsn.models.temporal``) in every residual block of
             the backbone, so that the network sees the order of its segments (ResNets,
-            mobilenet_v3_large, efficientnet_lite0; not vgg16_bn, bninception or timm models).
+            mobilenet_v3_large, efficientnet_lite0/1/2; not vgg16_bn, bninception or timm models).
         shift_div: (added key) with ``tsm``, 1/shift_div of the channels move one segment each way (8,
             the paper's).
         shift_direction: (added key) ``bidirectional`` (from the previous and the next segment) or

