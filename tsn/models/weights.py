@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +76,44 @@ def hub_weights_file(backbone: str, file_name: str, url: str) -> Path:
     return path
 
 
+class _Opaque:
+    """What a class or function of another package (a training log's record, a numpy array) in a checkpoint's
+    metadata becomes: nothing of it runs, and its arguments and state are dropped."""
+
+    def __new__(cls, *args: object, **kwargs: object) -> _Opaque:
+        return object.__new__(cls)
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def __setstate__(self, state: object) -> None:
+        pass
+
+
+_FOREIGN_GLOBAL = re.compile(r"GLOBAL ([\w.]+) was not an allowed global")
+_MAX_FOREIGN_GLOBALS = 64
+
+
+def load_tensors_only(path: Path) -> object:
+    """``torch.load(path, map_location="cpu", weights_only=True)``, except that the classes and functions of other
+    packages it names (mmengine's ``HistoryBuffer`` and numpy arrays in an mmaction2 checkpoint's training log)
+    load as inert ``_Opaque`` objects instead of failing the whole file: no code of the file ever runs."""
+    stubs: list[tuple[type, str]] = []
+    while True:
+        try:
+            with torch.serialization.safe_globals(stubs):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            found = _FOREIGN_GLOBAL.search(str(exc))
+            if found is None or len(stubs) >= _MAX_FOREIGN_GLOBALS:
+                raise
+            # torch names a builtin without its module ("getattr", in numpy's pickles)
+            name = found.group(1) if "." in found.group(1) else f"builtins.{found.group(1)}"
+            if (_Opaque, name) in stubs:
+                raise
+            stubs.append((_Opaque, name))
+
+
 def read_state_dict(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A state dict from a file (loaded with ``map_location="cpu"``, tensors only) or a mapping.
 
@@ -89,7 +129,7 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> d
         if not path.is_file():
             raise FileNotFoundError(f"{path}: checkpoint file not found")
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = load_tensors_only(path)
         except Exception as exc:  # corrupt, truncated, not a torch file, or more than tensors inside
             first_line = (str(exc).strip().splitlines() or [""])[0]
             raise ValueError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {first_line})") from exc
