@@ -22,8 +22,15 @@ from tsn.models.modality import FLOW_MEAN, FLOW_STD, cross_modality_init, input_
 from tsn.models.spec import IMAGENET_STD, BackboneSpec
 from tsn.models.temporal import TEMPORAL, add_temporal_shift
 from tsn.models.tsn import TSN
-from tsn.models.weights import read_state_dict, resolve_weights_file
-from tsn.models.zoo import PRETRAINED_FORMATS, ZOO_FORMATS, ZooWeights, load_zoo_weights, to_tsn_names, zoo_format
+from tsn.models.weights import read_weights_file, resolve_weights_file
+from tsn.models.zoo import (
+    PRETRAINED_FORMATS,
+    ZOO_FORMATS,
+    ZooWeights,
+    load_zoo_weights,
+    to_tsn_names,
+    zoo_format,
+)
 
 HEAD_TYPES = ("gap", "bilinear")
 
@@ -106,6 +113,6 @@ def _zoo_weights(pretrained: bool | str | os.PathLike, pretrained_format: str) -
     if isinstance(pretrained, bool) or pretrained_format == "torchvision":
         return None
     path = resolve_weights_file("model.pretrained", Path(pretrained))
-    state = read_state_dict(path)
+    state, meta = read_weights_file(path)
     fmt = zoo_format(state) if pretrained_format == "auto" else pretrained_format
-    return None if fmt is None else to_tsn_names(state, fmt, str(path))
+    return None if fmt is None else to_tsn_names(state, fmt, str(path), meta)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -51,6 +51,7 @@ _RESNETS = {
 _BATCH_COUNT = "num_batches_tracked"  # BatchNorm's step counter: older files lack it, and inference ignores it
 _MM_BACKBONE = "backbone."
 _MM_HEAD = {"cls_head.fc_cls.weight": "weight", "cls_head.fc_cls.bias": "bias"}
+_MM_NORMALISATION = {"data_preprocessor.mean": "mean", "data_preprocessor.std": "std"}
 _TSM_BODY = "base_model."
 _TSM_HEAD = {"new_fc.weight": "weight", "new_fc.bias": "bias", "base_model.fc.weight": "weight",
              "base_model.fc.bias": "bias"}
@@ -68,7 +69,10 @@ class ZooWeights:
     """A zoo checkpoint in this project's names. ``backbone``: keyed as torchvision's ResNet
     (``layer1.0.conv1.weight``); ``head``: the classifier as a ``GAPHead``'s ``fc`` (``weight``, ``bias``; empty
     when the file has none); ``shifted``: the convolutions the file shifts in time (``layer1.0.conv1``);
-    ``foreign``: the file's keys that have no place in a ResNet TSN; ``origin``: a backbone key's name in the file."""
+    ``foreign``: the file's keys that have no place in a ResNet TSN; ``origin``: a backbone key's name in the file;
+    ``trained_with``: what the training config saved in an mmaction2 file says (``shift_div``, ``num_segments``,
+    ``temporal_pool``; empty for the other codebases, whose files hold no config); ``normalisation``: the ``mean``
+    and ``std`` (0..255) an mmaction2 file kept from its data preprocessor (its zoo's publishing drops them)."""
 
     format: str
     backbone: dict[str, torch.Tensor]
@@ -76,6 +80,8 @@ class ZooWeights:
     shifted: frozenset[str]
     foreign: tuple[str, ...]
     origin: dict[str, str]
+    trained_with: dict[str, int | bool] = field(default_factory=dict)
+    normalisation: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int | None:
@@ -86,7 +92,7 @@ class ZooWeights:
 def zoo_format(keys: Iterable[str]) -> str | None:
     """The zoo layout that state-dict ``keys`` show (``mmaction2``, ``tsm`` when a convolution is shifted, else
     ``tsn_pytorch``), or None for any other file."""
-    bare = [key[len(MODULE_PREFIX):] if key.startswith(MODULE_PREFIX) else key for key in keys]
+    bare = [key.removeprefix(MODULE_PREFIX) for key in keys]
     if any(key.startswith(_MM_BACKBONE) for key in bare):
         return "mmaction2"
     if any(key.startswith(_TSM_BODY) for key in bare):
@@ -112,9 +118,26 @@ def _tsm_module(module: str) -> tuple[str, bool]:
     return (shifted["conv"], True) if shifted is not None else (module, False)
 
 
-def to_tsn_names(state: Mapping[str, torch.Tensor], fmt: str, label: str) -> ZooWeights:
-    """``state`` of layout ``fmt`` (one of ``ZOO_FORMATS``) in this project's names; a file of another layout is a
-    ``ZooCheckpointError`` naming ``label``."""
+def _trained_with(meta: Mapping[str, object]) -> dict[str, int | bool]:
+    """The temporal settings in the config text mmengine saves as ``meta["cfg"]`` in mmaction2's files."""
+    inner = meta.get("meta")
+    text = inner.get("cfg") if isinstance(inner, Mapping) else None
+    if not isinstance(text, str):
+        return {}
+    found: dict[str, int | bool] = {}
+    for key in ("shift_div", "num_segments"):
+        match = re.search(rf"\b{key}\s*=\s*(\d+)", text)
+        if match is not None:
+            found[key] = int(match[1])
+    if re.search(r"\btemporal_pool\s*=\s*True", text):
+        found["temporal_pool"] = True
+    return found
+
+
+def to_tsn_names(state: Mapping[str, torch.Tensor], fmt: str, label: str,
+                 meta: Mapping[str, object] | None = None) -> ZooWeights:
+    """``state`` of layout ``fmt`` (one of ``ZOO_FORMATS``) in this project's names, ``meta`` the file's other
+    entries; a file of another layout is a ``ZooCheckpointError`` naming ``label``."""
     found = zoo_format(state)
     if fmt not in ZOO_FORMATS:
         raise ValueError(f"zoo format {fmt!r} is not one of {', '.join(ZOO_FORMATS)}")
@@ -129,9 +152,12 @@ def to_tsn_names(state: Mapping[str, torch.Tensor], fmt: str, label: str) -> Zoo
     origin: dict[str, str] = {}
     shifted: set[str] = set()
     foreign: list[str] = []
+    normalisation: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
-        bare = key[len(MODULE_PREFIX):] if key.startswith(MODULE_PREFIX) else key
-        if bare in head_keys:
+        bare = key.removeprefix(MODULE_PREFIX)
+        if fmt == "mmaction2" and bare in _MM_NORMALISATION:
+            normalisation[_MM_NORMALISATION[bare]] = tensor
+        elif bare in head_keys:
             head[head_keys[bare]] = tensor
         elif bare.startswith(body):
             module, _, param = bare[len(body):].rpartition(".")
@@ -142,7 +168,8 @@ def to_tsn_names(state: Mapping[str, torch.Tensor], fmt: str, label: str) -> Zoo
                 shifted.add(name)
         else:
             foreign.append(key)
-    return ZooWeights(fmt, backbone, head, frozenset(shifted), tuple(foreign), origin)
+    return ZooWeights(fmt, backbone, head, frozenset(shifted), tuple(foreign), origin, _trained_with(meta or {}),
+                      normalisation)
 
 
 def resnet_name(keys: Iterable[str]) -> str | None:
@@ -155,7 +182,18 @@ def resnet_name(keys: Iterable[str]) -> str | None:
 
 def _check_shift(model: TSN, weights: ZooWeights, label: str, whole_model: bool) -> None:
     """The file must shift the convolutions the model shifts; TSN weights may initialise a TSM to fine-tune."""
-    own = frozenset(name for name, m in model.backbone.named_modules() if isinstance(m, ShiftedConv2d))
+    convs = {name: m for name, m in model.backbone.named_modules() if isinstance(m, ShiftedConv2d)}
+    own = frozenset(convs)
+    settings = weights.trained_with
+    if settings.get("temporal_pool"):
+        raise ZooCheckpointError(f"{label}: trained with temporal pooling (temporal_pool=True), which this project "
+                                 f"does not build")
+    if weights.shifted and convs and settings.get("shift_div", 0) not in (0, next(iter(convs.values())).shift_div):
+        raise ZooCheckpointError(f"{label}: trained with shift_div={settings['shift_div']}: set model.shift_div: "
+                                 f"{settings['shift_div']}")
+    if settings.get("num_segments", model.num_segments) != model.num_segments:
+        logger.info("%s: trained with %d segments, the model has %d", label, settings["num_segments"],
+                    model.num_segments)
     if weights.shifted == own:
         return
     if not weights.shifted and not whole_model:
@@ -191,6 +229,15 @@ def _check_backbone(model: TSN, weights: ZooWeights, label: str) -> None:
                                      f"but backbone.{key} has {tuple(own[key].shape)} in the model")
 
 
+def _check_normalisation(model: TSN, weights: ZooWeights, label: str) -> None:
+    """A mean and std kept in the file must be the model's (``spec`` on 0..1, the file's on 0..255)."""
+    for name, values in weights.normalisation.items():
+        expected = torch.tensor(getattr(model.spec, name), dtype=torch.float32) * 255
+        if values.numel() != expected.numel() or not torch.allclose(values.flatten().float(), expected, atol=1e-3):
+            raise ZooCheckpointError(f"{label}: normalises with {name} {values.flatten().tolist()} (0..255), and "
+                                     f"{model.spec.name} with {[round(v, 3) for v in expected.tolist()]}")
+
+
 def _load_head(model: TSN, weights: ZooWeights, label: str, whole_model: bool) -> bool:
     """The file's classifier into a GAP head of as many classes; else the model keeps its new head (logged)."""
     classes = weights.num_classes
@@ -218,5 +265,6 @@ def load_zoo_weights(model: TSN, weights: ZooWeights, label: str, whole_model: b
                                  f"{model.spec.name!r} is none: use resnet18, 34, 50, 101 or 152")
     _check_shift(model, weights, label, whole_model)
     _check_backbone(model, weights, label)
+    _check_normalisation(model, weights, label)
     model.backbone.load_state_dict(weights.backbone, strict=False)  # only step counters can be absent (checked)
     return _load_head(model, weights, label, whole_model)
