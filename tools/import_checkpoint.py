@@ -19,7 +19,7 @@ from pathlib import Path
 from tsn.apps.zoo_import import imported_checkpoint, read_zoo_checkpoint, zoo_config
 from tsn.checkpoint import save_checkpoint
 from tsn.cli import add_config_args, run_main
-from tsn.config import Config, load_config
+from tsn.config import Config, load_config, save_config
 from tsn.data.lists import read_class_names
 from tsn.models.zoo import ZOO_FORMATS
 
@@ -42,9 +42,11 @@ def main() -> int:
     cfg = zoo_config(base, weights, args.zoo_file, args.classes, args.opt)
     state = imported_checkpoint(cfg, weights, read_class_names(args.classes), str(args.zoo_file))
     save_checkpoint(state, args.out, keep_previous=False)
+    save_config(cfg, args.out.with_suffix(".yaml"))  # the --config of tools/test.py, as a run's config.yaml
     model = cfg.model
-    print(f"{args.out}: {model.backbone} {'TSM' if model.temporal == 'tsm' else 'TSN'} ({weights.format}), "
-          f"{len(state['class_names'])} classes, {cfg.data.num_segments} segments")
+    print(f"{args.out} (config {args.out.with_suffix('.yaml')}): {model.backbone} "
+          f"{'TSM' if model.temporal == 'tsm' else 'TSN'} ({weights.format}), {len(state['class_names'])} classes, "
+          f"{cfg.data.num_segments} segments")
     return 0
 
 
