@@ -8,7 +8,10 @@ Each test writes this project's model under another codebase's key names, by the
 from __future__ import annotations
 
 import logging
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +21,12 @@ import torch
 from tsn.apps.zoo_import import imported_checkpoint, read_zoo_checkpoint, zoo_config
 from tsn.build import build_tsn
 from tsn.checkpoint import save_checkpoint
-from tsn.config import Config, ConfigError, config_from_dict
+from tsn.config import Config, ConfigError, config_from_dict, load_config
 from tsn.evaluation.inference import load_trained
 from tsn.models import TSN, build_model
 from tsn.models.zoo import ZooCheckpointError, zoo_format
 
+REPO = Path(__file__).resolve().parents[1]
 SEGMENTS = 4
 CLASSES = 5
 
@@ -240,3 +244,61 @@ def test_tsn_weights_start_a_tsm_but_do_not_make_a_whole_tsm(tmp_path: Path) -> 
 def test_a_backbone_that_is_no_resnet_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ZooCheckpointError, match=r"backbone 'mobilenet_v3_large' is none: use resnet18"):
         _load(tmp_path, _to_mmaction2(_model(backbone="resnet18")), backbone="mobilenet_v3_large")
+
+
+def _save_with_config(state: dict[str, torch.Tensor], path: Path, cfg_text: str) -> Path:
+    """An mmaction2 file with the training config mmengine saves as ``meta["cfg"]``."""
+    torch.save({"meta": {"cfg": cfg_text, "epoch": 50}, "state_dict": state}, path)
+    return path
+
+
+TSM_CFG = ("model = dict(type='Recognizer2D', backbone=dict(type='ResNetTSM', depth=18, num_segments=%d, "
+           "shift_div=%d%s), cls_head=dict(type='TSMHead', num_segments=%d))")
+
+
+def test_mmaction2s_saved_config_sets_the_importers_segments_and_refuses_another_shift(tmp_path: Path) -> None:
+    state = _to_mmaction2(_model("tsm", backbone="resnet18"))
+    path = _save_with_config(state, tmp_path / "zoo.pth", TSM_CFG % (16, 8, "", 16))
+    weights = read_zoo_checkpoint(path)
+    assert weights.trained_with == {"shift_div": 8, "num_segments": 16}
+    cfg = zoo_config(Config(), weights, path, tmp_path / "classes.txt")
+    assert (cfg.data.num_segments, cfg.model.shift_div) == (16, 8)
+    _save_with_config(state, path, TSM_CFG % (8, 4, "", 8))
+    with pytest.raises(ZooCheckpointError, match=r"zoo.pth: trained with shift_div=4: set model.shift_div: 4$"):
+        build_model(backbone="resnet18", pretrained=path, num_classes=CLASSES, num_segments=8, temporal="tsm")
+    _save_with_config(state, path, TSM_CFG % (8, 8, ", temporal_pool=True", 8))
+    with pytest.raises(ZooCheckpointError, match=r"trained with temporal pooling \(temporal_pool=True\)"):
+        build_model(backbone="resnet18", pretrained=path, num_classes=CLASSES, num_segments=8, temporal="tsm")
+
+
+def test_a_kept_data_preprocessor_must_normalise_as_the_model(tmp_path: Path) -> None:
+    source = _model(backbone="resnet18")
+    state = _to_mmaction2(source)
+    state["data_preprocessor.mean"] = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
+    state["data_preprocessor.std"] = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
+    model = _load(tmp_path, state)
+    assert torch.equal(model.backbone.conv1.weight, source.backbone.conv1.weight)
+    state["data_preprocessor.std"] = torch.tensor([1.0, 1.0, 1.0]).view(3, 1, 1)
+    with pytest.raises(ZooCheckpointError, match=r"zoo.pth: normalises with std \[1.0, 1.0, 1.0\] \(0..255\), and "
+                                                 r"resnet18 with \[58.395, 57.12, 57.375\]$"):
+        _load(tmp_path, state)
+
+
+def test_the_import_tool_writes_a_checkpoint_and_the_config_tools_test_takes(tmp_path: Path) -> None:
+    source = _model("tsm", backbone="resnet18")
+    zoo = _save_with_config(_to_mmaction2(source), tmp_path / "zoo.pth", TSM_CFG % (SEGMENTS, 8, "", SEGMENTS))
+    classes = tmp_path / "classes.txt"
+    classes.write_text("".join(f"action {i}\n" for i in range(CLASSES)))
+    tool = [sys.executable, str(REPO / "tools" / "import_checkpoint.py")]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([*tool, str(zoo), "--classes", str(classes), "--out", str(tmp_path / "m.pth")], env=env,
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    trained = load_trained(tmp_path / "m.pth", load_config(tmp_path / "m.yaml"))  # as tools/test.py loads it
+    assert trained.config.data.num_segments == SEGMENTS  # from the file's saved config
+    with torch.no_grad():
+        assert torch.equal(trained.model(_clip()), source(_clip()))
+    done = subprocess.run([*tool, str(classes), "--classes", str(classes), "--out", str(tmp_path / "x.pth")], env=env,
+                          capture_output=True, text=True, check=False)
+    assert (done.returncode, done.stderr.count("\n")) == (2, 1)
+    assert done.stderr.startswith(f"error: {classes}: cannot read checkpoint")
