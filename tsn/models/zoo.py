@@ -14,8 +14,9 @@ Both temporal shifts are this project's (``tsn.models.temporal``): channels ``[0
 segment t + 1, the next ``C // shift_div`` from t - 1, zeros past either end of a clip, on the input of the
 first convolution of a residual block ("blockres", inside the residual branch). Which blocks a file shifts is
 read from its keys and must be the model's: the ResNet-101 TSMs of both shift every other block only, which
-this project does not build, so they are refused. ``shift_div`` is not in the weights: the published
-checkpoints use 8, ``model.shift_div``'s default.
+this project does not build, so they are refused. ``shift_div`` is not in the weights: an mmaction2 file's saved
+config (``meta["cfg"]``) says it, and another than the model's is refused (as is temporal pooling); the TSM
+repository's files say nothing (the published ones use 8, ``model.shift_div``'s default).
 
 Both normalise as torchvision's ImageNet ResNets (mean 123.675, 116.28, 103.53, std 58.395, 57.12, 57.375 on
 0..255), this project's ResNet spec. mmaction2's TSN averages the segments' pooled features before its linear
