@@ -75,6 +75,7 @@ def _build_model(cfg: Config, pretrained: bool | str | Path, num_classes: int) -
         temporal=cfg.model.temporal,
         shift_div=cfg.model.shift_div,
         shift_direction=cfg.model.shift_direction,
+        pretrained_format=cfg.model.pretrained_format,
     )
 
 

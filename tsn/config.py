@@ -294,6 +294,12 @@ class ModelConfig(_Section):
             the backbone (224 unless set).
         pretrained: ``true`` (the backbone's ImageNet weights), ``false`` (random init) or a
             path to a weight file (relative to ``data.root`` unless absolute).
+        pretrained_format: (added key) the layout of a ``pretrained`` file: ``torchvision`` (the
+            backbone's own published file: torchvision's for ResNets), or a model-zoo checkpoint of a
+            ResNet TSN or TSM, whose backbone always loads and whose classifier loads when it has the
+            run's number of classes: ``mmaction2`` (1.x), ``tsm`` (mit-han-lab/temporal-shift-module),
+            ``tsn_pytorch`` (yjxiong/tsn-pytorch); ``auto`` (default): a zoo layout when the keys show
+            one, else ``torchvision`` (``tsn.models.zoo``).
         head: ``gap`` (global average pool + dropout + linear) or ``bilinear`` pooling.
         consensus: how the segments become one prediction per video: ``feature_max`` (default):
             the element-wise maximum of the segments' pooled features goes through the
@@ -333,6 +339,7 @@ class ModelConfig(_Section):
 
     backbone: str = "efficientnet_lite0"
     pretrained: bool | str = True
+    pretrained_format: Literal["auto", "torchvision", "mmaction2", "tsm", "tsn_pytorch"] = "auto"
     head: Literal["gap", "bilinear"] = "gap"
     consensus: Literal["avg", "max", "feature_max"] = "feature_max"
     dropout: float = _bounded(0.0, ge=0.0, lt=1.0)
@@ -348,6 +355,9 @@ class ModelConfig(_Section):
     def _check(self) -> None:
         if isinstance(self.pretrained, str) and not self.pretrained.strip():
             raise ConfigError("model.pretrained", "expected true, false or a path, got ''")
+        if self.pretrained_format not in ("auto", "torchvision") and not isinstance(self.pretrained, str):
+            raise ConfigError("model.pretrained_format", f"{self.pretrained_format} names the layout of a file: "
+                                                         f"give its path as model.pretrained")
 
 
 @dataclass(frozen=True)

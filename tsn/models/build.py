@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from pathlib import Path
 
 from tsn.config import DEFAULT_NEW_LENGTH, DataConfig, ModelConfig
 from tsn.models.backbones import build_backbone
@@ -18,9 +19,18 @@ from tsn.models.finetune import freeze_backbone as _freeze_backbone
 from tsn.models.finetune import freeze_stages
 from tsn.models.heads import BilinearHead, GAPHead
 from tsn.models.modality import FLOW_MEAN, FLOW_STD, cross_modality_init, input_channels
-from tsn.models.spec import IMAGENET_STD
+from tsn.models.spec import IMAGENET_STD, BackboneSpec
 from tsn.models.temporal import TEMPORAL, add_temporal_shift
 from tsn.models.tsn import TSN
+from tsn.models.weights import read_weights_file, resolve_weights_file
+from tsn.models.zoo import (
+    PRETRAINED_FORMATS,
+    ZOO_FORMATS,
+    ZooWeights,
+    load_zoo_weights,
+    to_tsn_names,
+    zoo_format,
+)
 
 HEAD_TYPES = ("gap", "bilinear")
 
@@ -45,6 +55,7 @@ def build_model(
     temporal: str = ModelConfig.temporal,
     shift_div: int = ModelConfig.shift_div,
     shift_direction: str = ModelConfig.shift_direction,
+    pretrained_format: str = ModelConfig.pretrained_format,
 ) -> TSN:
     """A TSN: ``build_backbone(backbone, pretrained)``, a "gap" or "bilinear" head (the bilinear
     one reduces the features to ``bilinear_dim`` channels first; None keeps all), the consensus,
@@ -54,12 +65,15 @@ def build_model(
     the RGB weights (``tsn.models.modality.cross_modality_init``). ``fixed_head_statistics``: the head's
     BatchNorm (the bilinear reduction's) keeps its running statistics in training (see ``TSN``). ``temporal``
     "tsm": the temporal shift module in the backbone's residual blocks, ``1 / shift_div`` of the channels
-    shifted ``shift_direction`` ("bidirectional" or "causal"; ``tsn.models.temporal``)."""
+    shifted ``shift_direction`` ("bidirectional" or "causal"; ``tsn.models.temporal``). ``pretrained_format``: a
+    ``pretrained`` file's layout: "torchvision" (the backbone's own), a model zoo's ("mmaction2", "tsm", "tsn_pytorch":
+    a ResNet TSN or TSM, its classifier too when of ``num_classes``; ``tsn.models.zoo``) or "auto" (detected)."""
     if head not in HEAD_TYPES:
         raise ValueError(f"head {head!r} is not one of {', '.join(HEAD_TYPES)}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    net, spec = build_backbone(backbone, pretrained)
+    zoo = _zoo_weights(pretrained, pretrained_format)
+    net, spec = build_backbone(backbone, False if zoo is not None else pretrained)
     channels = input_channels(modality, new_length)
     if modality != "rgb":
         cross_modality_init(net, channels)
@@ -68,17 +82,37 @@ def build_model(
     if temporal == "tsm":
         add_temporal_shift(net, num_segments, shift_div, shift_direction, backbone)
     if modality == "flow":
-        # flow at the magnitude this backbone's RGB input has (BN-Inception takes 0..255-scale pixels)
-        std = FLOW_STD * (sum(spec.std) / len(spec.std)) / (sum(IMAGENET_STD) / len(IMAGENET_STD))
-        spec = replace(spec, mean=(FLOW_MEAN, FLOW_MEAN), std=(std, std))
-    if head == "gap":
-        head_module = GAPHead(spec.feature_dim, num_classes, dropout)
-    else:
-        head_module = BilinearHead(spec.feature_dim, num_classes, dropout, reduce_dim=bilinear_dim)
+        spec = _flow_spec(spec)
+    head_module = (GAPHead(spec.feature_dim, num_classes, dropout) if head == "gap" else
+                   BilinearHead(spec.feature_dim, num_classes, dropout, reduce_dim=bilinear_dim))
     model = TSN(net, spec, head_module, num_segments, consensus=consensus, partial_bn=partial_bn,
                 freeze_bn=freeze_bn, modality=modality, fixed_head_statistics=fixed_head_statistics)
+    if zoo is not None:
+        load_zoo_weights(model, zoo, str(pretrained))
     if freeze_backbone:
         _freeze_backbone(model)
     elif frozen_stages:
         freeze_stages(model, frozen_stages)
     return model
+
+
+def _flow_spec(spec: BackboneSpec) -> BackboneSpec:
+    """``spec`` with the flow statistics, at the magnitude this backbone's RGB input has (BN-Inception takes
+    0..255-scale pixels)."""
+    std = FLOW_STD * (sum(spec.std) / len(spec.std)) / (sum(IMAGENET_STD) / len(IMAGENET_STD))
+    return replace(spec, mean=(FLOW_MEAN, FLOW_MEAN), std=(std, std))
+
+
+def _zoo_weights(pretrained: bool | str | os.PathLike, pretrained_format: str) -> ZooWeights | None:
+    """The zoo checkpoint that ``pretrained`` names, in this project's names; None for the backbone's own file."""
+    if pretrained_format not in PRETRAINED_FORMATS:
+        raise ValueError(f"pretrained_format {pretrained_format!r} is not one of {', '.join(PRETRAINED_FORMATS)}")
+    if pretrained is True and pretrained_format in ZOO_FORMATS:
+        raise ValueError(f"pretrained_format {pretrained_format!r} names the layout of a file: pass its path as "
+                         f"pretrained")
+    if isinstance(pretrained, bool) or pretrained_format == "torchvision":
+        return None
+    path = resolve_weights_file("model.pretrained", Path(pretrained))
+    state, meta = read_weights_file(path)
+    fmt = zoo_format(state) if pretrained_format == "auto" else pretrained_format
+    return None if fmt is None else to_tsn_names(state, fmt, str(path), meta)

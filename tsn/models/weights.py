@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import torch
 from torch import nn
@@ -74,25 +77,73 @@ def hub_weights_file(backbone: str, file_name: str, url: str) -> Path:
     return path
 
 
+class _Opaque:
+    """What a class or function of another package (a training log's record, a numpy array) in a checkpoint's
+    metadata becomes: nothing of it runs, and its arguments and state are dropped."""
+
+    def __new__(cls, *args: object, **kwargs: object) -> Self:
+        return object.__new__(cls)
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def __setstate__(self, state: object) -> None:
+        pass
+
+
+_FOREIGN_GLOBAL = re.compile(r"GLOBAL ([\w.]+) was not an allowed global")
+_MAX_FOREIGN_GLOBALS = 64
+
+
+def load_tensors_only(path: Path) -> object:
+    """``torch.load(path, map_location="cpu", weights_only=True)``, except that the classes and functions of other
+    packages it names (mmengine's ``HistoryBuffer`` and numpy arrays in an mmaction2 checkpoint's training log)
+    load as inert ``_Opaque`` objects instead of failing the whole file: no code of the file ever runs."""
+    stubs: list[tuple[type, str]] = []
+    while True:
+        try:
+            with torch.serialization.safe_globals(stubs):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            found = _FOREIGN_GLOBAL.search(str(exc))
+            if found is None or len(stubs) >= _MAX_FOREIGN_GLOBALS:
+                raise
+            # torch names a builtin without its module ("getattr", in numpy's pickles)
+            name = found.group(1) if "." in found.group(1) else f"builtins.{found.group(1)}"
+            if (_Opaque, name) in stubs:
+                raise
+            stubs.append((_Opaque, name))
+
+
 def read_state_dict(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A state dict from a file (loaded with ``map_location="cpu"``, tensors only) or a mapping.
 
     A checkpoint that wraps the weights as ``{"state_dict": ...}`` or ``{"model": ...}`` is
     unwrapped. Anything else that is not a mapping of names to tensors raises ``ValueError``.
     """
-    label = "state dict"
     if isinstance(source, Mapping):
-        obj: object = source
-    else:
-        path = Path(source)
-        label = str(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: checkpoint file not found")
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # corrupt, truncated, not a torch file, or more than tensors inside
-            first_line = (str(exc).strip().splitlines() or [""])[0]
-            raise ValueError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {first_line})") from exc
+        return _unwrap(source, "state dict")
+    return read_weights_file(source)[0]
+
+
+def read_weights_file(source: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+    """``(state dict, the file's other top-level entries)`` of a weights file, e.g. an mmaction2 checkpoint's
+    ``meta``; as ``read_state_dict``: a missing file is ``FileNotFoundError``, a bad one ``ValueError``."""
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint file not found")
+    try:
+        obj = load_tensors_only(path)
+    except Exception as exc:  # corrupt, truncated, not a torch file, or more than tensors inside
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        raise ValueError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {first_line})") from exc
+    state = _unwrap(obj, str(path))
+    rest = {k: v for k, v in obj.items() if k not in ("state_dict", "model")} if isinstance(obj, Mapping) else {}
+    return state, {str(k): v for k, v in rest.items() if not isinstance(v, torch.Tensor)}
+
+
+def _unwrap(obj: object, label: str) -> dict[str, torch.Tensor]:
+    """The state dict in ``obj`` (itself, or its ``state_dict`` or ``model`` entry); ``ValueError`` naming ``label``."""
     if isinstance(obj, Mapping):
         for wrapper_key in ("state_dict", "model"):
             inner = obj.get(wrapper_key)
