@@ -291,14 +291,14 @@ def test_the_import_tool_writes_a_checkpoint_and_the_config_tools_test_takes(tmp
     classes.write_text("".join(f"action {i}\n" for i in range(CLASSES)))
     tool = [sys.executable, str(REPO / "tools" / "import_checkpoint.py")]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([*tool, str(zoo), "--classes", str(classes), "--out", str(tmp_path / "m.pth")], env=env,
+    done = subprocess.run([*tool, str(zoo), "--classes", str(classes), "--out-file", str(tmp_path / "m.pth")], env=env,
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     trained = load_trained(tmp_path / "m.pth", load_config(tmp_path / "m.yaml"))  # as tools/test.py loads it
     assert trained.config.data.num_segments == SEGMENTS  # from the file's saved config
     with torch.no_grad():
         assert torch.equal(trained.model(_clip()), source(_clip()))
-    done = subprocess.run([*tool, str(classes), "--classes", str(classes), "--out", str(tmp_path / "x.pth")], env=env,
+    done = subprocess.run([*tool, str(classes), "--classes", str(classes), "--out-file", str(tmp_path / "x.pth")], env=env,
                           capture_output=True, text=True, check=False)
     assert (done.returncode, done.stderr.count("\n")) == (2, 1)
     assert done.stderr.startswith(f"error: {classes}: cannot read checkpoint")

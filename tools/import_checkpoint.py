@@ -2,8 +2,8 @@
 checkpoint of this project, which tools/test.py, predict.py, export.py and extract_features.py then run as
 they run a trained one.
 
-    python tools/import_checkpoint.py ZOO.pth --classes kinetics400_classes.txt --out work/k400_tsm.pth
-                                      [--config C] [--opt data.num_segments=8] [--format auto]
+    python tools/import_checkpoint.py ZOO.pth --classes kinetics400_classes.txt --out-file work/k400_tsm.pth
+                                      [--config C] [--opt data.num_segments=8] [--pretrained-format auto]
 
 The network (ResNet depth, temporal shift) is read from the file's keys; the class names, one a line in the
 order of the classifier's outputs, come from --classes (zoo files carry none); --config gives the rest (data
@@ -28,8 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("zoo_file", type=Path, help="the model-zoo checkpoint (.pth)")
     parser.add_argument("--classes", type=Path, required=True, help="class names, one a line, line i = output i")
-    parser.add_argument("--out", type=Path, required=True, help="the checkpoint to write")
-    parser.add_argument("--format", choices=("auto", *ZOO_FORMATS), default="auto", help="the file's layout (default: recognised from its keys)")
+    parser.add_argument("--out-file", type=Path, required=True, help="the checkpoint to write")
+    parser.add_argument("--pretrained-format", choices=("auto", *ZOO_FORMATS), default="auto",
+                        help="the file's layout, as model.pretrained_format (default: recognised from its keys)")
     add_config_args(parser, required=False, what="YAML config for the data and test settings")
     return parser
 
@@ -37,14 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> int:
     args = build_parser().parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    weights = read_zoo_checkpoint(args.zoo_file, args.format)
+    weights = read_zoo_checkpoint(args.zoo_file, args.pretrained_format)
     base = load_config(args.config) if args.config is not None else Config()
     cfg = zoo_config(base, weights, args.zoo_file, args.classes, args.opt)
     state = imported_checkpoint(cfg, weights, read_class_names(args.classes), str(args.zoo_file))
-    save_checkpoint(state, args.out, keep_previous=False)
-    save_config(cfg, args.out.with_suffix(".yaml"))  # the --config of tools/test.py, as a run's config.yaml
+    save_checkpoint(state, args.out_file, keep_previous=False)
+    save_config(cfg, args.out_file.with_suffix(".yaml"))  # the --config of tools/test.py, as a run's config.yaml
     model = cfg.model
-    print(f"{args.out} (config {args.out.with_suffix('.yaml')}): {model.backbone} "
+    print(f"{args.out_file} (config {args.out_file.with_suffix('.yaml')}): {model.backbone} "
           f"{'TSM' if model.temporal == 'tsm' else 'TSN'} ({weights.format}), {len(state['class_names'])} classes, "
           f"{cfg.data.num_segments} segments")
     return 0

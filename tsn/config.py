@@ -452,8 +452,10 @@ class TrainConfig(_Section):
             often as the largest: a class's videos are repeated, every video still seen at least
             once; also under DDP) or ``loss`` (each video's loss weighted ``N / (K * n_c)``, see
             ``tsn.training.losses.inverse_frequency_weights``). With ``sampler`` or ``loss`` the
-            LP-FT probe weighs its videos the same way. On balanced lists all three are the same
-            recipe (``loss`` computes exactly the unweighted loss). See the README, Accuracy.
+            LP-FT probe weighs its videos the same way. ``loss`` is the default: on balanced lists it
+            computes exactly the unweighted loss (the same run, bit for bit), and on UT-Interaction's
+            folds with half of two classes' training clips dropped it recalled those classes better
+            than ``none`` (docs/experiments.md, "Imbalanced classes").
         val_num_clips: (added key) temporal clips per video in validation (1: the centre
             frames of each segment, the fastest; more, as ``test.num_clips``, makes the val top-1
             that picks ``best.pth`` less noisy, at that many times the cost).
@@ -483,7 +485,7 @@ class TrainConfig(_Section):
     val_every: int = _bounded(1, ge=1)
     head_init: Literal["random", "linear_probe"] = "linear_probe"
     ema_decay: float | None = _bounded(None, gt=0.0, lt=1.0)
-    class_balance: Literal["none", "sampler", "loss"] = "none"
+    class_balance: Literal["none", "sampler", "loss"] = "loss"
     val_num_clips: int = _bounded(1, ge=1)
     val_crops: Literal[1, 3, 10] = 1
 
