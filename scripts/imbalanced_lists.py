@@ -1,6 +1,6 @@
 """Make an imbalanced copy of a training list: the named classes keep only a fraction of their videos.
 
-    python scripts/imbalanced_lists.py --list ROOT/fold1_train.txt --classes 0 1 --keep 0.5 --out OUT.txt
+    python scripts/imbalanced_lists.py --list ROOT/fold1_train.txt --labels 0 1 --keep 0.5 --out-file OUT.txt
 
 Keeps the first ``ceil(keep * n)`` lines of each named class, in list order (deterministic), and every line
 of the other classes. Used for the class-balance measurements (README, Accuracy): UT-Interaction's folds
@@ -31,16 +31,16 @@ def imbalanced_lines(lines: list[str], classes: set[int], keep: float) -> list[s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--list", type=Path, required=True)
-    parser.add_argument("--classes", type=int, nargs="+", required=True)
+    parser.add_argument("--labels", type=int, nargs="+", required=True)
     parser.add_argument("--keep", type=float, required=True, help="fraction of the named classes' videos kept")
-    parser.add_argument("--out", type=Path, required=True, help="the list to write")
+    parser.add_argument("--out-file", type=Path, required=True, help="the list to write")
     args = parser.parse_args()
     lines = [line for line in args.list.read_text().splitlines() if line.strip()]
-    kept = imbalanced_lines(lines, set(args.classes), args.keep)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(kept) + "\n")
+    kept = imbalanced_lines(lines, set(args.labels), args.keep)
+    args.out_file.parent.mkdir(parents=True, exist_ok=True)
+    args.out_file.write_text("\n".join(kept) + "\n")
     counts = sorted(Counter(int(line.split()[-1]) for line in kept).items())
-    print(f"{args.out}: {len(kept)} of {len(lines)} videos; per class {counts}")
+    print(f"{args.out_file}: {len(kept)} of {len(lines)} videos; per class {counts}")
 
 
 if __name__ == "__main__":

@@ -149,3 +149,8 @@ def test_ten_validation_crops_need_a_flip() -> None:
     cfg = load_config(None, ["data.flip=false", "train.val_crops=10"])
     with pytest.raises(ConfigError, match="train.val_crops"):
         build_clip_dataset(cfg, "val", [], Path("."))
+
+
+def test_class_balanced_order_pads_for_more_ranks_than_draws() -> None:
+    ranks = [list(ClassBalancedOrder([5], seed=0, num_replicas=4, rank=r)) for r in range(4)]
+    assert ranks == [[0], [0], [0], [0]]  # one draw, repeated so that every rank takes as many steps

@@ -302,3 +302,8 @@ def test_the_import_tool_writes_a_checkpoint_and_the_config_tools_test_takes(tmp
                           capture_output=True, text=True, check=False)
     assert (done.returncode, done.stderr.count("\n")) == (2, 1)
     assert done.stderr.startswith(f"error: {classes}: cannot read checkpoint")
+
+
+def test_this_projects_own_checkpoint_is_no_zoo_layout() -> None:
+    own = build_model(backbone="resnet18", pretrained=False, num_classes=3, num_segments=2).state_dict()
+    assert zoo_format(own) is None  # backbone.* keys, but neither mmaction2's head nor its conv modules

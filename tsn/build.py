@@ -140,9 +140,9 @@ def build_clip_dataset(cfg: Config, split: Split, records: Sequence[VideoRecord]
         views = crops if crops is not None else (cfg.train.val_crops if split == "val" else cfg.test.crops)
         num_clips = num_clips if num_clips is not None else (cfg.train.val_num_clips if split == "val" else None)
         if views == 10 and not data.flip and not data.flip_label_map:
-            raise ConfigError("train.val_crops" if split == "val" else "test.crops", "10 crops include mirrored views, and a model trained with data.flip: "
-                                            "false has never seen a mirror: use 1 or 3 crops (--crops), or give "
-                                            "data.flip_label_map")
+            key = "train.val_crops" if split == "val" else "test.crops"
+            raise ConfigError(key, "10 crops include mirrored views, and a model trained with data.flip: false has "
+                                   "never seen a mirror: use 1 or 3 crops, or give data.flip_label_map")
         transform = test_transform(views, data.input_size, data.short_side)
         mode, clips = "test", num_clips if num_clips is not None else cfg.test.num_clips
     return ClipDataset(records, root, "flow" if data.modality == "flow" else data.format,

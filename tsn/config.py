@@ -452,8 +452,9 @@ class TrainConfig(_Section):
             often as the largest: a class's videos are repeated, every video still seen at least
             once; also under DDP) or ``loss`` (each video's loss weighted ``N / (K * n_c)``, see
             ``tsn.training.losses.inverse_frequency_weights``). With ``sampler`` or ``loss`` the
-            LP-FT probe weighs its videos the same way. ``loss`` is the default: on balanced lists it
-            computes exactly the unweighted loss (the same run, bit for bit), and on UT-Interaction's
+            linear probe (LP-FT's and ``tools/linear_probe.py``'s) weighs its videos the same way.
+            ``loss`` is the default: on balanced lists it computes exactly the unweighted loss (the
+            same run, bit for bit), and on UT-Interaction's
             folds with half of two classes' training clips dropped it recalled those classes better
             than ``none`` (docs/experiments.md, "Imbalanced classes").
         val_num_clips: (added key) temporal clips per video in validation (1: the centre

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 from pathlib import Path
 
@@ -24,6 +26,8 @@ def run_extract(cfg: Config, list_file: Path, out_dir: Path, checkpoint: Path | 
     if not list_file.is_file():
         raise ValueError(f"{list_file}: list not found")
     class_names = build_class_names(cfg)
+    # one view per video (the val clip), whatever views a run's config validated on
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, val_num_clips=1, val_crops=1))
     dataset = build_dataset(cfg, "val", len(class_names), list_file=list_file)
     if knn is not None and not 1 <= knn < len(dataset):
         raise ValueError(f"--knn {knn} needs 1 <= K < {len(dataset)}, the number of videos in {list_file}")

@@ -32,7 +32,7 @@ def read_zoo_checkpoint(path: Path, fmt: str = "auto") -> ZooWeights:
     if fmt == "auto" and found is None:
         raise ZooCheckpointError(f"{path}: not a checkpoint of mmaction2, the TSM repository or tsn-pytorch (first "
                                  f"key: {next(iter(state), 'none')})")
-    return to_tsn_names(state, found if fmt == "auto" and found is not None else fmt, str(path), meta)
+    return to_tsn_names(state, found if fmt == "auto" else fmt, str(path), meta)
 
 
 def zoo_config(base: Config, weights: ZooWeights, path: Path, classes: Path, overrides: Sequence[str] = ()) -> Config:
@@ -44,6 +44,7 @@ def zoo_config(base: Config, weights: ZooWeights, path: Path, classes: Path, ove
         raise ZooCheckpointError(f"{path}: its backbone is not a ResNet of 18, 34, 50, 101 or 152 layers")
     raw = base.to_dict()
     raw["model"].update(backbone=name, temporal="tsm" if weights.shifted else "none", head="gap", consensus="avg",
+                        shift_direction="bidirectional",  # as both codebases shift
                         pretrained=str(path.resolve()), pretrained_format=weights.format)
     raw["data"]["classes"] = str(classes.resolve())
     # as trained, where the file's saved config says (mmaction2's); overrides may still change them

@@ -79,6 +79,7 @@ class ClassBalancedOrder(Sampler[int]):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Epoch of the next iteration: its order is drawn from ``seed + epoch``."""
         self.epoch = epoch
 
     def epoch_order(self) -> list[int]:
@@ -95,7 +96,8 @@ class ClassBalancedOrder(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         order = self.epoch_order()
-        order += order[:len(self) * self.num_replicas - len(order)]  # pad to a multiple of the ranks
+        while len(order) < len(self) * self.num_replicas:  # pad with the start to a multiple of the ranks
+            order += order[:len(self) * self.num_replicas - len(order)]
         return iter(order[self.rank::self.num_replicas])
 
     def __len__(self) -> int:

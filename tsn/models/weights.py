@@ -14,7 +14,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
 
 import torch
 from torch import nn
@@ -81,7 +80,7 @@ class _Opaque:
     """What a class or function of another package (a training log's record, a numpy array) in a checkpoint's
     metadata becomes: nothing of it runs, and its arguments and state are dropped."""
 
-    def __new__(cls, *args: object, **kwargs: object) -> Self:
+    def __new__(cls, *args: object, **kwargs: object) -> _Opaque:
         return object.__new__(cls)
 
     def __init__(self, *args: object, **kwargs: object) -> None:
@@ -100,6 +99,8 @@ def load_tensors_only(path: Path) -> object:
     packages it names (mmengine's ``HistoryBuffer`` and numpy arrays in an mmaction2 checkpoint's training log)
     load as inert ``_Opaque`` objects instead of failing the whole file: no code of the file ever runs."""
     stubs: list[tuple[type, str]] = []
+    if not hasattr(torch.serialization, "safe_globals"):  # torch < 2.5: plain weights-only loading
+        return torch.load(path, map_location="cpu", weights_only=True)
     while True:
         try:
             with torch.serialization.safe_globals(stubs):

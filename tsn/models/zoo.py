@@ -94,7 +94,9 @@ def zoo_format(keys: Iterable[str]) -> str | None:
     """The zoo layout that state-dict ``keys`` show (``mmaction2``, ``tsm`` when a convolution is shifted, else
     ``tsn_pytorch``), or None for any other file."""
     bare = [key.removeprefix(MODULE_PREFIX) for key in keys]
-    if any(key.startswith(_MM_BACKBONE) for key in bare):
+    # this project's own checkpoints have backbone.* keys too: mmaction2's also have its head or its conv modules
+    if any(key.startswith(_MM_BACKBONE) for key in bare) and any(
+            key in _MM_HEAD or key.startswith("backbone.conv1.conv.") for key in bare):
         return "mmaction2"
     if any(key.startswith(_TSM_BODY) for key in bare):
         return "tsm" if any(_TSM_SHIFTED.search(key) for key in bare) else "tsn_pytorch"
@@ -192,6 +194,9 @@ def _check_shift(model: TSN, weights: ZooWeights, label: str, whole_model: bool)
     if weights.shifted and convs and settings.get("shift_div", 0) not in (0, next(iter(convs.values())).shift_div):
         raise ZooCheckpointError(f"{label}: trained with shift_div={settings['shift_div']}: set model.shift_div: "
                                  f"{settings['shift_div']}")
+    if weights.shifted and whole_model and any(conv.direction != "bidirectional" for conv in convs.values()):
+        raise ZooCheckpointError(f"{label}: its shift is bidirectional (as every zoo TSM), the model's is "
+                                 f"model.shift_direction: causal")
     if settings.get("num_segments", model.num_segments) != model.num_segments:
         logger.info("%s: trained with %d segments, the model has %d", label, settings["num_segments"],
                     model.num_segments)
