@@ -20,6 +20,8 @@ from PIL import Image
 from tiny_training import restored_global_state
 from tsn.build import build_dataset, build_tsn
 from tsn.config import Config, load_config
+from tsn.apps.predict import Predictor, predict_videos
+from tsn.data.sampling import test_indices
 from tsn.evaluation.build import run_test
 from tsn.evaluation.html_report import STRIPS_PER_KIND, confident_mistakes, confusion_html
 from videos import frame_index, make_index_video
@@ -98,7 +100,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, Path, Path]:
     root = tmp_path_factory.mktemp("report")
     lines = []
     for i, (label, frames) in enumerate(zip(LABELS, NUM_FRAMES)):
-        make_index_video(root / "videos" / f"v{i}.mp4", frames, width=SIZE, height=SIZE)  # square: the crop is the frame
+        make_index_video(root / "videos" / f"v{i}.mp4", frames, width=SIZE, height=SIZE)  # square: crop = frame
         lines.append(f"videos/v{i}.mp4 {label}\n")
         if i == 2:
             (root / BROKEN).write_bytes(b"not a video at all")
@@ -226,6 +228,43 @@ def test_a_large_confusion_matrix_shows_its_largest_mistakes_only() -> None:
     assert "confusion-matrix" not in text
     assert text.index("<td class='l'>c10</td><td class='l'>c2</td><td>9</td>") < text.index(
         "<td class='l'>c3</td><td class='l'>c7</td><td>4</td>")
+
+
+def test_the_prediction_page_shows_strips_a_timeline_and_failures(run: tuple[Config, Path, Path],
+                                                                  tmp_path: Path) -> None:
+    cfg, checkpoint, _ = run
+    short = Path(cfg.data.root) / "videos" / "v4.mp4"  # 41 frames, scored whole
+    long = make_index_video(tmp_path / "long.mp4", 250, width=SIZE, height=SIZE)  # 10 s: windows 0-4, 3-7, 6-10 s
+    broken = Path(cfg.data.root) / BROKEN
+    out = tmp_path / "predictions.html"
+    with restored_global_state():
+        predictor = Predictor.from_checkpoint(checkpoint, cfg, num_clips=2, crops=1)
+        whole = predict_videos(predictor, [(short, "short")], top_k=3, progress=False, html=out)
+        assert whole == 0
+        page = parse(out)
+        images = [attrs for tag, attrs in page.elements if tag == "img"]
+        expected = test_indices(41, SEGMENTS, 1, 2)[0].tolist()  # the first temporal clip, one frame per segment
+        assert [int(attrs["data-frame"] or -1) for attrs in images] == expected
+        decoded = [frame_index(np.asarray(decode_image(attrs["src"] or "").convert("RGB"))) for attrs in images]
+        assert decoded == expected
+        failed = predict_videos(predictor, [(long, "long"), (broken, "broken")], top_k=3, window=4.0, stride=3.0,
+                                progress=False, html=out)
+        assert failed == 1
+        prediction = predictor.predict(long, top_k=3, window=4.0, stride=3.0)
+    text = out.read_text(encoding="utf-8")
+    assert "http://" not in text and "https://" not in text
+    page = parse(out)
+    images = [attrs for tag, attrs in page.elements if tag == "img"]
+    # one thumbnail per window: the middle segment of its first clip, frames first..last of the window alone
+    expected = [w.first_frame + int(test_indices(w.last_frame + 1 - w.first_frame, SEGMENTS, 1, 2)[0][SEGMENTS // 2])
+                for w in prediction.windows]
+    assert len(expected) == 3
+    assert [int(attrs["data-frame"] or -1) for attrs in images] == expected
+    assert [frame_index(np.asarray(decode_image(attrs["src"] or "").convert("RGB"))) for attrs in images] == expected
+    timeline = [attrs["data-class"] for tag, attrs in page.elements if tag == "div" and "data-class" in attrs]
+    assert timeline == [w.top[0].name for w in prediction.windows]
+    (video, reason), = [[text for _, text in row] for row in page.tables["failed"][1:]]
+    assert video == str(broken) and reason  # the one video that could not be read, and why
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="headless Chromium (Debian's chromium package) is not installed")

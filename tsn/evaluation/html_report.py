@@ -44,18 +44,21 @@ border:1px solid #ddd;text-align:right}th{background:#f3f3f3;cursor:pointer}td.l
 SCRIPT = """document.querySelectorAll('table.sortable th').forEach(function(th,col){th.onclick=function(){
 var t=th.closest('table'),b=t.tBodies[0],r=Array.from(b.rows),d=th.dataset.dir==='a'?-1:1;th.dataset.dir=d>0?'a':'d';
 r.sort(function(x,y){var p=x.cells[col],q=y.cells[col],u=parseFloat(p.dataset.value),v=parseFloat(q.dataset.value);
-return(isNaN(u)||isNaN(v)?p.textContent.localeCompare(q.textContent):u-v)*d;});r.forEach(function(e){b.appendChild(e);});};});"""
+return(isNaN(u)||isNaN(v)?p.textContent.localeCompare(q.textContent):u-v)*d;});
+r.forEach(function(e){b.appendChild(e);});};});"""
 
 
 class Strip(NamedTuple):
     """One video shown as the frames the model was given: its path, true class (None: unknown), the top
-    classes with their scores, the thumbnails (RGB uint8 ``(h, w, 3)``) and their frame indices."""
+    classes with their scores, the thumbnails (RGB uint8 ``(h, w, 3)``), their frame indices and their
+    captions (empty: "frame i")."""
 
     path: str
     true_class: str | None
     top: tuple[tuple[str, float], ...]
     frames: tuple[np.ndarray, ...]
     frame_indices: tuple[int, ...]
+    captions: tuple[str, ...] = ()
 
 
 def esc(value: object) -> str:
@@ -117,9 +120,10 @@ def strip_html(strip: Strip) -> str:
         verdict = (f" &middot; true <b>{esc(strip.true_class)}</b> &middot; predicted "
                    f"<b class='{'good' if right else 'bad'}'>{esc(predicted)}</b>")
     scores = ", ".join(f"{esc(name)} <span data-score='{score!r}'>{score:.3f}</span>" for name, score in strip.top)
+    captions = strip.captions or tuple(f"frame {i}" for i in strip.frame_indices)
     figures = "".join(f"<figure><img src='{jpeg_uri(frame)}' alt='frame {i}' data-frame='{i}'>"
-                      f"<figcaption>frame {i}</figcaption></figure>"
-                      for frame, i in zip(strip.frames, strip.frame_indices))
+                      f"<figcaption>{esc(caption)}</figcaption></figure>"
+                      for frame, i, caption in zip(strip.frames, strip.frame_indices, captions))
     return (f"<div class='strip'><div><code>{esc(strip.path)}</code>{verdict}</div>"
             f"<div class='note'>top-{len(strip.top)}: {scores}</div><div class='frames'>{figures}</div></div>")
 
@@ -131,7 +135,8 @@ def page(title: str, sections: Sequence[str]) -> str:
             + f"\n<script>{SCRIPT}</script></body></html>\n")
 
 
-def confident_mistakes(scores: np.ndarray, labels: np.ndarray, cap: int = STRIPS_PER_KIND) -> tuple[list[int], list[int]]:
+def confident_mistakes(scores: np.ndarray, labels: np.ndarray,
+                       cap: int = STRIPS_PER_KIND) -> tuple[list[int], list[int]]:
     """Rows of ``scores (N, C)`` (finite) against ``labels (N,)``: the ``cap`` wrong ones with the highest top
     score (most confidently wrong first), and the ``cap`` right ones with the lowest (least sure first)."""
     predicted, top = scores.argmax(axis=1), scores.max(axis=1)
@@ -214,7 +219,8 @@ def per_class_html(class_names: Sequence[str], precision: np.ndarray, recall: np
 def _shade(fraction: float, diagonal: bool) -> str:
     """A cell's background: green on the diagonal, red off it, as strong as its share of the row."""
     alpha = round(0.85 * fraction, 3)
-    return f"background:rgba({'0,150,0' if diagonal else '210,0,0'},{alpha})"
+    ink = ";color:#fff" if alpha > 0.45 else ""  # dark text would vanish on a strong shade
+    return f"background:rgba({'0,150,0' if diagonal else '210,0,0'},{alpha}){ink}"
 
 
 def confusion_html(cm: np.ndarray, class_names: Sequence[str]) -> str:
@@ -237,7 +243,7 @@ def confusion_html(cm: np.ndarray, class_names: Sequence[str]) -> str:
     for t, name in enumerate(class_names):
         cells = "".join(f"<td style='{_shade(shares[t, p], t == p)}' data-count='{int(cm[t, p])}' "
                         f"title='{esc(name)} as {esc(class_names[p])}'>{int(cm[t, p])}<br>"
-                        f"<span class='note'>{100 * shares[t, p]:.0f}%</span></td>" for p in range(len(class_names)))
+                        f"<small>{100 * shares[t, p]:.0f}%</small></td>" for p in range(len(class_names)))
         rows.append(f"<tr><th class='l'>{esc(name)}</th>{cells}</tr>")
     return (text + "<p class='note'>Rows: true class; columns: predicted; each cell its videos and its share of "
             f"the row.</p><table id='confusion-matrix'><tr><th class='l'>true \\ predicted</th>{head}</tr>"
