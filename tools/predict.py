@@ -1,24 +1,23 @@
 """Predict the actions in videos with a trained checkpoint: top classes per video, and per window of a long one.
 
-    python tools/predict.py --checkpoint P [VIDEO_OR_DIR ...] [--list L --src ROOT] [--top-k 5]
+    python tools/predict.py --checkpoint P [VIDEO_OR_DIR ...] [--list L --src ROOT] [--top-k 5] [--html PAGE]
                             [--window SECONDS [--stride SECONDS]] [--format text|json|csv] [--out-video PATH]
     python tools/predict.py --model model.onnx VIDEO ...     # a file of tools/export.py, on onnxruntime
     python tools/predict.py --checkpoint P --stream SOURCE [--realtime] [--stream-window N] [--stream-stride N]
                             [--print-every N] [--format json]  # a file, camera (0, /dev/video0) or rtsp:// URL
 
-A folder stands for every video under it. The checkpoint carries the network, its config and its class names;
---config and --opt only change them. An exported file (--model) carries its config and class names too and runs
-on onnxruntime (CUDA with --device cuda where its provider is installed, else the CPU) or TorchScript; the line
-"running ... with ..." on stderr says which. Results go to stdout (--format), failures to stderr as "failed:
-<video>: <reason>". Exit status: 0; 1 when every video failed, or with --strict when any did; 2 for bad arguments.
+A folder stands for every video under it; --html writes one self-contained page (the frames the model was given, the
+windows' timeline). The checkpoint carries the network, its config and its class names; --config and --opt only change
+them. An exported file (--model) carries them too and runs on onnxruntime (CUDA with --device cuda where its provider
+is installed) or TorchScript; "running ... with ..." on stderr says which. Results go to stdout (--format), failures to
+stderr as "failed: <video>: <reason>". Exit status: 0; 1 when every video failed (--strict: any); 2 for bad arguments.
 
 --stream scores a live source one frame at a time with a causal TSM (model.temporal: tsm, model.shift_direction:
 causal) or a TSN, from its checkpoint or its per-frame graph (tools/export.py --stream, then --model): every
 --stream-stride frames (default: the training clips' time between segments), the window consensus of the last
---stream-window scored frames, printed every --print-every scored frames with the frame's time and the latency
-from its arrival to its scores. --realtime plays a file at its own rate and drops the frames the model cannot
-keep up with; cameras and network streams always run live. Ctrl-C stops it; a summary goes to stderr (exit 1
-when the stream broke).
+--stream-window scored frames, printed every --print-every scored frames with the frame's time and the latency from its
+arrival to its scores. --realtime plays a file at its own rate and drops the frames the model cannot keep up with;
+cameras and network streams always run live. Ctrl-C stops it; a summary goes to stderr (exit 1 when the stream broke).
 """
 
 from __future__ import annotations
@@ -50,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_view_args(parser)
     parser.add_argument("--format", choices=OUTPUT_FORMATS, default="text", help="a table, JSON lines or CSV rows")
     parser.add_argument("--out-video", type=Path, help="copy with the top label drawn: a file (one video) or a folder")
+    parser.add_argument("--html", type=Path, help="also write this self-contained page of the predictions")
     add_device_arg(parser)
     add_progress_arg(parser)
     parser.add_argument("--strict", action="store_true", help="exit 1 when any video failed")
@@ -70,8 +70,8 @@ def main() -> int:
         raise UsageError("--stride needs --window" if args.window is None else f"--stride {args.stride} is longer "
                          f"than --window {args.window}: frames between windows would never be seen")
     if args.stream is not None:
-        if args.videos or args.list or args.window or args.out_video or args.format == "csv":
-            raise UsageError("--stream takes no videos, --list, --window, --out-video or --format csv")
+        if args.videos or args.list or args.window or args.out_video or args.html or args.format == "csv":
+            raise UsageError("--stream takes no videos, --list, --window, --out-video, --html or --format csv")
         if args.config is not None or args.opt:
             raise UsageError("--stream runs the model as it was trained: no --config or --opt")
         return print_stream(args.model or args.checkpoint, args.model is not None, args.stream,
@@ -93,7 +93,7 @@ def main() -> int:
                                        overrides=() if config is not None else args.opt)
     print(f"running {args.model or args.checkpoint} with {predictor.runtime}", file=sys.stderr)
     failed = predict_videos(predictor, videos, args.top_k, args.window, args.stride, args.format, args.out_video,
-                            not args.no_progress)
+                            not args.no_progress, args.html)
     return 1 if failed == len(videos) or (args.strict and failed) else 0
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
                          [--no-progress]
     python tools/test.py --config C --model model.onnx --out O ...    # a file of tools/export.py (onnxruntime)
 
-Writes O/metrics.json, O/per_class.csv, O/confusion_matrix.csv, O/confusion_matrix.png, O/scores.npy.
+Writes O/metrics.json, O/per_class.csv, O/confusion_matrix.csv, O/confusion_matrix.png, O/scores.npy and
+O/report.html (one self-contained page: metrics, per class, confusion, the wrong and unsure clips' frames).
 """
 
 from __future__ import annotations

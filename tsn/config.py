@@ -674,11 +674,14 @@ def config_from_dict(raw: dict[str, Any], overrides: Sequence[str] = ()) -> Conf
     return Config.from_dict(raw)
 
 
+def config_text(cfg: Config) -> str:
+    """The resolved ``cfg`` as the YAML text ``save_config`` writes."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
+
+
 def save_config(cfg: Config, path: str | os.PathLike[str]) -> None:
     """Write the resolved ``cfg`` as YAML, atomically (temp file in the same folder, fsync, rename)."""
-    path = Path(path)
-    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
-    atomic_write_text(path, text)
+    atomic_write_text(Path(path), config_text(cfg))
 
 
 def resolve_path(data: DataConfig, value: str | os.PathLike[str]) -> Path:

@@ -34,6 +34,7 @@ from tsn.config import Config, ConfigError
 from tsn.data.dataset import ClipDataset
 from tsn.data.lists import VideoRecord, read_video_list
 from tsn.build import build_clip_dataset
+from tsn.apps.predict_html import PredictPage
 from tsn.errors import UsageError
 from tsn.evaluation.evaluate import autocast_context, view_scores
 from tsn.evaluation.deployed import ExportedTSN
@@ -219,7 +220,8 @@ class Predictor:
         onnxruntime (its CUDA provider on a CUDA ``device`` where present) or TorchScript."""
         return cls(ExportedTSN(path, torch.device(device)), device, num_clips, crops)
 
-    def _dataset(self, video: str | os.PathLike[str]) -> ClipDataset:
+    def single_dataset(self, video: str | os.PathLike[str]) -> ClipDataset:
+        """The test-mode dataset of ``video`` alone, as this predictor reads it."""
         return single_video_dataset(self.config, video, self.num_clips, self.crops, self.class_names)
 
     @torch.no_grad()
@@ -241,7 +243,7 @@ class Predictor:
         Raises ``VideoReadError`` (or ``OSError``) for a video that cannot be read."""
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
-        dataset = self._dataset(video)
+        dataset = self.single_dataset(video)
         k = min(top_k, len(self.class_names))
         if window is None:
             probs = self._probabilities(dataset)
@@ -407,12 +409,13 @@ def check_copy_paths(out_video: Path, videos: Sequence[tuple[Path, str]]) -> Non
 
 def predict_videos(predictor: Predictor, videos: Sequence[tuple[Path, str]], top_k: int = 5,
                    window: float | None = None, stride: float | None = None, output_format: str = "text",
-                   out_video: Path | None = None, progress: bool = True) -> int:
+                   out_video: Path | None = None, progress: bool = True, html: Path | None = None) -> int:
     """Predict each of ``videos`` (``collect_videos``) and print it to stdout in ``output_format`` (CSV: the
     header first), with its labelled copy under ``out_video`` where given (``copy_path``; check the paths first
-    with ``check_copy_paths``). A video that cannot be read goes to stderr as ``failed: <video>: <reason>``.
-    Returns how many failed."""
+    with ``check_copy_paths``), and the page ``html`` (``tsn.apps.predict_html``) where given. A video that
+    cannot be read goes to stderr as ``failed: <video>: <reason>``. Returns how many failed."""
     failed = 0
+    page = PredictPage(predictor) if html is not None else None
     if output_format == "csv":
         print(",".join(CSV_HEADER))
     for path, name in tqdm(videos, desc="predict", unit="video", disable=not progress, file=sys.stderr):
@@ -420,13 +423,19 @@ def predict_videos(predictor: Predictor, videos: Sequence[tuple[Path, str]], top
             prediction = predictor.predict(path, top_k, window, stride)
             if out_video is not None:
                 write_labelled_video(prediction, path, copy_path(out_video, name, len(videos)))
+            if page is not None:
+                page.add(prediction)
         except (VideoReadError, OSError) as error:
             reason = error.reason if isinstance(error, VideoReadError) else str(error)
             tqdm.write(f"failed: {path}: {reason}", file=sys.stderr)
+            if page is not None:
+                page.fail(str(path), reason)
             failed += 1
             continue
         tqdm.write(format_prediction(prediction, output_format), file=sys.stdout)
         sys.stdout.flush()
+    if page is not None and html is not None:
+        page.write(html)
     if failed:
         print(f"{failed} of {len(videos)} videos failed", file=sys.stderr)
     return failed

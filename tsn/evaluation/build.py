@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from tsn.build import build_class_names, build_dataset, build_loader, build_tsn, list_path
-from tsn.config import Config, ConfigError
+from tsn.config import Config, ConfigError, config_text
 from tsn.evaluation.deployed import ExportedTSN
 from tsn.evaluation.inference import load_trained
 from tsn.evaluation.testing import (ModelUnderTest, Report, TestSettings, check_class_names,
@@ -73,5 +73,5 @@ def run_test(cfg: Config, checkpoint: Path, out_dir: Path, list_file: Path | Non
     loader = build_loader(cfg, dataset, train=False, distributed=False, batch_size=batch_size)
     settings = TestSettings(checkpoint=checkpoint, test_list=list_file or list_path(cfg, "test"), views=views,
                             amp=cfg.train.amp, clips_per_forward=cfg.test.clips_per_forward,
-                            on_nonfinite=cfg.test.on_nonfinite)
+                            on_nonfinite=cfg.test.on_nonfinite, config_text=config_text(cfg))
     return evaluate_and_report(model, loader, settings, out_dir, info.device, progress)

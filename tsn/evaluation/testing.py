@@ -5,7 +5,8 @@
 in the labels, as scikit-learn's balanced accuracy), ``O/per_class.csv``,
 ``O/confusion_matrix.csv`` and ``.png``, ``O/scores.npy`` (video-level scores in list order; the
 rows of videos that could not be read are NaN, left out of the metrics and listed in
-``O/skipped.csv``).
+``O/skipped.csv``), and ``O/report.html`` (``tsn.evaluation.html_report``: the same numbers, the clips
+it got wrong and was least sure of, for a person).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
@@ -25,6 +27,7 @@ from tsn.runtime.allocator import strategy as allocator_strategy
 from tsn.data.dataset import ClipDataset, SkippedVideo
 from tsn.build import same_list
 from tsn.checkpoint import CheckpointError
+from tsn.evaluation.html_report import TestPageInputs, write_test_page
 from tsn.evaluation.evaluate import NONFINITE_REASON, NonFiniteError, evaluate
 from tsn.evaluation.metrics import (
     ClassMetrics,
@@ -173,6 +176,7 @@ class TestSettings:
     amp: str
     clips_per_forward: int
     on_nonfinite: str
+    config_text: str = ""  # the run's config, shown on report.html
 
 
 class ModelUnderTest(NamedTuple):
@@ -214,6 +218,11 @@ def evaluate_and_report(model: ModelUnderTest, loader: DataLoader, settings: Tes
     unscored = unscored_rows(dataset, scored, predictions.skipped, predictions.nonfinite)
     write_report(report, model.class_names, out_dir, scores, unscored,
                  extra={"checkpoint_chosen_on_this_list": chosen_here})
+    started = time.perf_counter()
+    page = write_test_page(out_dir, model.class_names,
+                           TestPageInputs(scores, labels, dataset, unscored, settings.checkpoint, settings.config_text),
+                           report.per_class, report.confusion)
+    logger.info("wrote %s in %.2f s", page, time.perf_counter() - started)
     for row in unscored:
         logger.warning("not scored: %s: %s", row.path, row.reason)
     return report
