@@ -68,14 +68,16 @@ def esc(value: object) -> str:
 
 def jpeg_uri(frame: np.ndarray, height: int = THUMB_HEIGHT) -> str:
     """An RGB uint8 ``(h, w, 3)`` frame as a ``data:image/jpeg`` URI, scaled down to ``height`` pixels."""
-    from PIL import Image
+    import cv2
 
-    image = Image.fromarray(np.ascontiguousarray(frame))
-    if image.height > height:
-        image = image.resize((max(1, round(image.width * height / image.height)), height), Image.BILINEAR)
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    frame = np.ascontiguousarray(frame)
+    if frame.shape[0] > height:
+        size = (max(1, round(frame.shape[1] * height / frame.shape[0])), height)
+        frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    if not ok:
+        raise ValueError(f"cannot encode a frame of shape {frame.shape} as JPEG")
+    return "data:image/jpeg;base64," + base64.b64encode(encoded.tobytes()).decode("ascii")
 
 
 def figure_uri(figure: object) -> str:
