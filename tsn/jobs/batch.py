@@ -21,7 +21,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Protocol, Sequence
+from typing import Iterable, Iterator, Protocol, Sequence
 
 import cv2
 from tqdm import tqdm
@@ -123,6 +123,16 @@ class Plan:
     tasks: list[_Task] = field(default_factory=list)
     task_videos: list[str] = field(default_factory=list)
     skipped: int = 0
+
+
+def folder_entries(folders: Iterable[Path]) -> Iterator[os.DirEntry]:
+    """The entries of every folder of ``folders`` that exists (where killed runs may have left work files)."""
+    for folder in folders:
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            continue
+        yield from entries
 
 
 def read_marker(path: Path) -> tuple[dict, int] | None:

@@ -38,7 +38,7 @@ import numpy as np
 
 from tsn.io import RAWFRAME_TEMPLATE, VIDEO_EXTENSIONS, VideoReadError, iter_frames
 from tsn.io.base import FLOW_TEMPLATES
-from tsn.jobs.batch import BatchSummary, ExtractJob, ListFile, read_marker, run_jobs
+from tsn.jobs.batch import BatchSummary, ExtractJob, ListFile, folder_entries, read_marker, run_jobs
 from tsn.jobs.flow import DEFAULT_BOUND, video_flow
 
 MARKER_NAME = ".done"
@@ -280,17 +280,12 @@ def remove_work_dirs(folders: Iterable[Path]) -> int:
     Only the given folders are listed (the parents of the frame folders), never the frame folders themselves.
     """
     removed = 0
-    for folder in folders:
-        try:
-            entries = list(os.scandir(folder))
-        except FileNotFoundError:
-            continue
-        for entry in entries:
-            if _WORK_DIR_RE.match(entry.name) and entry.is_dir(follow_symlinks=False):
-                # ignore_errors: a worker orphaned by a killed run may still be writing there; what is left stays
-                # hidden and unnamed by any list.
-                shutil.rmtree(entry.path, ignore_errors=True)
-                removed += 1
+    for entry in folder_entries(folders):
+        if _WORK_DIR_RE.match(entry.name) and entry.is_dir(follow_symlinks=False):
+            # ignore_errors: a worker orphaned by a killed run may still be writing there; what is left stays
+            # hidden and unnamed by any list.
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed += 1
     return removed
 
 

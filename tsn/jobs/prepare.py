@@ -43,7 +43,7 @@ import numpy as np
 
 from tsn.fileio import atomic_write_text
 from tsn.io import VideoReadError, iter_frames, probe
-from tsn.jobs.batch import BatchSummary, ExtractJob, ListFile, read_marker, run_jobs
+from tsn.jobs.batch import BatchSummary, ExtractJob, ListFile, folder_entries, read_marker, run_jobs
 from tsn.jobs.extract import frame_dir_name, resize_short_side
 
 # --codec -> PyAV's encoder; both take CRF, an exact keyframe interval and non-reference B-frames.
@@ -264,18 +264,13 @@ def remove_work_files(folders: Iterable[Path]) -> int:
     """Delete the hidden ``.partial-`` copies and marker ``.tmp`` files killed runs left in ``folders``; returns
     how many. Only the given folders are listed (the parents of the copies)."""
     removed = 0
-    for folder in folders:
-        try:
-            entries = list(os.scandir(folder))
-        except FileNotFoundError:
-            continue
-        for entry in entries:
-            if is_work_file(entry.name) and entry.is_file(follow_symlinks=False):
-                try:
-                    os.unlink(entry.path)
-                except FileNotFoundError:
-                    continue  # an orphaned worker of a killed run finished it meanwhile
-                removed += 1
+    for entry in folder_entries(folders):
+        if is_work_file(entry.name) and entry.is_file(follow_symlinks=False):
+            try:
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                continue  # an orphaned worker of a killed run finished it meanwhile
+            removed += 1
     return removed
 
 
