@@ -40,7 +40,7 @@ def load_model_under_test(cfg: Config, path: Path, device: torch.device, exporte
         if cfg.train.channels_last:
             model.to(memory_format=torch.channels_last)
         return ModelUnderTest(model, trained.class_names, tuple(model.spec.mean), tuple(model.spec.std),
-                              cfg.train.channels_last, trained.selected_on)
+                              cfg.train.channels_last, trained.selected_on, trained.epoch)
     deployed = ExportedTSN(path, device)
     data = cfg.data
     wanted = {"data.modality": (deployed.config.data.modality, data.modality),

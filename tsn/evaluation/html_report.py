@@ -20,7 +20,6 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
-from tsn.checkpoint import CheckpointError, load_checkpoint
 from tsn.data.dataset import ClipDataset
 from tsn.evaluation.metrics import ClassMetrics
 from tsn.fileio import atomic_write_text
@@ -155,9 +154,9 @@ def top_scores(row: np.ndarray, class_names: Sequence[str], k: int = TOP_K) -> t
     return tuple((class_names[c], float(row[c])) for c in order)
 
 
-def file_identity(path: Path) -> dict[str, object]:
-    """A file's path, size, the sha256 of its first and last MiB (with its size: cheap on any file) and, for a
-    checkpoint of ``tools/train.py``, its epoch."""
+def file_identity(path: Path, epoch: int | None) -> dict[str, object]:
+    """A file's path, size, the sha256 of its first and last MiB (with its size: cheap on any file) and the
+    ``epoch`` the test read from it (not loaded again here)."""
     digest = hashlib.sha256()
     size = path.stat().st_size
     with open(path, "rb") as handle:
@@ -166,12 +165,6 @@ def file_identity(path: Path) -> dict[str, object]:
             handle.seek(max(HASH_CHUNK, size - HASH_CHUNK))
             digest.update(handle.read(HASH_CHUNK))
     digest.update(str(size).encode())
-    epoch = None
-    if path.suffix == ".pth":
-        try:
-            epoch = load_checkpoint(path).get("epoch")
-        except CheckpointError:
-            pass  # the test itself loaded it; an identity without the epoch still tells files apart
     return {"path": str(path.resolve()), "bytes": size, "sha256 (first+last MiB, size)": digest.hexdigest(),
             "epoch": epoch}
 
@@ -305,7 +298,8 @@ def strips_html(title: str, note: str, strips: Sequence[Strip]) -> str:
 class TestPageInputs(NamedTuple):
     """What the test page shows besides the files of ``write_report``: the scores ``(N, C)`` in list order
     (NaN rows unscored), the labels ``(N,)``, the test-mode dataset the scores came from, the unscored rows
-    (row, path, reason), the checkpoint (or exported file), and the run's config as text."""
+    (row, path, reason), the checkpoint (or exported file), the run's config as text and the checkpoint's epoch
+    (None: not recorded, or an exported file)."""
 
     scores: np.ndarray
     labels: np.ndarray
@@ -313,6 +307,7 @@ class TestPageInputs(NamedTuple):
     unscored: Sequence[tuple[int, str, str]]
     checkpoint: Path
     config_text: str
+    epoch: int | None = None
 
 
 def write_test_page(out_dir: Path, class_names: Sequence[str], inputs: TestPageInputs, per_class: ClassMetrics,
@@ -338,7 +333,7 @@ def write_test_page(out_dir: Path, class_names: Sequence[str], inputs: TestPageI
                     strips(unsure)),
         skipped_html(inputs.unscored),
         curves_html(inputs.checkpoint.parent / "metrics.jsonl"),
-        "<h2>Checkpoint</h2>" + key_value_table("checkpoint", file_identity(inputs.checkpoint)),
+        "<h2>Checkpoint</h2>" + key_value_table("checkpoint", file_identity(inputs.checkpoint, inputs.epoch)),
         "<h2>Config</h2>" + f"<pre>{esc(inputs.config_text)}</pre>",
     ]
     path = out_dir / "report.html"

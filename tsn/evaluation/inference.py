@@ -31,6 +31,7 @@ class TrainedModel:
     config: Config
     selected_on: str | None = None  # the validation list a best.pth was chosen on (None: not chosen by validation)
     segment_seconds: float | None = None  # the training clips' median time between segments (None: not known)
+    epoch: int | None = None  # the epochs the checkpoint was trained for (None: not recorded)
 
 
 def load_trained(checkpoint: str | os.PathLike[str], config: Config | None = None,
@@ -80,9 +81,10 @@ def load_trained(checkpoint: str | os.PathLike[str], config: Config | None = Non
     model.load_state_dict(weights, strict=True)
     model.eval()
     selected_on = state.get("selected_on")
-    seconds = state.get("segment_seconds")
+    seconds, epoch = state.get("segment_seconds"), state.get("epoch")
     return TrainedModel(model.to(device), class_names, config, selected_on if isinstance(selected_on, str) else None,
-                        float(seconds) if isinstance(seconds, (int, float)) else None)
+                        float(seconds) if isinstance(seconds, (int, float)) else None,
+                        epoch if isinstance(epoch, int) else None)
 
 
 def _class_names(state: dict, path: Path, config: Config) -> list[str]:

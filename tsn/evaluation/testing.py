@@ -182,7 +182,7 @@ class TestSettings:
 class ModelUnderTest(NamedTuple):
     """What ``run_test`` runs: clips -> scores, the class names of its outputs, the mean and std to normalise
     uint8 clips with (None: it takes them as they are), channels-last input, and the validation list a
-    ``best.pth`` was chosen on (None: not chosen by validation)."""
+    ``best.pth`` was chosen on (None: not chosen by validation), and the checkpoint's epoch (None: not recorded)."""
 
     forward: Callable[[torch.Tensor], torch.Tensor]
     class_names: list[str]
@@ -190,6 +190,7 @@ class ModelUnderTest(NamedTuple):
     std: tuple[float, ...] | None
     channels_last: bool
     selected_on: str | None
+    epoch: int | None = None
 
 
 def evaluate_and_report(model: ModelUnderTest, loader: DataLoader, settings: TestSettings, out_dir: Path,
@@ -220,7 +221,8 @@ def evaluate_and_report(model: ModelUnderTest, loader: DataLoader, settings: Tes
                  extra={"checkpoint_chosen_on_this_list": chosen_here})
     started = time.perf_counter()
     page = write_test_page(out_dir, model.class_names,
-                           TestPageInputs(scores, labels, dataset, unscored, settings.checkpoint, settings.config_text),
+                           TestPageInputs(scores, labels, dataset, unscored, settings.checkpoint, settings.config_text,
+                                          model.epoch),
                            report.per_class, report.confusion)
     logger.info("wrote %s in %.2f s", page, time.perf_counter() - started)
     for row in unscored:
