@@ -62,12 +62,12 @@ def _in_new_interpreter(code: str, **env: str) -> list[str]:
 
 PROBE_WORKERS = ("import tsn.runtime.allocator as a, test_allocator as t, torch; print(a.strategy()); "
                  "print(t.mapped_for_a_large_block()); "
-                 "[print(s, m) for c in ('fork', 'spawn') for s, m in torch.utils.data.DataLoader(t.Probe(), "
+                 "[print(s, m) for c in ('fork', 'spawn', 'forkserver') for s, m in torch.utils.data.DataLoader(t.Probe(), "
                  "batch_size=None, num_workers=2, multiprocessing_context=c)]")
 
 
 @glibc
-@pytest.mark.parametrize("context", ["fork", "spawn"])
+@pytest.mark.parametrize("context", ["fork", "spawn", "forkserver"])
 def test_glibc_keeps_large_blocks_in_a_process_that_imports_tsn_and_its_workers(context: str) -> None:
     # pytest cannot start again with mimalloc preloaded: the glibc strategy applies at import
     assert allocator.strategy().startswith("glibc: ")
@@ -81,7 +81,7 @@ def test_glibc_keeps_large_blocks_in_a_process_that_imports_tsn_and_its_workers(
 def test_system_keeps_glibcs_defaults_and_an_unknown_value_says_so() -> None:
     lines = _in_new_interpreter(PROBE_WORKERS, TSN_ALLOCATOR="system")
     assert lines[:2] == ["system: glibc's defaults (TSN_ALLOCATOR=system)", "1"]
-    assert lines[2:] == ["system: glibc's defaults (TSN_ALLOCATOR=system) 1"] * 4  # 2 fork and 2 spawn items
+    assert lines[2:] == ["system: glibc's defaults (TSN_ALLOCATOR=system) 1"] * 6  # 2 items in each context
     lines = _in_new_interpreter("import tsn.runtime.allocator as a; print(a.strategy())", TSN_ALLOCATOR="jemalloc")
     assert lines == ["system: TSN_ALLOCATOR='jemalloc' is not one of mimalloc, glibc, system, glibc's defaults are "
                      "kept"]
@@ -90,7 +90,7 @@ def test_system_keeps_glibcs_defaults_and_an_unknown_value_says_so() -> None:
 @pytest.mark.skipif(allocator.mimalloc_library() is None, reason="cmeel-mimalloc is not installed (Linux only)")
 def test_workers_of_a_process_with_mimalloc_run_with_it_too() -> None:
     lines = _in_new_interpreter(PROBE_WORKERS, LD_PRELOAD=str(allocator.mimalloc_library()), MIMALLOC_PURGE_DELAY="-1")
-    assert all(line.startswith("mimalloc: preloaded") for line in lines[:1] + lines[2:]) and len(lines) == 6
+    assert all(line.startswith("mimalloc: preloaded") for line in lines[:1] + lines[2:]) and len(lines) == 8
 
 
 @pytest.mark.skipif(allocator.mimalloc_library() is None, reason="cmeel-mimalloc is not installed (Linux only)")
@@ -114,3 +114,26 @@ def test_tools_start_again_with_mimalloc_and_losses_are_bit_identical_with_every
         records = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
         losses[choice] = [(r["train_loss"], r["val_loss"]) for r in records]
     assert losses["mimalloc"] == losses["glibc"] == losses["system"]
+
+
+# The main process touches and frees 1 GiB, which the glibc strategy keeps in its heap, then starts a loader
+# worker and prints the worker's resident memory in MiB. A forked worker would hold a copy of that GiB.
+INHERITED = ("import os, sys, torch; from pathlib import Path; import tsn.runtime.allocator as a; "
+             "from tsn.data.dataset import ClipDataset; from tsn.data.lists import read_list; "
+             "from tsn.data.loader import build_dataloader; from tsn.data.transforms import val_transform; "
+             "from tsn.measure.soak import rss_mb, worker_pids; root = Path(sys.argv[1]); "
+             "block = torch.ones(2**28); del block; "
+             "dataset = ClipDataset(read_list(root / 'train.txt', 'video'), root, 'video', 'pyav', 'val', 2, 1, "
+             "val_transform(64, 64)); loader = build_dataloader(dataset, 2, False, 1, 0, False); "
+             "next(iter(loader)); print(a.strategy()); print(*[rss_mb(p) for p in worker_pids(os.getpid())])")
+
+
+@glibc
+def test_loader_workers_do_not_inherit_the_memory_the_main_process_keeps(tmp_path: Path) -> None:
+    data = make_tiny_data(tmp_path / "data")
+    full = tool_env(PYTHONPATH=f"{REPO_ROOT / 'tests'}:{REPO_ROOT}", TSN_ALLOCATOR="glibc")
+    lines = subprocess.run([sys.executable, "-c", INHERITED, str(data.root)], capture_output=True, text=True,
+                           env=full, check=True).stdout.splitlines()
+    assert lines[0].startswith("glibc: ")
+    (worker_mb,) = map(float, lines[1].split())
+    assert worker_mb < 700, f"the loader worker holds {worker_mb:.0f} MiB: it inherited the main process's heap"

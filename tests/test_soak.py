@@ -23,19 +23,24 @@ EPOCHS = 8
 BOUND_MB = 50.0
 
 
-def test_worker_pids_are_forked_children_only() -> None:
-    context = multiprocessing.get_context("fork")
-    barrier = context.Event()
-    forked = context.Process(target=barrier.wait)
+def test_worker_pids_are_forked_children_and_fork_server_children_only() -> None:
+    barriers, workers = [], []
+    for name in ("fork", "forkserver"):
+        context = multiprocessing.get_context(name)
+        barriers.append(context.Event())
+        workers.append(context.Process(target=barriers[-1].wait))
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    forked.start()
+    for worker in workers:
+        worker.start()
     try:
         pids = worker_pids(os.getpid())
-        assert forked.pid in pids and other.pid not in pids
-        assert rss_mb(forked.pid) > 0
+        assert {worker.pid for worker in workers} <= set(pids)
+        assert other.pid not in pids
+        assert all(rss_mb(worker.pid) > 0 for worker in workers)
     finally:
-        barrier.set()
-        forked.join()
+        for barrier, worker in zip(barriers, workers):
+            barrier.set()
+            worker.join()
         other.kill()
         other.wait()
 

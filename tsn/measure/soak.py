@@ -87,19 +87,36 @@ def rss_mb(pid: int) -> float:
 
 
 def worker_pids(parent: int) -> list[int]:
-    """Children of ``parent`` running the same program as it (forked loader workers), sorted by pid."""
-    command = Path(f"/proc/{parent}/cmdline").read_bytes()
-    children: set[int] = set()
-    for task in Path(f"/proc/{parent}/task").iterdir():
-        children.update(int(pid) for pid in (task / "children").read_text().split())
+    """Loader workers of ``parent``, sorted by pid: its children that run the same program as it (forked) and
+    the children of its fork server (``tsn.data.loader.worker_context``)."""
+    command = _cmdline(parent)
     workers = []
-    for pid in sorted(children):
-        try:
-            if Path(f"/proc/{pid}/cmdline").read_bytes() == command:
-                workers.append(pid)
-        except FileNotFoundError:  # it has just exited
-            continue
-    return workers
+    for pid in _children(parent):
+        child = _cmdline(pid)
+        if child == command:
+            workers.append(pid)
+        elif b"multiprocessing.forkserver" in child:
+            workers.extend(_children(pid))
+    return sorted(workers)
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (every thread's), sorted; empty when it has exited."""
+    children: set[int] = set()
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            children.update(int(child) for child in (task / "children").read_text().split())
+    except FileNotFoundError:
+        return []
+    return sorted(children)
+
+
+def _cmdline(pid: int) -> bytes:
+    """The command line of ``pid`` (NUL-separated); empty when it has just exited."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return b""
 
 
 def soak(records: Sequence[VideoRecord], root: str | os.PathLike, backend: str, epochs: int, workers: int,
