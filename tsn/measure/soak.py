@@ -12,7 +12,7 @@ training), with one reader backend, and measures the resident memory (``VmRSS`` 
 
 A reader that leaks (decord ``VideoReader`` objects kept alive: decord issues 157, 208) grows
 with every video read, so ``end - start`` over many epochs shows it; flat memory is a few MB of
-allocator noise. Workers are the main process's children that run the same program (the
+allocator noise. Workers are the children of the main process's fork server (``worker_pids``; the
 multiprocessing resource tracker, also a child, is left out). Linux only (``/proc``).
 
 ``train_soak`` runs training steps of a TSN on new random clips every step and samples the process's
