@@ -87,6 +87,28 @@ def test_two_process_gloo_ddp_matches_one_process_on_the_same_global_batch(tmp_p
     assert len(list((ddp / "tb").iterdir())) == 1
 
 
+def test_two_process_ddp_with_the_class_balanced_sampler_matches_one_process(tmp_path: Path) -> None:
+    """``train.class_balance: sampler`` under DDP: ``ClassBalancedOrder`` deals its epoch out round-robin, as
+    DistributedSampler does, so 2 ranks x batch 2 train on the single process's global batches of 4."""
+    data = make_tiny_data(tmp_path / "data")  # 4 + 4 training videos; class 1 keeps 1: 4 + 4 draws
+    lines = (data.root / "train.txt").read_text().splitlines()
+    ones = [line for line in lines if line.split()[-1] == "1"]
+    (data.root / "train.txt").write_text("\n".join([l for l in lines if l.split()[-1] == "0"] + ones[:1]) + "\n")
+    cfg = load_config(None, [*tiny_overrides(data), *DDP_OPTS, "train.class_balance=sampler"])
+    single = tmp_path / "single"
+    train(cfg, single, device="cpu", progress=False)
+    config = tmp_path / "ddp.yaml"
+    save_config(cfg, config)
+    ddp = tmp_path / "ddp"
+    torchrun(REPO_ROOT / "tools" / "train.py", "--config", str(config), "--work-dir", str(ddp), "--device", "cpu",
+             "--no-progress", "--opt", "data.batch_size=2")
+    got, want = read_jsonl(ddp / "metrics.jsonl"), read_jsonl(single / "metrics.jsonl")
+    assert [r["train_samples"] for r in got] == [r["train_samples"] for r in want] == [8, 8]  # draws, not videos
+    for g, w in zip(got, want):
+        assert g["train_loss"] == pytest.approx(w["train_loss"], rel=RTOL)
+        assert g["train_top1"] == w["train_top1"] and g["val_top1"] == w["val_top1"]
+
+
 def torchrun(script: Path, *args: str) -> None:
     """``script`` on 2 CPU processes (gloo); fails the test with its stderr when it fails."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
