@@ -18,7 +18,9 @@ evaluation leaves them out).
 Workers start from a fork server (``worker_context``), not as forks of the main process: a training
 process keeps freed memory for reuse (``tsn.runtime.allocator``), and a forked worker would keep a copy of
 all of it, gigabytes after a probe's feature pass, that the main process's next steps then duplicate page by
-page as they write to it.
+page as they write to it. As with spawn (macOS, Windows; Python 3.14's default on Linux is this fork server),
+a script of your own that iterates such a loader must start under ``if __name__ == "__main__":``, or Python
+says so; the tools and notebooks need nothing. Starting the server costs about 2 s once per process.
 """
 
 from __future__ import annotations
@@ -41,14 +43,15 @@ from tsn.data.dataset import ClipDataset, ClipKey, collate_clips
 # Batches each worker prepares ahead (torch's default): with uint8 clips of 32 x 8 frames at
 # 224 px this is ~40 MB per batch, so 2 per worker stays small even with 16 workers.
 PREFETCH_FACTOR = 2
-# What the fork server imports once, so that each worker it forks starts with them loaded (not in 2 s each)
-WORKER_PRELOAD = ["torch", "tsn.data.dataset", "tsn.data.loader"]
+# What the fork server imports once, so that each worker it forks starts with them loaded (not in 2 s each);
+# "__main__" (the script, as "__mp_main__") so that workers do not run it again
+WORKER_PRELOAD = ["__main__", "torch", "tsn.data.dataset", "tsn.data.loader"]
 
 
 def worker_context() -> multiprocessing.context.BaseContext | None:
-    """Where loader workers start: a fork server on Linux (a fresh process that imported torch and tsn's data
-    modules, forked for each worker; the dataset reaches a worker pickled), None (the platform's default:
-    spawn on macOS and Windows) elsewhere."""
+    """Where loader workers start: a fork server on Linux (a fresh process that imported the main script, torch
+    and tsn's data modules, forked for each worker; the dataset reaches a worker pickled), None (the platform's
+    default: spawn on macOS and Windows) elsewhere."""
     if not sys.platform.startswith("linux"):
         return None
     context = multiprocessing.get_context("forkserver")
