@@ -10,6 +10,7 @@ frame count and videos 48 and 72 pixels wide (decord fails on them, OpenCV takes
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import re
 import subprocess
@@ -36,6 +37,7 @@ from tsn.data.sampling import val_indices
 from tsn.build import build_dataset
 from tsn.evaluation.build import run_test
 from tsn.io import VideoReadError
+from tsn.training.trainer import setup_logging
 from videos import frame_index
 
 REPO = Path(__file__).resolve().parents[1]
@@ -196,6 +198,35 @@ def test_bad_list_lines_stop_before_training_in_both_modes(root: Path, lines: li
 
 
 # ---------------------------------------------------------------- loader workers
+
+
+class LoggingSquash:
+    """``squash``, logging one line per clip from the process that makes it (a loader worker)."""
+
+    def __call__(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        logging.getLogger("tsn.test_worker").warning("clip made by process %d", os.getpid())
+        return squash(frames, rng)
+
+
+def test_loader_workers_log_to_the_main_process_console_and_train_log(root: Path, tmp_path: Path) -> None:
+    """Workers start from a fork server, not as forks: the main process's logging (train.log) is given to them."""
+    records = [VideoRecord(name, 0) for name in ("a.mp4", "b.mp4", "c.mp4")]
+    setup_logging(tmp_path, is_main=True)
+    try:
+        dataset = ClipDataset(records, root, "video", "auto", "val", 3, 1, LoggingSquash(), on_error="raise")
+        loader = build_dataloader(dataset, 3, shuffle=False, num_workers=1, seed=0, drop_last=False)
+        assert len(list(loader)) == 1
+        del loader
+    finally:
+        tsn_logger = logging.getLogger("tsn")
+        for handler in list(tsn_logger.handlers):
+            tsn_logger.removeHandler(handler)
+            handler.close()
+        tsn_logger.propagate = True
+        tsn_logger.setLevel(logging.NOTSET)
+    lines = [line for line in (tmp_path / "train.log").read_text().splitlines() if "clip made by process" in line]
+    assert len(lines) == 3 and all(" WARNING tsn.test_worker: " in line for line in lines)
+    assert not any(line.endswith(f"process {os.getpid()}") for line in lines)  # made in the worker
 
 
 def test_loader_workers_skip_every_bad_input_without_shifting_a_label(root: Path) -> None:

@@ -8,6 +8,7 @@ here the videos are small, so this also guards against a reader that keeps decod
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import subprocess
 import sys
@@ -35,6 +36,7 @@ def test_worker_pids_are_forked_children_and_fork_server_children_only() -> None
     try:
         pids = worker_pids(os.getpid())
         assert {worker.pid for worker in workers} <= set(pids)
+        assert multiprocessing.forkserver._forkserver._forkserver_pid not in pids  # the server is no worker
         assert other.pid not in pids
         assert all(rss_mb(worker.pid) > 0 for worker in workers)
     finally:

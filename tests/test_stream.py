@@ -79,7 +79,7 @@ def test_streaming_scores_equal_the_offline_causal_model_frame_by_frame(consensu
         model.num_segments = 4
     else:
         window = last.mean(dim=0) if consensus == "avg" else last.amax(dim=0)
-    np.testing.assert_allclose(scores[-1].window, softmax(window.numpy()), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(scores[-1].window, softmax(window.numpy()), rtol=0, atol=1e-4)
     if temporal == "tsm":  # the shift makes a frame's scores depend on the frames before it
         recognizer.reset()
         alone = recognizer.push(frames[4])

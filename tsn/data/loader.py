@@ -20,7 +20,8 @@ process keeps freed memory for reuse (``tsn.runtime.allocator``), and a forked w
 all of it, gigabytes after a probe's feature pass, that the main process's next steps then duplicate page by
 page as they write to it. As with spawn (macOS, Windows; Python 3.14's default on Linux is this fork server),
 a script of your own that iterates such a loader must start under ``if __name__ == "__main__":``, or Python
-says so; the tools and notebooks need nothing. Starting the server costs about 2 s once per process.
+says so. A worker gets the dataset pickled: a dataset or transform class of your own must come from an
+importable module, not a notebook cell. Starting the server costs about 2 s once per process.
 """
 
 from __future__ import annotations
@@ -39,12 +40,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from tsn.data.dataset import ClipDataset, ClipKey, collate_clips
+from tsn.runtime import log_setup
 
 # Batches each worker prepares ahead (torch's default): with uint8 clips of 32 x 8 frames at
 # 224 px this is ~40 MB per batch, so 2 per worker stays small even with 16 workers.
 PREFETCH_FACTOR = 2
-# What the fork server imports once, so that each worker it forks starts with them loaded (not in 2 s each);
-# "__main__" (the script, as "__mp_main__") so that workers do not run it again
+# What the fork server imports once, so that each worker it forks starts with them loaded (not in 2 s each).
+# Python before 3.13 ignores "__main__" here and each worker runs the main script again (as "__mp_main__";
+# a tool's script only imports): worker_context adds every tsn module the main process has loaded, so
+# that those imports cost nothing.
 WORKER_PRELOAD = ["__main__", "torch", "tsn.data.dataset", "tsn.data.loader"]
 
 
@@ -55,7 +59,9 @@ def worker_context() -> multiprocessing.context.BaseContext | None:
     if not sys.platform.startswith("linux"):
         return None
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(WORKER_PRELOAD)
+    loaded = sorted(name for name in sys.modules if name == "tsn" or name.startswith("tsn."))
+    # a process-wide setting, read once: when the server first starts
+    context.set_forkserver_preload(WORKER_PRELOAD + [name for name in loaded if name not in WORKER_PRELOAD])
     return context
 
 
@@ -159,6 +165,13 @@ class EpochSampler(Sampler[ClipKey]):
         return self.order.rank + position * self.order.num_replicas >= len(self.order.dataset)
 
 
+def init_worker(worker_id: int, base_seed: int, logging_setup: tuple[log_setup.LoggerSetup, ...]) -> None:
+    """A loader worker's start: the main process's logging (its console and files; a worker from the fork
+    server has none of it), then ``seed_worker``."""
+    log_setup.apply(logging_setup)
+    seed_worker(worker_id, base_seed)
+
+
 def seed_worker(worker_id: int, base_seed: int) -> None:
     """Seed ``random``, ``numpy`` and ``torch`` in a loader worker from (base_seed, worker_id).
 
@@ -208,7 +221,8 @@ def build_dataloader(dataset: Dataset, batch_size: int, shuffle: bool, num_worke
         collate_fn=collate_clips,
         pin_memory=pin_memory,
         drop_last=drop_last,
-        worker_init_fn=functools.partial(seed_worker, base_seed=seed) if workers else None,
+        worker_init_fn=functools.partial(init_worker, base_seed=seed, logging_setup=log_setup.capture())
+        if workers else None,
         multiprocessing_context=worker_context() if workers else None,
         generator=generator,
         persistent_workers=workers,
