@@ -21,7 +21,7 @@ all of it, gigabytes after a probe's feature pass, that the main process's next 
 page as they write to it. As with spawn (macOS, Windows; Python 3.14's default on Linux is this fork server),
 a script of your own that iterates such a loader must start under ``if __name__ == "__main__":``, or Python
 says so. A worker gets the dataset pickled: a dataset or transform class of your own must come from an
-importable module, not a notebook cell. Starting the server costs about 2 s once per process.
+importable module, not a notebook cell. The server starts once per process (the imports of a tool's start).
 """
 
 from __future__ import annotations
