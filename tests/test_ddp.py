@@ -42,6 +42,19 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def train_alone_and_on_two_ranks(cfg, tmp_path: Path) -> tuple[Path, Path]:
+    """``cfg`` trained in this process (``tmp_path/single``) and by torchrun on 2 CPU ranks with half its batch
+    each (``tmp_path/ddp``): the same global batch."""
+    single = tmp_path / "single"
+    train(cfg, single, device="cpu", progress=False)
+    config = tmp_path / "ddp.yaml"
+    save_config(cfg, config)
+    ddp = tmp_path / "ddp"
+    torchrun(REPO_ROOT / "tools" / "train.py", "--config", str(config), "--work-dir", str(ddp), "--device", "cpu",
+             "--no-progress", "--opt", f"data.batch_size={cfg.data.batch_size // 2}")
+    return single, ddp
+
+
 def test_two_process_gloo_ddp_matches_one_process_on_the_same_global_batch(tmp_path: Path) -> None:
     data = make_tiny_data(tmp_path / "data")  # 8 training videos, 4 validation videos
     # 5 validation videos on 2 ranks: DistributedSampler pads rank 1 with video 0 again, which must
@@ -49,17 +62,7 @@ def test_two_process_gloo_ddp_matches_one_process_on_the_same_global_batch(tmp_p
     lines = (data.root / "val.txt").read_text().splitlines() + (data.root / "train.txt").read_text().splitlines()[:1]
     (data.root / "val5.txt").write_text("\n".join(lines) + "\n")
     cfg = load_config(None, [*tiny_overrides(data), *DDP_OPTS, "data.val_list=val5.txt"])
-    single = tmp_path / "single"
-    train(cfg, single, device="cpu", progress=False)
-
-    config = tmp_path / "ddp.yaml"
-    save_config(cfg, config)
-    ddp = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(REPO_ROOT / "tools" / "train.py"), "--config", str(config), "--work-dir", str(ddp),
-               "--device", "cpu", "--no-progress", "--opt", "data.batch_size=2"]
-    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=tool_env())
-    assert done.returncode == 0, done.stderr[-3000:]
+    single, ddp = train_alone_and_on_two_ranks(cfg, tmp_path)
     assert "8 train and 5 val videos; 2 steps per epoch on 2 process(es)" in (ddp / "train.log").read_text()
 
     # Metrics reduced over both ranks: every video counted once, losses those of one process.
@@ -95,13 +98,7 @@ def test_two_process_ddp_with_the_class_balanced_sampler_matches_one_process(tmp
     ones = [line for line in lines if line.split()[-1] == "1"]
     (data.root / "train.txt").write_text("\n".join([l for l in lines if l.split()[-1] == "0"] + ones[:1]) + "\n")
     cfg = load_config(None, [*tiny_overrides(data), *DDP_OPTS, "train.class_balance=sampler"])
-    single = tmp_path / "single"
-    train(cfg, single, device="cpu", progress=False)
-    config = tmp_path / "ddp.yaml"
-    save_config(cfg, config)
-    ddp = tmp_path / "ddp"
-    torchrun(REPO_ROOT / "tools" / "train.py", "--config", str(config), "--work-dir", str(ddp), "--device", "cpu",
-             "--no-progress", "--opt", "data.batch_size=2")
+    single, ddp = train_alone_and_on_two_ranks(cfg, tmp_path)
     got, want = read_jsonl(ddp / "metrics.jsonl"), read_jsonl(single / "metrics.jsonl")
     assert [r["train_samples"] for r in got] == [r["train_samples"] for r in want] == [8, 8]  # draws, not videos
     for g, w in zip(got, want):
