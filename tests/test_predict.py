@@ -19,7 +19,7 @@ from tsn.data.sampling import test_indices
 from tsn.build import build_tsn
 from tsn.apps.predict import ClassScore, Predictor, VideoPrediction, WindowPrediction, label_at, split_windows
 from tsn.io import iter_frames, probe
-from videos import frame_index, make_index_video
+from videos import frame_index, make_index_video, make_index_video_set
 
 CLASSES = ["run", "jump", "swim"]
 LABELS = [0, 1, 2, 0]
@@ -46,12 +46,8 @@ def save_trained(cfg: Config, path: Path) -> Path:
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, Path, Path]:
     """4 square index videos of 48x48 (so that the centre crop is the whole frame), config and checkpoint."""
     root = tmp_path_factory.mktemp("predict")
-    lines = []
-    for i, (label, frames) in enumerate(zip(LABELS, NUM_FRAMES)):
-        make_index_video(root / "videos" / f"v{i}.mp4", frames, width=SIZE, height=SIZE)
-        lines.append(f"videos/v{i}.mp4 {label}\n")
+    lines = make_index_video_set(root, LABELS, NUM_FRAMES, CLASSES, width=SIZE, height=SIZE)
     (root / "test.txt").write_text("".join(lines))
-    (root / "classes.txt").write_text("".join(f"{name}\n" for name in CLASSES))
     cfg = load_config(None, [f"data.root={root}", "data.test_list=test.txt", f"data.num_segments={SEGMENTS}",
                              f"data.input_size={SIZE}", f"data.short_side={SIZE}", "data.batch_size=3",
                              "data.num_workers=0", "model.backbone=resnet18", "model.pretrained=false",

@@ -24,7 +24,7 @@ from tsn.apps.predict import Predictor, predict_videos
 from tsn.data.sampling import test_indices
 from tsn.evaluation.build import run_test
 from tsn.evaluation.html_report import STRIPS_PER_KIND, confident_mistakes, confusion_html
-from videos import frame_index, make_index_video
+from videos import frame_index, make_index_video, make_index_video_set
 
 CLASSES = ["walk", "run", "swim"]
 LABELS = [0, 0, 1, 1, 2, 2]
@@ -98,15 +98,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, Path, Path]:
     """6 index videos (3 classes) and one that cannot be read, tested with 2 clips x 3 crops by a random
     ResNet-18 checkpoint (epoch 3) whose run folder has a metrics.jsonl; -> config, checkpoint, report folder."""
     root = tmp_path_factory.mktemp("report")
-    lines = []
-    for i, (label, frames) in enumerate(zip(LABELS, NUM_FRAMES)):
-        make_index_video(root / "videos" / f"v{i}.mp4", frames, width=SIZE, height=SIZE)  # square: crop = frame
-        lines.append(f"videos/v{i}.mp4 {label}\n")
-        if i == 2:
-            (root / BROKEN).write_bytes(b"not a video at all")
-            lines.append(f"{BROKEN} 1\n")
+    lines = make_index_video_set(root, LABELS, NUM_FRAMES, CLASSES, width=SIZE, height=SIZE)  # square: crop = frame
+    (root / BROKEN).write_bytes(b"not a video at all")
+    lines.insert(3, f"{BROKEN} 1\n")  # after v2
     (root / "test.txt").write_text("".join(lines))
-    (root / "classes.txt").write_text("".join(f"{name}\n" for name in CLASSES))
     cfg = load_config(None, [f"data.root={root}", "data.test_list=test.txt", f"data.num_segments={SEGMENTS}",
                              f"data.input_size={SIZE}", f"data.short_side={SIZE}", "data.batch_size=4",
                              "data.num_workers=0", "model.backbone=resnet18", "model.pretrained=false"])

@@ -19,7 +19,7 @@ from tsn.data.sampling import test_indices
 from tsn.build import build_dataset, build_tsn
 from tsn.io import probe, read
 from tsn.layout import normalize_clips
-from videos import make_index_video
+from videos import make_index_video_set
 
 CLASSES = ["run", "jump", "swim"]
 LABELS = [0, 0, 1, 1, 2, 2]
@@ -37,12 +37,8 @@ def _global_state():
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, Path, Path]:
     """6 index videos of 64x48 (3 classes), their config and a random-weight ResNet-18 checkpoint."""
     root = tmp_path_factory.mktemp("views")
-    lines = []
-    for i, (label, frames) in enumerate(zip(LABELS, NUM_FRAMES)):
-        make_index_video(root / "videos" / f"v{i}.mp4", frames, width=64, height=48)
-        lines.append(f"videos/v{i}.mp4 {label}\n")
+    lines = make_index_video_set(root, LABELS, NUM_FRAMES, CLASSES, width=64, height=48)
     (root / "val.txt").write_text("".join(lines))
-    (root / "classes.txt").write_text("".join(f"{name}\n" for name in CLASSES))
     # input_size = short side = 48: the three crops are the 48x48 squares at x = 0, 8, 16, unscaled
     cfg = load_config(None, [f"data.root={root}", "data.test_list=val.txt", f"data.num_segments={SEGMENTS}",
                              f"data.input_size={SIZE}", f"data.short_side={SIZE}", "data.batch_size=4",

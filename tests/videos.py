@@ -8,6 +8,7 @@ least significant bit first. Cells are large blocks, so lossy codecs keep them r
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -63,6 +64,18 @@ def make_index_video(path: Path, num_frames: int, width: int = 64, height: int =
         writer.write(cv2.cvtColor(index_frame(i, width, height), cv2.COLOR_RGB2BGR))
     writer.release()
     return path
+
+
+def make_index_video_set(root: Path, labels: Sequence[int], num_frames: Sequence[int], classes: Sequence[str],
+                         width: int = 64, height: int = 48) -> list[str]:
+    """Index videos ``root/videos/v<i>.mp4`` (``num_frames[i]`` frames, label ``labels[i]``) and
+    ``root/classes.txt``; returns their list lines (``"videos/v<i>.mp4 <label>\\n"``), for the caller's list."""
+    lines = []
+    for i, (label, frames) in enumerate(zip(labels, num_frames)):
+        make_index_video(root / "videos" / f"v{i}.mp4", frames, width=width, height=height)
+        lines.append(f"videos/v{i}.mp4 {label}\n")
+    (root / "classes.txt").write_text("".join(f"{name}\n" for name in classes))
+    return lines
 
 
 def make_bframe_index_video(path: Path, num_frames: int, codec: str = "libx264", gop: int = 12,
