@@ -32,7 +32,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 from tsn.data.dataset import ClipDataset, SkippedVideo
@@ -46,7 +45,7 @@ from tsn.evaluation.evaluate import (
 from tsn.evaluation.testing import Report, score_report, unscored_rows, write_report
 from tsn.fileio import atomic_write, atomic_write_text
 from tsn.models import TSN
-from tsn.training.losses import inverse_frequency_weights
+from tsn.training.losses import cross_entropy, inverse_frequency_weights
 
 logger = logging.getLogger("tsn.probe")
 
@@ -181,7 +180,7 @@ def fit_logistic_regression(features: np.ndarray, labels: np.ndarray, num_classe
         raise ValueError(f"l2 must be > 0, got {l2}")
     x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float64))
     y = torch.from_numpy(labels.astype(np.int64))
-    sample_weights = None if class_weights is None else torch.from_numpy(np.asarray(class_weights, np.float64))[y]
+    weights = None if class_weights is None else torch.from_numpy(np.asarray(class_weights, np.float64))
     weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64)
     bias = torch.zeros(num_classes, dtype=torch.float64)
     if start is not None:
@@ -194,12 +193,7 @@ def fit_logistic_regression(features: np.ndarray, labels: np.ndarray, num_classe
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        logits = x @ weight.T + bias
-        if sample_weights is None:
-            data_loss = nn.functional.cross_entropy(logits, y)
-        else:
-            data_loss = (nn.functional.cross_entropy(logits, y, reduction="none") * sample_weights).mean()
-        loss = data_loss + 0.5 * l2 * weight.pow(2).sum()
+        loss = cross_entropy(x @ weight.T + bias, y, class_weights=weights) + 0.5 * l2 * weight.pow(2).sum()
         loss.backward()
         return loss
 
