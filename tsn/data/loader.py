@@ -45,7 +45,7 @@ from tsn.runtime import log_setup
 # Batches each worker prepares ahead (torch's default): with uint8 clips of 32 x 8 frames at
 # 224 px this is ~40 MB per batch, so 2 per worker stays small even with 16 workers.
 PREFETCH_FACTOR = 2
-# What the fork server imports once, so that each worker it forks starts with them loaded (not in 2 s each).
+# What the fork server imports once, so that each worker it forks starts with them loaded.
 # Python before 3.13 ignores "__main__" here and each worker runs the main script again (as "__mp_main__";
 # a tool's script only imports): worker_context adds every tsn module the main process has loaded, so
 # that those imports cost nothing.
@@ -53,9 +53,9 @@ WORKER_PRELOAD = ["__main__", "torch", "tsn.data.dataset", "tsn.data.loader"]
 
 
 def worker_context() -> multiprocessing.context.BaseContext | None:
-    """Where loader workers start: a fork server on Linux (a fresh process that imported the main script, torch
-    and tsn's data modules, forked for each worker; the dataset reaches a worker pickled), None (the platform's
-    default: spawn on macOS and Windows) elsewhere."""
+    """Where loader workers start: a fork server on Linux (a fresh process that imported torch and the tsn
+    modules this process has loaded, forked for each worker; the dataset reaches a worker pickled), None (the
+    platform's default: spawn on macOS and Windows) elsewhere."""
     if not sys.platform.startswith("linux"):
         return None
     context = multiprocessing.get_context("forkserver")
