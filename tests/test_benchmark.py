@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from tiny_training import make_tiny_data, run_tool, tiny_overrides, tool_env
 from tsn.config import load_config
-from tsn.measure.benchmark import format_table, model_benchmark
+from tsn.measure.benchmark import cpu_seconds, format_table, model_benchmark
 from tsn.measure.build import loader_benchmark, train_benchmark
 
 
@@ -40,6 +41,14 @@ def test_model_benchmark_reports_a_train_step_rate_on_cpu() -> None:
     # amp acts on CUDA only, and says so on the CPU; channels_last acts on every device.
     assert (result["amp"], result["channels_last"], result["steps"], result["temporal"]) == ("none", True, 1, "tsm")
     assert result["images_per_s"] == pytest.approx(2 * result["clips_per_s"], rel=0.02)
+    assert result["cpu_user_s"] > 0 and 0 <= result["kernel_share"] < 1
+
+
+def test_cpu_seconds_gives_the_kernel_share_of_the_process_cpu_time() -> None:
+    before = os.times_result((10.0, 2.0, 0.0, 0.0, 100.0))
+    after = os.times_result((13.0, 3.0, 0.0, 0.0, 102.0))  # 3 s user, 1 s kernel
+    assert cpu_seconds(before, after) == {"cpu_user_s": 3.0, "cpu_system_s": 1.0, "kernel_share": 0.25}
+    assert cpu_seconds(before, before)["kernel_share"] == 0.0
 
 
 def test_train_benchmark_compares_the_loader_with_a_batch_in_memory(tiny_cfg, tmp_path: Path) -> None:

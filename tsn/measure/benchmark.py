@@ -15,7 +15,9 @@ live in ``tsn.measure.build`` and time what they build with the functions here:
   because other processes on a shared machine make single passes noisy), ``clips_per_s_first``
   the first pass.
 - ``model_benchmark``: train steps (forward, loss, backward, SGD step) of a TSN on random input
-  held on the device: images/s and clips/s, after ``warmup`` untimed steps.
+  held on the device: images/s and clips/s, after ``warmup`` untimed steps, and the process's CPU
+  seconds in those steps with the kernel's share of them (``kernel_share``: what a memory allocator
+  that keeps freed blocks can remove; README, "The allocator").
 - ``train_benchmark`` (``train_timings``): training steps/s with the real loader, and with one batch held on the
   device (the model's own rate), and their ratio (1.0: the loader keeps up). ``profile_dir``
   adds a ``torch.profiler`` trace of three more steps (CPU and, on CUDA, GPU activity) that
@@ -148,14 +150,25 @@ def model_benchmark(backbone: str, batch: int = 32, segments: int = 8, amp: str 
         _, loss = compute_loss(net, model, clips, labels, recipe, mix_rng, device)
         optimizer_step(loss, model, optimizer, scaler, None)
 
-    seconds = time_steps(step, steps, warmup, device)
+    time_steps(step, 0, warmup, device)  # warm-up apart, so that the CPU seconds cover the timed steps only
+    cpu_before = os.times()
+    seconds = time_steps(step, steps, 0, device)
+    cpu = cpu_seconds(cpu_before, os.times())
     return {
         "mode": "model", "backbone": backbone, "temporal": temporal, "device": device_name(device), "batch": batch,
         "segments": segments, "input_size": input_size, "amp": amp if on_cuda else "none",
         "channels_last": channels_last, "compile": compile_model, "steps": steps,
         "seconds": round(seconds, 3), "images_per_s": round(steps * batch * segments / seconds, 2),
-        "clips_per_s": round(steps * batch / seconds, 2),
+        "clips_per_s": round(steps * batch / seconds, 2), **cpu,
     }
+
+
+def cpu_seconds(before: os.times_result, after: os.times_result) -> dict[str, float]:
+    """The process's user and kernel CPU seconds (all its threads) from ``before`` to ``after`` (two
+    ``os.times()``), and the kernel's share of their sum."""
+    user, system = after.user - before.user, after.system - before.system
+    share = system / (user + system) if user + system > 0 else 0.0
+    return {"cpu_user_s": round(user, 2), "cpu_system_s": round(system, 2), "kernel_share": round(share, 3)}
 
 
 def forward_timings(model: nn.Module, clips: torch.Tensor, amp: str = "none", channels_last: bool = False,
