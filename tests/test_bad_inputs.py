@@ -38,6 +38,7 @@ from tsn.build import build_dataset
 from tsn.evaluation.build import run_test
 from tsn.io import VideoReadError
 from tsn.training.trainer import setup_logging
+from tiny_training import restored_global_state
 from videos import frame_index
 
 REPO = Path(__file__).resolve().parents[1]
@@ -211,19 +212,12 @@ class LoggingSquash:
 def test_loader_workers_log_to_the_main_process_console_and_train_log(root: Path, tmp_path: Path) -> None:
     """Workers start from a fork server, not as forks: the main process's logging (train.log) is given to them."""
     records = [VideoRecord(name, 0) for name in ("a.mp4", "b.mp4", "c.mp4")]
-    setup_logging(tmp_path, is_main=True)
-    try:
+    with restored_global_state():  # undoes setup_logging's handlers on the "tsn" logger
+        setup_logging(tmp_path, is_main=True)
         dataset = ClipDataset(records, root, "video", "auto", "val", 3, 1, LoggingSquash(), on_error="raise")
         loader = build_dataloader(dataset, 3, shuffle=False, num_workers=1, seed=0, drop_last=False)
         assert len(list(loader)) == 1
         del loader
-    finally:
-        tsn_logger = logging.getLogger("tsn")
-        for handler in list(tsn_logger.handlers):
-            tsn_logger.removeHandler(handler)
-            handler.close()
-        tsn_logger.propagate = True
-        tsn_logger.setLevel(logging.NOTSET)
     lines = [line for line in (tmp_path / "train.log").read_text().splitlines() if "clip made by process" in line]
     assert len(lines) == 3 and all(" WARNING tsn.test_worker: " in line for line in lines)
     assert not any(line.endswith(f"process {os.getpid()}") for line in lines)  # made in the worker
